@@ -1,0 +1,3 @@
+"""Implementations of the horizontal-scaling seam (see ``base``)."""
+
+__all__: list[str] = []

@@ -1,0 +1,121 @@
+"""kanal's configuration as inert, frozen data.
+
+Ownership rule: this module only *describes* settings. Reading TOML, environment variables
+and command-line flags happens in :mod:`kanal.settings` (one table drives all three and the
+docs); nothing here opens files, sockets or reads the clock.
+
+Names follow ``../spec/LIMITS.md`` in snake_case; each default is the spec's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = [
+    "App",
+    "Config",
+    "ScalingSettings",
+    "ServerSettings",
+    "WebhookSettings",
+    "WebhookTarget",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookTarget:
+    """One ``[[apps.webhooks]]`` entry (WEBHOOKS.md §1)."""
+
+    url: str
+    event_types: tuple[str, ...]
+    headers: tuple[tuple[str, str], ...] = ()
+    filter_channel_prefix: str = ""
+    filter_channel_suffix: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class App:
+    """One application: credentials, feature switches and limits (LIMITS.md §1)."""
+
+    id: str
+    key: str
+    secret: str
+    enabled: bool = True
+    enable_client_messages: bool = False
+    enable_encrypted_client_messages: bool = False
+    enable_user_authentication: bool = False
+    user_authentication_timeout: float = 30.0
+    enable_subscription_count: bool = False
+    enable_encrypted_subscription_count: bool = False
+    enable_watchlist_events: bool = False
+    require_tls: bool = False
+    allowed_origins: tuple[str, ...] = ()
+    activity_timeout: int = 120
+    pong_timeout: float = 30.0
+    max_connections: int = 0
+    max_client_events_per_second: int = 10
+    max_presence_members: int = 100
+    max_presence_user_info_bytes: int = 1024
+    max_presence_user_id_length: int = 128
+    max_channel_name_length: int = 164
+    max_event_name_length: int = 200
+    max_event_payload_bytes: int = 10240
+    max_event_batch_size: int = 10
+    max_channels_per_trigger: int = 100
+    max_watchlist_size: int = 100
+    max_backend_requests_per_second: int = 0
+    max_read_requests_per_second: int = 0
+    cache_ttl: int = 1800
+    max_timestamp_skew: int = 600
+    batch_webhooks: bool = False
+    webhooks: tuple[WebhookTarget, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """``[server]``: where and how the process listens."""
+
+    host: str = "127.0.0.1"
+    port: int = 6001
+    path_prefix: str = ""
+    max_connections: int = 0
+    max_frame_bytes: int = 262144
+    max_request_bytes: int = 1048576
+    max_output_buffer_bytes: int = 1048576
+    shutdown_timeout: float = 10.0
+    expose_signature_hint: bool = True
+    strict_protocol_version: bool = False
+    log_level: str = "info"
+    workers: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookSettings:
+    """``[webhooks]``: delivery behaviour shared by every target (WEBHOOKS.md §4-5)."""
+
+    grace_period: float = 3.0
+    batch_window: float = 0.05
+    max_batch_size: int = 100
+    request_timeout: float = 10.0
+    retry_window: float = 300.0
+    max_queue: int = 10000
+    shutdown_timeout: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class ScalingSettings:
+    """``[scaling]``: the adapter behind the horizontal-scaling seam."""
+
+    adapter: str = "memory"
+    redis_url: str = ""
+    redis_prefix: str = "kanal"
+    node_lease: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole effective configuration of one kanal process."""
+
+    server: ServerSettings = field(default_factory=ServerSettings)
+    apps: tuple[App, ...] = ()
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
+    scaling: ScalingSettings = field(default_factory=ScalingSettings)

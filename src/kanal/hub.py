@@ -1,0 +1,419 @@
+"""Hub: the one owner of channel and user membership on this node.
+
+Ownership rule: which local connection is in which channel, and which local connection is
+signed in as which user, is recorded here and nowhere else. The hub carries out the
+:data:`~kanal.protocol.session.Command` values that sessions return, is the only caller of the
+cluster seam (:class:`~kanal.adapters.base.Membership`, :class:`~kanal.adapters.base.Broker`),
+and the only producer of webhook events.
+
+Fan-out (DEVELOPERS.md, issue 2 item 9): an event is serialised to JSON once by its
+publisher; each node frames it once (``frame``) and hands the same bytes to every local
+subscriber. No JSON work happens per recipient.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from kanal.adapters.base import Broker, Envelope, Membership
+from kanal.config import App
+from kanal.protocol import events
+from kanal.protocol import webhooks as hooks
+from kanal.protocol.channels import SERVER_TO_USER_PREFIX, channel_type
+from kanal.protocol.errors import CloseCode
+from kanal.protocol.presence import Member
+from kanal.protocol.session import (
+    Close,
+    Command,
+    Join,
+    Leave,
+    Probe,
+    Relay,
+    Send,
+    Session,
+    SignedInUser,
+    SignIn,
+)
+from kanal.subscription_count import SubscriptionCounter
+
+__all__ = ["Connection", "Hub", "NullWebhooks", "WebhookSink"]
+
+
+class Connection(Protocol):
+    """What a transport gives the hub for one WebSocket connection."""
+
+    socket_id: str
+
+    def send(self, frame: bytes) -> None:
+        """Queue an already framed message; never blocks, never raises."""
+
+    def probe(self) -> None:
+        """Send a WebSocket Ping control frame (PROTOCOL.md §5.2)."""
+
+    def close(self, code: int, reason: str) -> None:
+        """Start closing; the transport calls :meth:`Hub.closed` once it is done."""
+
+
+class WebhookSink(Protocol):
+    """Receives every webhook event at the moment its cluster-wide transition is known."""
+
+    def emit(self, app: App, event: hooks.WebhookEvent) -> None: ...
+
+
+class NullWebhooks:
+    """A sink for deployments (and tests) without webhook delivery."""
+
+    def emit(self, app: App, event: hooks.WebhookEvent) -> None:
+        return None
+
+
+@dataclass(slots=True, eq=False)
+class _Local:
+    conn: Connection
+    session: Session
+    channels: dict[str, Member | None] = field(default_factory=dict)
+    user: SignedInUser | None = None
+
+
+_CACHE_MISS_WINDOW = 5.0  # WEBHOOKS.md §4: at most one cache_miss per channel per 5 s
+
+
+class Hub:
+    """Carries out session commands and broadcasts for one node.
+
+    Args:
+        membership: the cluster's membership store.
+        broker: the cluster's fan-out.
+        webhooks: where webhook events go.
+        frame: turns a JSON payload into the bytes written to a connection (done once per
+            broadcast per node).
+        monotonic: clock for heartbeats and throttles; ``wall``: Unix time for cache TTLs.
+        max_connections: server-wide cap (0 = none); over it, close 4100.
+    """
+
+    def __init__(
+        self,
+        *,
+        membership: Membership,
+        broker: Broker,
+        webhooks: WebhookSink,
+        frame: Callable[[bytes], bytes],
+        monotonic: Callable[[], float],
+        wall: Callable[[], float],
+        max_connections: int = 0,
+    ) -> None:
+        self.membership = membership
+        self._broker = broker
+        self._webhooks = webhooks
+        self._frame = frame
+        self._now = monotonic
+        self._wall = wall
+        self._max_connections = max_connections
+        self._locals: dict[str, _Local] = {}
+        self._channels: dict[tuple[str, str], dict[str, Connection]] = {}
+        self._users: dict[tuple[str, str], dict[str, _Local]] = {}
+        self._watchers: dict[tuple[str, str], dict[str, _Local]] = {}
+        self._cache_misses: dict[tuple[str, str], float] = {}
+        self._counter = SubscriptionCounter(self._publish_count, monotonic)
+        broker.attach(self.deliver)
+
+    # --- connection lifecycle -----------------------------------------------------------
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._locals)
+
+    def refuse(self, conn: Connection, code: int, reason: str) -> None:
+        """PROTOCOL.md §1.2: ``pusher:error`` with the code, then close with it."""
+        conn.send(self._frame(events.error_frame(code, reason)))
+        conn.close(code, reason)
+
+    async def open(self, conn: Connection, app: App) -> bool:
+        """Admit a connection (quota checks, §1.2 steps 7-8); false if it was refused."""
+        if 0 < self._max_connections <= len(self._locals):
+            self.refuse(conn, CloseCode.OVER_CAPACITY, "Over capacity")
+            return False
+        if not await self.membership.add_connection(app.id, conn.socket_id, app.max_connections):
+            self.refuse(conn, CloseCode.OVER_QUOTA, "Application is over connection quota")
+            return False
+        session = Session(app, conn.socket_id, self._now())
+        self._locals[conn.socket_id] = _Local(conn, session)
+        conn.send(self._frame(session.established().payload))
+        return True
+
+    async def receive(self, socket_id: str, text: str | bytes) -> None:
+        """One inbound text frame; commands run in order (per-connection ordering)."""
+        local = self._locals.get(socket_id)
+        if local is None:
+            return
+        for command in local.session.receive(text, self._now()):
+            await self._execute(local, command)
+
+    def activity(self, socket_id: str) -> None:
+        """A Ping/Pong control frame arrived: proof of life (PROTOCOL.md §5.2 rule 3)."""
+        local = self._locals.get(socket_id)
+        if local is not None:
+            local.session.activity(self._now())
+
+    def tick(self) -> None:
+        """Run heartbeat and authorization deadlines of every local session."""
+        now = self._now()
+        for local in list(self._locals.values()):
+            for command in local.session.tick(now):
+                if isinstance(command, Probe):
+                    local.conn.probe()
+                    local.conn.send(self._frame(events.ping_frame()))
+                elif isinstance(command, Close):
+                    self.refuse(local.conn, command.code, command.reason)
+
+    async def closed(self, socket_id: str) -> None:
+        """Clean up a connection exactly once, whatever closed it (PROTOCOL.md §3)."""
+        local = self._locals.pop(socket_id, None)
+        if local is None:
+            return
+        local.session.close()
+        app = local.session.app
+        for channel in list(local.channels):
+            await self._leave(local, channel)
+        if local.user is not None:
+            await self._sign_out(local)
+        await self.membership.remove_connection(app.id, socket_id)
+
+    def close_all(self, code: int, reason: str) -> None:
+        """Graceful shutdown: every client reconnects elsewhere (close 4200)."""
+        for local in list(self._locals.values()):
+            self.refuse(local.conn, code, reason)
+
+    # --- commands -----------------------------------------------------------------------
+
+    async def _execute(self, local: _Local, command: Command) -> None:
+        if isinstance(command, Send):
+            local.conn.send(self._frame(command.payload))
+        elif isinstance(command, Join):
+            await self._join(local, command)
+        elif isinstance(command, Leave):
+            await self._leave(local, command.channel)
+        elif isinstance(command, Relay):
+            await self._relay(local, command)
+        elif isinstance(command, SignIn):
+            await self._sign_in(local, command.user)
+        elif isinstance(command, Close):
+            self.refuse(local.conn, command.code, command.reason)
+
+    def _send(self, local: _Local, payload: bytes) -> None:
+        local.conn.send(self._frame(payload))
+
+    async def _join(self, local: _Local, command: Join) -> None:
+        """CHANNELS.md §3.1 steps 3 and 5-8."""
+        app, channel, socket_id = local.session.app, command.channel, local.conn.socket_id
+        kind = command.channel_type
+        if kind.is_server_to_user:  # USERS.md §3: not counted anywhere
+            local.channels[channel] = None
+            self._send(local, events.subscription_succeeded_frame(channel))
+            return
+        max_users = app.max_presence_members if kind.is_presence else 0
+        result = await self.membership.join(app.id, channel, socket_id, command.member, max_users)
+        if result.refused:
+            text = f"Presence channel member limit reached ({app.max_presence_members})"
+            self._send(local, events.subscription_error_frame(channel, "LimitReached", text, 403))
+            self._send(local, events.error_frame(None, text))
+            return
+        already = channel in local.channels
+        local.channels[channel] = command.member
+        self._channels.setdefault((app.id, channel), {})[socket_id] = local.conn
+        # CHANNELS.md §3.1 step 7: subscription_succeeded precedes every other frame.
+        self._send(local, events.subscription_succeeded_frame(channel, result.presence))
+        if already:  # §3.1 step 3: idempotent re-subscribe, no events or webhooks
+            return
+        if result.user_added and command.member is not None:
+            member = command.member
+            frame = events.member_added_frame(channel, member.user_id, member.user_info)
+            await self._publish(app.id, channel, frame, exclude=socket_id)
+            self._webhooks.emit(app, hooks.member_added(channel, member.user_id))
+        if kind.cache:
+            await self._send_cache(local, channel)
+        await self._counter.changed(app, channel, kind, result.subscription_count)
+        if result.occupied:
+            self._webhooks.emit(app, hooks.channel_occupied(channel))
+
+    async def _send_cache(self, local: _Local, channel: str) -> None:
+        """CHANNELS.md §5: replay the cached event, or ``pusher:cache_miss`` + webhook."""
+        app = local.session.app
+        cached = await self.membership.cache_get(app.id, channel, self._wall())
+        if cached is not None:
+            self._send(local, events.channel_event_frame(cached.event, channel, cached.data))
+            return
+        self._send(local, events.cache_miss_frame(channel))
+        now, key = self._now(), (app.id, channel)
+        if now - self._cache_misses.get(key, -_CACHE_MISS_WINDOW) >= _CACHE_MISS_WINDOW:
+            self._cache_misses[key] = now
+            self._webhooks.emit(app, hooks.cache_miss(channel))
+
+    async def _leave(self, local: _Local, channel: str) -> None:
+        """CHANNELS.md §3.5; unknown channels are ignored silently (PROTOCOL.md §7.3)."""
+        if channel not in local.channels:
+            return
+        del local.channels[channel]
+        app, socket_id = local.session.app, local.conn.socket_id
+        kind = channel_type(channel)
+        if kind.is_server_to_user:
+            return
+        subscribers = self._channels.get((app.id, channel))
+        if subscribers is not None:
+            subscribers.pop(socket_id, None)
+            if not subscribers:
+                del self._channels[(app.id, channel)]
+        result = await self.membership.leave(app.id, channel, socket_id)
+        if result is None:
+            return
+        if result.user_removed is not None:
+            frame = events.member_removed_frame(channel, result.user_removed)
+            await self._publish(app.id, channel, frame, exclude=socket_id)
+            self._webhooks.emit(app, hooks.member_removed(channel, result.user_removed))
+        await self._counter.changed(app, channel, kind, result.subscription_count)
+        if result.vacated:
+            self._webhooks.emit(app, hooks.channel_vacated(channel))
+
+    async def _relay(self, local: _Local, command: Relay) -> None:
+        """CHANNELS.md §8: subscribed senders only; never echoed; ``user_id`` on presence."""
+        app, channel = local.session.app, command.channel
+        if channel not in local.channels:
+            self._send(
+                local,
+                events.error_frame(None, "Client event rejected - not subscribed to channel"),
+            )
+            return
+        member = local.channels[channel]
+        user_id = member.user_id if member is not None else None
+        frame = events.channel_event_frame(command.event, channel, command.data, user_id)
+        await self._publish(app.id, channel, frame, exclude=local.conn.socket_id)
+        self._webhooks.emit(
+            app,
+            hooks.client_event(channel, command.event, command.data, local.conn.socket_id, user_id),
+        )
+
+    async def _publish(
+        self, app_id: str, channel: str, payload: bytes, exclude: str | None = None
+    ) -> None:
+        await self._broker.publish(Envelope(app_id, "channel", channel, payload, exclude))
+
+    async def _publish_count(self, app: App, channel: str, count: int) -> None:
+        """CHANNELS.md §6: ``pusher_internal:subscription_count`` to every subscriber."""
+        await self._publish(app.id, channel, events.subscription_count_frame(channel, count))
+        self._webhooks.emit(app, hooks.subscription_count(channel, count))
+
+    # --- users (USERS.md) ---------------------------------------------------------------
+
+    async def _sign_in(self, local: _Local, user: SignedInUser) -> None:
+        app, socket_id = local.session.app, local.conn.socket_id
+        if local.user is not None:  # same id signing in again: replace the watchlist
+            self._unwatch(local)
+        else:
+            self._users.setdefault((app.id, user.user_id), {})[socket_id] = local
+        local.user = user
+        first = await self.membership.sign_in(app.id, user.user_id, socket_id)
+        if not app.enable_watchlist_events:
+            return
+        if first:
+            await self._broker.publish(Envelope(app.id, "online", user.user_id))
+        for watched in user.watchlist:
+            self._watchers.setdefault((app.id, watched), {})[socket_id] = local
+        # USERS.md §4 initial status [choice]: omit an empty list, send nothing if both are.
+        online = await self.membership.online(app.id, user.watchlist)
+        lists = (
+            ("online", [u for u in user.watchlist if u in online]),
+            ("offline", [u for u in user.watchlist if u not in online]),
+        )
+        status = [(name, ids) for name, ids in lists if ids]
+        if status:
+            self._send(local, events.watchlist_events_frame(status))
+
+    def _unwatch(self, local: _Local) -> None:
+        if local.user is None:
+            return
+        app_id = local.session.app.id
+        for watched in local.user.watchlist:
+            watchers = self._watchers.get((app_id, watched))
+            if watchers is not None:
+                watchers.pop(local.conn.socket_id, None)
+                if not watchers:
+                    del self._watchers[(app_id, watched)]
+
+    async def _sign_out(self, local: _Local) -> None:
+        assert local.user is not None
+        app, user_id, socket_id = local.session.app, local.user.user_id, local.conn.socket_id
+        self._unwatch(local)
+        sockets = self._users.get((app.id, user_id))
+        if sockets is not None:
+            sockets.pop(socket_id, None)
+            if not sockets:
+                del self._users[(app.id, user_id)]
+        last = await self.membership.sign_out(app.id, user_id, socket_id)
+        if last and app.enable_watchlist_events:
+            await self._broker.publish(Envelope(app.id, "offline", user_id))
+
+    # --- delivery from the broker (every node) -------------------------------------------
+
+    def deliver(self, envelope: Envelope) -> None:
+        """Carry out one broker envelope on this node. Frames once, sends the same bytes."""
+        if envelope.kind == "channel":
+            subscribers = self._channels.get((envelope.app_id, envelope.target))
+            if not subscribers:
+                return
+            frame = self._frame(envelope.payload)
+            exclude = envelope.exclude
+            for socket_id, conn in subscribers.items():
+                if socket_id != exclude:
+                    conn.send(frame)
+        elif envelope.kind == "user":
+            self._deliver_user(envelope)
+        elif envelope.kind == "terminate":
+            for local in list(self._users.get((envelope.app_id, envelope.target), {}).values()):
+                self.refuse(
+                    local.conn, CloseCode.UNAUTHORIZED, "Connection terminated by the application"
+                )
+        elif envelope.kind in ("online", "offline"):
+            watchers = self._watchers.get((envelope.app_id, envelope.target))
+            if watchers:
+                frame = self._frame(
+                    events.watchlist_events_frame([(envelope.kind, [envelope.target])])
+                )
+                for local in watchers.values():
+                    local.conn.send(frame)
+
+    def _deliver_user(self, envelope: Envelope) -> None:
+        """USERS.md §3: every connection signed in as the user, subscribed or not."""
+        sockets = self._users.get((envelope.app_id, envelope.target))
+        if not sockets:
+            return
+        frame = self._frame(envelope.payload)
+        for socket_id, local in sockets.items():
+            if socket_id != envelope.exclude:
+                local.conn.send(frame)
+
+    # --- used by the HTTP API -----------------------------------------------------------
+
+    async def publish_event(
+        self, app: App, channel: str, name: str, data: str, socket_id: str | None
+    ) -> None:
+        """CHANNELS.md §7: publish one HTTP API event to one channel."""
+        payload = events.channel_event_frame(name, channel, data)
+        if channel.startswith(SERVER_TO_USER_PREFIX):
+            user_id = channel[len(SERVER_TO_USER_PREFIX) :]
+            await self._broker.publish(Envelope(app.id, "user", user_id, payload, socket_id))
+            return
+        if channel_type(channel).cache:
+            await self.membership.cache_put(
+                app.id, channel, name, data, app.cache_ttl, self._wall()
+            )
+        await self._publish(app.id, channel, payload, exclude=socket_id)
+
+    async def terminate_user(self, app: App, user_id: str) -> None:
+        """USERS.md §5: close every connection signed in as ``user_id``, on every node."""
+        await self._broker.publish(Envelope(app.id, "terminate", user_id))
+
+    def is_subscribed(self, socket_id: str, channel: str) -> bool:
+        local = self._locals.get(socket_id)
+        return local is not None and channel in local.channels

@@ -1,0 +1,181 @@
+"""The composition root: every object is built and connected here, and only here.
+
+``run(config)`` builds the app store, the cluster adapters, the webhook dispatcher, the hub
+and the transports, serves until SIGINT/SIGTERM, then shuts down gracefully: new
+connections are refused, every client is closed with 4200 (reconnect immediately,
+elsewhere), queued webhooks get a bounded time to go out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from kanal.adapters.memory import MemoryBroker, MemoryMembership
+from kanal.apps import StaticAppStore
+from kanal.config import Config
+from kanal.hub import Hub, NullWebhooks, WebhookSink
+from kanal.protocol.errors import CloseCode
+from kanal.settings import is_default_credentials
+from kanal.transport.http import HttpApi
+from kanal.transport.websocket import WebSocketEndpoint, text_frame
+
+__all__ = ["Server", "build", "run"]
+
+log = logging.getLogger("kanal")
+
+TICK_SECONDS = 1.0
+
+
+@dataclass
+class Server:
+    """A built, not yet started, kanal node."""
+
+    config: Config
+    hub: Hub
+    app: web.Application
+    starters: list[Callable[[], Awaitable[None]]]
+    closers: list[Callable[[], Awaitable[None]]]
+    draining: bool = False
+
+    def ready(self) -> tuple[bool, str]:
+        return (False, "draining") if self.draining else (True, "ok")
+
+
+Lifecycle = list[Callable[[], Awaitable[None]]]
+
+
+def _webhook_sink(config: Config) -> tuple[WebhookSink, Lifecycle, Lifecycle]:
+    if not any(app.webhooks for app in config.apps):
+        return NullWebhooks(), [], []
+    from kanal.webhooks import WebhookDispatcher
+
+    dispatcher = WebhookDispatcher(config.webhooks)
+    return dispatcher, [dispatcher.start], [dispatcher.close]
+
+
+def build(config: Config) -> Server:
+    """Wire a node from ``config``; nothing is started."""
+    apps = StaticAppStore(config.apps)
+    webhooks, starters, closers = _webhook_sink(config)
+    hub = Hub(
+        membership=MemoryMembership(),
+        broker=MemoryBroker(),
+        webhooks=webhooks,
+        frame=text_frame,
+        monotonic=time.monotonic,
+        wall=time.time,
+        max_connections=config.server.max_connections,
+    )
+    settings = config.server
+    app = web.Application(client_max_size=settings.max_request_bytes)
+    server = Server(config, hub, app, starters, closers)
+    websocket = WebSocketEndpoint(
+        hub,
+        apps,
+        max_frame_bytes=settings.max_frame_bytes,
+        max_output_buffer_bytes=settings.max_output_buffer_bytes,
+        strict_protocol=settings.strict_protocol_version,
+    )
+    http = HttpApi(
+        hub,
+        apps,
+        path_prefix=settings.path_prefix,
+        max_request_bytes=settings.max_request_bytes,
+        expose_signature_hint=settings.expose_signature_hint,
+        ready=server.ready,
+    )
+    prefix = settings.path_prefix.rstrip("/")
+    app.router.add_get(prefix + "/app/{key}", websocket.handle)
+    app.add_routes(http.routes())
+    app.router.add_get("/{tail:.*}", _unknown(websocket))
+    return server
+
+
+def _unknown(
+    websocket: WebSocketEndpoint,
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            return await websocket.handle_unknown_path(request)
+        raise web.HTTPNotFound(text="Not found")
+
+    return handler
+
+
+async def _tick(hub: Hub) -> None:
+    while True:
+        await asyncio.sleep(TICK_SECONDS)
+        hub.tick()
+
+
+async def serve(
+    server: Server, stop: asyncio.Event, started: Callable[[int], None] | None = None
+) -> None:
+    """Serve until ``stop`` is set, then shut down gracefully."""
+    settings = server.config.server
+    for start in server.starters:
+        await start()
+    runner = web.AppRunner(server.app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port, reuse_port=settings.workers > 1)
+    await site.start()
+    port = runner.addresses[0][1] if runner.addresses else settings.port
+    log.info("kanal listening on %s:%s", settings.host, port)
+    if started is not None:
+        started(port)
+    ticker = asyncio.ensure_future(_tick(server.hub))
+    try:
+        await stop.wait()
+    finally:
+        server.draining = True
+        ticker.cancel()
+        server.hub.close_all(CloseCode.RECONNECT, "Generic reconnect immediately")
+        await runner.shutdown()
+        await runner.cleanup()
+        for closer in server.closers:
+            await closer()
+
+
+def run(config: Config) -> None:
+    """Run a node in the foreground until SIGINT or SIGTERM."""
+    logging.basicConfig(
+        level=config.server.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    asyncio.run(_main(config))
+
+
+def _warn_default_credentials(config: Config) -> None:
+    for app in config.apps:
+        if is_default_credentials(app):
+            log.warning(
+                "serving the DEFAULT app: id=%s key=%s secret=%s -- for development only, "
+                "set your own credentials before exposing kanal",
+                app.id,
+                app.key,
+                app.secret,
+            )
+
+
+async def _main(config: Config) -> None:
+    _warn_default_credentials(config)
+    server = build(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await serve(server, stop)

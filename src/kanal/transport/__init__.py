@@ -1,0 +1,3 @@
+"""The only package that imports the network library (aiohttp)."""
+
+__all__: list[str] = []

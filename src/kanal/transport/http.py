@@ -1,0 +1,230 @@
+"""HTTP API routes (HTTP_API.md) and health checks on aiohttp.
+
+Ownership rule: this module owns HTTP requests and responses. Each handler is
+verify (:mod:`kanal.protocol.signatures`) -> parse (:mod:`kanal.protocol.api`) -> hub -> JSON;
+:class:`~kanal.protocol.errors.ApiError` is mapped to a ``text/plain`` response here and only
+here (HTTP_API.md §7).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from kanal.apps import AppStore
+from kanal.config import App
+from kanal.hub import Hub
+from kanal.protocol import api
+from kanal.protocol.channels import SERVER_TO_USER_PREFIX, channel_type
+from kanal.protocol.errors import ApiError
+from kanal.protocol.signatures import verify_request
+
+__all__ = ["HttpApi"]
+
+log = logging.getLogger("kanal.http")
+
+Handler = Callable[[web.Request, App, bytes], Awaitable[Any]]
+
+
+class _RateLimiter:
+    """Per-app token bucket for the optional request-rate limits (LIMITS.md §4, 429)."""
+
+    def __init__(self) -> None:
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def allow(self, key: str, rate: int, now: float) -> bool:
+        if rate <= 0:
+            return True
+        tokens, at = self._buckets.get(key, (float(rate), now))
+        tokens = min(float(rate), tokens + (now - at) * rate)
+        if tokens < 1.0:
+            self._buckets[key] = (tokens, now)
+            return False
+        self._buckets[key] = (tokens - 1.0, now)
+        return True
+
+
+def _json(body: Any) -> web.Response:
+    return web.Response(body=orjson.dumps(body), content_type="application/json")
+
+
+class HttpApi:
+    """The six endpoints, the Python SDK's terminate path, ``GET /`` and ``GET /ready``."""
+
+    def __init__(
+        self,
+        hub: Hub,
+        apps: AppStore,
+        *,
+        path_prefix: str,
+        max_request_bytes: int,
+        expose_signature_hint: bool,
+        ready: Callable[[], tuple[bool, str]],
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self._hub = hub
+        self._apps = apps
+        self._prefix = path_prefix.rstrip("/")
+        self._max_body = max_request_bytes
+        self._hint = expose_signature_hint
+        self._ready = ready
+        self._wall = wall
+        self._limits = _RateLimiter()
+
+    def routes(self) -> list[web.RouteDef]:
+        p = self._prefix
+        return [
+            web.get(p + "/", self.health),
+            web.get(p + "/ready", self.readiness),
+            web.post(p + "/apps/{app_id}/events", self._wrap(self.events, write=True)),
+            web.post(p + "/apps/{app_id}/batch_events", self._wrap(self.batch, write=True)),
+            web.get(p + "/apps/{app_id}/channels", self._wrap(self.channels)),
+            web.get(p + "/apps/{app_id}/channels/{channel}", self._wrap(self.channel)),
+            web.get(p + "/apps/{app_id}/channels/{channel}/users", self._wrap(self.users)),
+            web.post(
+                p + "/apps/{app_id}/users/{user_id}/terminate_connections",
+                self._wrap(self.terminate, write=True),
+            ),
+            # pusher-http-python signs and sends this path without /apps/{id} (HTTP_API.md §8).
+            web.post(
+                p + "/users/{user_id}/terminate_connections",
+                self._wrap(self.terminate, write=True),
+            ),
+        ]
+
+    async def health(self, request: web.Request) -> web.Response:
+        return _json({"ok": True})
+
+    async def readiness(self, request: web.Request) -> web.Response:
+        ok, detail = self._ready()
+        return web.json_response({"ready": ok, "detail": detail}, status=200 if ok else 503)
+
+    def _wrap(
+        self, handler: Handler, *, write: bool = False
+    ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def endpoint(request: web.Request) -> web.StreamResponse:
+            try:
+                app, body = await self._authenticate(request, write)
+                return _json(await handler(request, app, body))
+            except ApiError as error:
+                return web.Response(status=error.status, text=error.message)
+
+        return endpoint
+
+    async def _authenticate(self, request: web.Request, write: bool) -> tuple[App, bytes]:
+        """HTTP_API.md §1-2: find the app, read the body, verify the signature."""
+        if request.content_length is not None and request.content_length > self._max_body:
+            raise ApiError(413, f"Request body over {self._max_body} bytes")
+        body = await self._read_body(request)
+        app_id = request.match_info.get("app_id")
+        if app_id is not None:
+            app = self._apps.by_id(app_id)
+            if app is None:
+                raise ApiError(404, f"Unknown app id: {app_id}")
+        else:
+            app = self._apps.by_key(request.query.get("auth_key", ""))
+            if app is None:
+                raise ApiError(401, "Unknown auth_key")
+        path = request.rel_url.raw_path
+        if self._prefix and path.startswith(self._prefix):
+            path = path[len(self._prefix) :]  # the signed path has no mount prefix (§1)
+        verify_request(
+            method=request.method,
+            path=path,
+            query=list(request.rel_url.query.items()),
+            body=body,
+            app_key=app.key,
+            app_secret=app.secret,
+            now=self._wall(),
+            expose_hint=self._hint,
+        )
+        if not app.enabled:
+            raise ApiError(403, "Application disabled")
+        rate = app.max_backend_requests_per_second if write else app.max_read_requests_per_second
+        if not self._limits.allow(f"{app.id}:{write}", rate, time.monotonic()):
+            raise ApiError(429, "Too many requests")
+        return app, body
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.content.iter_any():
+            size += len(chunk)
+            if size > self._max_body:
+                raise ApiError(413, f"Request body over {self._max_body} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def events(self, request: web.Request, app: App, body: bytes) -> Any:
+        event = api.parse_trigger(body, app)
+        await self._publish(app, event)
+        if not event.info:
+            return {}
+        return {"channels": {ch: await self._info(app, ch, event.info) for ch in event.channels}}
+
+    async def batch(self, request: web.Request, app: App, body: bytes) -> Any:
+        batch = api.parse_batch(body, app)
+        for event in batch:  # HTTP_API.md §4: publish in array order
+            await self._publish(app, event)
+        if not any(event.info for event in batch):
+            return {}
+        return {"batch": [await self._info(app, e.channels[0], e.info) for e in batch]}
+
+    async def _publish(self, app: App, event: api.TriggerEvent) -> None:
+        for channel in event.channels:
+            await self._hub.publish_event(app, channel, event.name, event.data, event.socket_id)
+
+    async def _info(self, app: App, channel: str, info: frozenset[str]) -> dict[str, int]:
+        """Trigger ``info`` (§3): user_count on presence only, subscription_count anywhere."""
+        if not info or channel.startswith(SERVER_TO_USER_PREFIX):
+            return {}
+        counts = await self._hub.membership.counts(app.id, channel)
+        out: dict[str, int] = {}
+        if "user_count" in info and channel_type(channel).is_presence:
+            out["user_count"] = counts.user_count
+        if "subscription_count" in info:
+            out["subscription_count"] = counts.subscription_count
+        return out
+
+    async def channels(self, request: web.Request, app: App, body: bytes) -> Any:
+        query = api.parse_channels_query(request.query)
+        listed = await self._hub.membership.channels(app.id, query.prefix)
+        result: dict[str, dict[str, int]] = {}
+        for name, counts in sorted(listed.items()):
+            if name.startswith("#") or counts.subscription_count <= 0:
+                continue
+            attrs: dict[str, int] = {}
+            if "user_count" in query.info and channel_type(name).is_presence:
+                attrs["user_count"] = counts.user_count
+            if "subscription_count" in query.info:
+                attrs["subscription_count"] = counts.subscription_count
+            result[name] = attrs
+        return {"channels": result}
+
+    async def channel(self, request: web.Request, app: App, body: bytes) -> Any:
+        query = api.parse_channel_query(request.match_info["channel"], request.query, app)
+        counts = await self._hub.membership.counts(app.id, query.channel)
+        out: dict[str, Any] = {"occupied": counts.subscription_count > 0}
+        if "user_count" in query.info:
+            out["user_count"] = counts.user_count
+        if "subscription_count" in query.info:
+            out["subscription_count"] = counts.subscription_count
+        if "cache" in query.info:
+            cached = await self._hub.membership.cache_get(app.id, query.channel, self._wall())
+            out["cache"] = None if cached is None else {"data": cached.data, "ttl": cached.ttl}
+        return out
+
+    async def users(self, request: web.Request, app: App, body: bytes) -> Any:
+        channel = api.parse_users_channel(request.match_info["channel"], app)
+        user_ids = await self._hub.membership.users(app.id, channel)
+        return {"users": [{"id": user_id} for user_id in user_ids]}
+
+    async def terminate(self, request: web.Request, app: App, body: bytes) -> Any:
+        user_id = api.parse_user_id(request.match_info["user_id"])
+        await self._hub.terminate_user(app, user_id)
+        return {}
