@@ -1,0 +1,96 @@
+"""Shared fixtures: apps with known credentials and a real kanal server on a free port.
+
+``kanal_server`` builds the node exactly as ``kanal serve`` does (:func:`kanal.server.build`)
+and serves it on 127.0.0.1 port 0 inside the test's event loop; the fixture stops it and
+waits for its shutdown, so nothing outlives the test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from kanal.config import App, Config, ServerSettings, WebhookSettings
+from kanal.server import Server, build, serve
+
+APP_ID = "1"
+APP_KEY = "app-key"
+APP_SECRET = "app-secret"
+
+
+def make_app(**overrides: Any) -> App:
+    """The test app: numeric id (the Python SDK needs one), client events on."""
+    fields: dict[str, Any] = {
+        "id": APP_ID,
+        "key": APP_KEY,
+        "secret": APP_SECRET,
+        "enable_client_messages": True,
+    }
+    fields.update(overrides)
+    return App(**fields)
+
+
+@dataclass
+class RunningServer:
+    server: Server
+    port: int
+
+    @property
+    def hub(self) -> Any:
+        return self.server.hub
+
+    def ws_url(self, key: str = APP_KEY, query: str = "protocol=7&client=js&version=8.4.0") -> str:
+        return f"http://127.0.0.1:{self.port}/app/{key}?{query}"
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+StartServer = Callable[..., Any]
+
+
+@pytest.fixture
+async def start_server() -> AsyncIterator[StartServer]:
+    """Factory: ``await start_server(apps=[...], **server_settings)`` -> RunningServer."""
+    running: list[tuple[asyncio.Event, asyncio.Task[None]]] = []
+
+    async def start(
+        apps: list[App] | None = None,
+        webhooks: WebhookSettings | None = None,
+        **server_settings: Any,
+    ) -> RunningServer:
+        settings = dataclasses.replace(ServerSettings(port=0), **server_settings)
+        config = Config(
+            server=settings,
+            apps=tuple(apps or [make_app()]),
+            webhooks=webhooks or WebhookSettings(),
+        )
+        server = build(config)
+        stop = asyncio.Event()
+        port: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        task = asyncio.ensure_future(serve(server, stop, port.set_result))
+        running.append((stop, task))
+        done, _ = await asyncio.wait({port, task}, timeout=10, return_when="FIRST_COMPLETED")
+        if port not in done:
+            task.result() if task.done() else None
+            raise RuntimeError("kanal did not start within 10 s")
+        return RunningServer(server, port.result())
+
+    yield start
+    for stop, _task in running:
+        stop.set()
+    for _stop, task in running:
+        await asyncio.wait_for(task, timeout=15)
+
+
+@pytest.fixture
+async def kanal_server(start_server: StartServer) -> RunningServer:
+    """A default node: one app (id 1, key app-key, secret app-secret, client events on)."""
+    result: RunningServer = await start_server()
+    return result
