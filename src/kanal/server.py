@@ -17,8 +17,6 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from aiohttp import web
-
 from kanal.adapters.memory import MemoryBroker, MemoryMembership
 from kanal.apps import StaticAppStore
 from kanal.config import Config
@@ -26,6 +24,7 @@ from kanal.hub import Hub, NullWebhooks, WebhookSink
 from kanal.protocol.errors import CloseCode
 from kanal.settings import is_default_credentials
 from kanal.transport.http import HttpApi
+from kanal.transport.listener import Listener
 from kanal.transport.websocket import WebSocketEndpoint, text_frame
 
 __all__ = ["Server", "build", "run"]
@@ -35,19 +34,33 @@ log = logging.getLogger("kanal")
 TICK_SECONDS = 1.0
 
 
+class Readiness:
+    """What ``GET /ready`` reports: not ready while draining or while a dependency is down."""
+
+    def __init__(self) -> None:
+        self.draining = False
+        self.checks: list[Callable[[], tuple[bool, str]]] = []
+
+    def check(self) -> tuple[bool, str]:
+        if self.draining:
+            return False, "draining"
+        for probe in self.checks:
+            ok, detail = probe()
+            if not ok:
+                return False, detail
+        return True, "ok"
+
+
 @dataclass
 class Server:
     """A built, not yet started, kanal node."""
 
     config: Config
     hub: Hub
-    app: web.Application
+    listener: Listener
+    readiness: Readiness
     starters: list[Callable[[], Awaitable[None]]]
     closers: list[Callable[[], Awaitable[None]]]
-    draining: bool = False
-
-    def ready(self) -> tuple[bool, str]:
-        return (False, "draining") if self.draining else (True, "ok")
 
 
 Lifecycle = list[Callable[[], Awaitable[None]]]
@@ -76,8 +89,7 @@ def build(config: Config) -> Server:
         max_connections=config.server.max_connections,
     )
     settings = config.server
-    app = web.Application(client_max_size=settings.max_request_bytes)
-    server = Server(config, hub, app, starters, closers)
+    readiness = Readiness()
     websocket = WebSocketEndpoint(
         hub,
         apps,
@@ -91,24 +103,15 @@ def build(config: Config) -> Server:
         path_prefix=settings.path_prefix,
         max_request_bytes=settings.max_request_bytes,
         expose_signature_hint=settings.expose_signature_hint,
-        ready=server.ready,
+        ready=readiness.check,
     )
-    prefix = settings.path_prefix.rstrip("/")
-    app.router.add_get(prefix + "/app/{key}", websocket.handle)
-    app.add_routes(http.routes())
-    app.router.add_get("/{tail:.*}", _unknown(websocket))
-    return server
-
-
-def _unknown(
-    websocket: WebSocketEndpoint,
-) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-    async def handler(request: web.Request) -> web.StreamResponse:
-        if request.headers.get("Upgrade", "").lower() == "websocket":
-            return await websocket.handle_unknown_path(request)
-        raise web.HTTPNotFound(text="Not found")
-
-    return handler
+    listener = Listener(
+        websocket,
+        http,
+        path_prefix=settings.path_prefix,
+        max_request_bytes=settings.max_request_bytes,
+    )
+    return Server(config, hub, listener, readiness, starters, closers)
 
 
 async def _tick(hub: Hub) -> None:
@@ -124,11 +127,9 @@ async def serve(
     settings = server.config.server
     for start in server.starters:
         await start()
-    runner = web.AppRunner(server.app, access_log=None, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port, reuse_port=settings.workers > 1)
-    await site.start()
-    port = runner.addresses[0][1] if runner.addresses else settings.port
+    port = await server.listener.start(
+        settings.host, settings.port, reuse_port=settings.workers > 1
+    )
     log.info("kanal listening on %s:%s", settings.host, port)
     if started is not None:
         started(port)
@@ -136,11 +137,10 @@ async def serve(
     try:
         await stop.wait()
     finally:
-        server.draining = True
+        server.readiness.draining = True
         ticker.cancel()
         server.hub.close_all(CloseCode.RECONNECT, "Generic reconnect immediately")
-        await runner.shutdown()
-        await runner.cleanup()
+        await server.listener.stop()
         for closer in server.closers:
             await closer()
 

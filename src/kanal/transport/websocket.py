@@ -168,7 +168,7 @@ class WebSocketEndpoint:
         await ws.prepare(request)
         transport = request.transport
         assert transport is not None
-        conn = WebSocketConnection(self._socket_id(), ws, transport, self.coalescer, self._limit)  # type: ignore[arg-type]
+        conn = WebSocketConnection(self._socket_id(), ws, transport, self.coalescer, self._limit)
         return ws, conn
 
     async def handle_unknown_path(self, request: web.Request) -> web.StreamResponse:
