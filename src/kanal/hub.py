@@ -19,6 +19,7 @@ from typing import Protocol
 
 from kanal.adapters.base import Broker, Envelope, Membership
 from kanal.config import App
+from kanal.metrics import Metrics
 from kanal.protocol import events
 from kanal.protocol import webhooks as hooks
 from kanal.protocol.channels import SERVER_TO_USER_PREFIX, channel_type
@@ -103,8 +104,10 @@ class Hub:
         monotonic: Callable[[], float],
         wall: Callable[[], float],
         max_connections: int = 0,
+        metrics: Metrics | None = None,
     ) -> None:
         self.membership = membership
+        self.metrics = metrics if metrics is not None else Metrics()
         self._broker = broker
         self._webhooks = webhooks
         self._frame = frame
@@ -125,6 +128,10 @@ class Hub:
     def connection_count(self) -> int:
         return len(self._locals)
 
+    @property
+    def channel_count(self) -> int:
+        return len(self._channels)
+
     def refuse(self, conn: Connection, code: int, reason: str) -> None:
         """PROTOCOL.md §1.2: ``pusher:error`` with the code, then close with it."""
         conn.send(self._frame(events.error_frame(code, reason)))
@@ -140,6 +147,7 @@ class Hub:
             return False
         session = Session(app, conn.socket_id, self._now())
         self._locals[conn.socket_id] = _Local(conn, session)
+        self.metrics.inc("kanal_connections_opened_total")
         conn.send(self._frame(session.established().payload))
         return True
 
@@ -148,6 +156,7 @@ class Hub:
         local = self._locals.get(socket_id)
         if local is None:
             return
+        self.metrics.inc("kanal_messages_received_total")
         for command in local.session.receive(text, self._now()):
             await self._execute(local, command)
 
@@ -174,6 +183,7 @@ class Hub:
         if local is None:
             return
         local.session.close()
+        self.metrics.inc("kanal_connections_closed_total")
         app = local.session.app
         for channel in list(local.channels):
             await self._leave(local, channel)
@@ -367,6 +377,7 @@ class Hub:
             for socket_id, conn in subscribers.items():
                 if socket_id != exclude:
                     conn.send(frame)
+            self.metrics.inc("kanal_deliveries_total", len(subscribers))
         elif envelope.kind == "user":
             self._deliver_user(envelope)
         elif envelope.kind == "terminate":

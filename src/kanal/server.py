@@ -89,6 +89,7 @@ def build(config: Config) -> Server:
         max_connections=config.server.max_connections,
     )
     settings = config.server
+    _register_gauges(hub)
     readiness = Readiness()
     websocket = WebSocketEndpoint(
         hub,
@@ -112,6 +113,14 @@ def build(config: Config) -> Server:
         max_request_bytes=settings.max_request_bytes,
     )
     return Server(config, hub, listener, readiness, starters, closers)
+
+
+def _register_gauges(hub: Hub) -> None:
+    metrics = hub.metrics
+    metrics.gauge("kanal_connections", lambda: hub.connection_count, "Open WebSocket connections")
+    metrics.gauge("kanal_channels", lambda: hub.channel_count, "Channels with local subscribers")
+    metrics.describe("kanal_deliveries_total", "Frames handed to local subscribers")
+    metrics.describe("kanal_messages_received_total", "Text frames received from clients")
 
 
 async def _tick(hub: Hub) -> None:

@@ -81,6 +81,7 @@ class HttpApi:
         return [
             web.get(p + "/", self.health),
             web.get(p + "/ready", self.readiness),
+            web.get(p + "/metrics", self.metrics),
             web.post(p + "/apps/{app_id}/events", self._wrap(self.events, write=True)),
             web.post(p + "/apps/{app_id}/batch_events", self._wrap(self.batch, write=True)),
             web.get(p + "/apps/{app_id}/channels", self._wrap(self.channels)),
@@ -100,6 +101,12 @@ class HttpApi:
     async def health(self, request: web.Request) -> web.Response:
         return _json({"ok": True})
 
+    async def metrics(self, request: web.Request) -> web.Response:
+        """Prometheus text format (docs/metrics.md)."""
+        return web.Response(
+            text=self._hub.metrics.render(), content_type="text/plain", charset="utf-8"
+        )
+
     async def readiness(self, request: web.Request) -> web.Response:
         ok, detail = self._ready()
         return web.json_response({"ready": ok, "detail": detail}, status=200 if ok else 503)
@@ -110,9 +117,12 @@ class HttpApi:
         async def endpoint(request: web.Request) -> web.StreamResponse:
             try:
                 app, body = await self._authenticate(request, write)
-                return _json(await handler(request, app, body))
+                response = _json(await handler(request, app, body))
             except ApiError as error:
-                return web.Response(status=error.status, text=error.message)
+                response = web.Response(status=error.status, text=error.message)
+            labels = {"endpoint": handler.__name__, "status": str(response.status)}
+            self._hub.metrics.inc_labelled("kanal_http_requests_total", labels)
+            return response
 
         return endpoint
 
