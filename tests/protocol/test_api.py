@@ -511,3 +511,45 @@ def test_query_parsers_total(query: dict[str, str], channel: str) -> None:
         except ApiError as error:
             assert error.status == 400
             assert "\n" not in error.message
+
+
+_valid_channels = st.from_regex(r"[-a-zA-Z0-9_=@,.;]{1,164}", fullmatch=True) | st.from_regex(
+    r"#server-to-user-[-a-zA-Z0-9_=@,.;]{1,140}", fullmatch=True
+)
+_valid_events = st.fixed_dictionaries(
+    {
+        "name": st.text(min_size=1, max_size=200).filter(
+            lambda n: not n.startswith(("pusher:", "pusher_internal:"))
+        ),
+        "data": st.text(max_size=2000),
+    },
+    optional={
+        "socket_id": st.from_regex(r"[0-9]{1,10}\.[0-9]{1,10}", fullmatch=True),
+        "info": st.text(max_size=40),
+    },
+)
+
+
+@given(_valid_events, st.lists(_valid_channels, min_size=1, max_size=100), st.booleans())
+def test_valid_triggers_are_accepted(
+    event: dict[str, Any], channels: list[str], single: bool
+) -> None:
+    channels = [c for c in channels if not c.startswith("private-encrypted-")] or ["c"]
+    fields = {**event, "channel": channels[0]} if single else {**event, "channels": channels}
+    parsed = parse_trigger(json.dumps(fields).encode(), APP)
+    assert parsed.name == event["name"]
+    assert parsed.data == event["data"]
+    assert parsed.channels == tuple(dict.fromkeys(channels[:1] if single else channels))
+    assert parsed.socket_id == event.get("socket_id")
+    assert parsed.info == frozenset(
+        p.strip() for p in event.get("info", "").split(",") if p.strip()
+    )
+
+
+@given(st.lists(st.tuples(_valid_events, _valid_channels), min_size=1, max_size=10))
+def test_valid_batches_are_accepted(events: list[tuple[dict[str, Any], str]]) -> None:
+    body = orjson.dumps({"batch": [{**event, "channel": channel} for event, channel in events]})
+    parsed = parse_batch(body, APP)
+    assert [(e.name, e.data, e.channels) for e in parsed] == [
+        (event["name"], event["data"], (channel,)) for event, channel in events
+    ]

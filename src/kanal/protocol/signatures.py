@@ -207,9 +207,9 @@ def sign_request(
     """Sign a request the way the SDKs do; returns every query parameter to send.
 
     ``body_md5`` is added only for a non-empty body (Node/PHP/Ruby behaviour, HTTP_API.md §2.5);
-    ``auth_signature`` comes last.
+    ``auth_signature`` comes last; any ``auth_*`` values in ``params`` are replaced.
     """
-    query = dict(params)
+    query = {key: value for key, value in params.items() if key != "auth_signature"}
     query.update(auth_key=app_key, auth_timestamp=str(timestamp), auth_version=AUTH_VERSION)
     if body:
         query["body_md5"] = md5_hex(body)

@@ -152,6 +152,7 @@ class HttpApi:
             app_secret=app.secret,
             now=self._wall(),
             expose_hint=self._hint,
+            max_skew=app.max_timestamp_skew,
         )
         if not app.enabled:
             raise ApiError(403, "Application disabled")
