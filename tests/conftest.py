@@ -76,9 +76,11 @@ async def start_server() -> AsyncIterator[StartServer]:
         port: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         task = asyncio.ensure_future(serve(server, stop, port.set_result))
         running.append((stop, task))
-        done, _ = await asyncio.wait({port, task}, timeout=10, return_when="FIRST_COMPLETED")
+        waiters: set[asyncio.Future[Any]] = {port, task}
+        done, _ = await asyncio.wait(waiters, timeout=10, return_when="FIRST_COMPLETED")
         if port not in done:
-            task.result() if task.done() else None
+            if task.done():
+                task.result()  # re-raise why serve() failed
             raise RuntimeError("kanal did not start within 10 s")
         return RunningServer(server, port.result())
 

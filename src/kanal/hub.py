@@ -13,6 +13,8 @@ subscriber. No JSON work happens per recipient.
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -119,6 +121,9 @@ class Hub:
         self._users: dict[tuple[str, str], dict[str, _Local]] = {}
         self._watchers: dict[tuple[str, str], dict[str, _Local]] = {}
         self._cache_misses: dict[tuple[str, str], float] = {}
+        self._channel_locks: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
         self._counter = SubscriptionCounter(self._publish_count, monotonic)
         broker.attach(self.deliver)
 
@@ -215,7 +220,20 @@ class Hub:
     def _send(self, local: _Local, payload: bytes) -> None:
         local.conn.send(self._frame(payload))
 
+    def _channel_lock(self, app_id: str, channel: str) -> asyncio.Lock:
+        """Serialises joins and leaves per channel on this node, so the order the store
+        answered in is the order the local index changes in (the roster a joiner gets and
+        the member events it receives then agree)."""
+        lock = self._channel_locks.get((app_id, channel))
+        if lock is None:
+            lock = self._channel_locks[(app_id, channel)] = asyncio.Lock()
+        return lock
+
     async def _join(self, local: _Local, command: Join) -> None:
+        async with self._channel_lock(local.session.app.id, command.channel):
+            await self._join_locked(local, command)
+
+    async def _join_locked(self, local: _Local, command: Join) -> None:
         """CHANNELS.md §3.1 steps 3 and 5-8."""
         app, channel, socket_id = local.session.app, command.channel, local.conn.socket_id
         kind = command.channel_type
@@ -262,6 +280,10 @@ class Hub:
             self._webhooks.emit(app, hooks.cache_miss(channel))
 
     async def _leave(self, local: _Local, channel: str) -> None:
+        async with self._channel_lock(local.session.app.id, channel):
+            await self._leave_locked(local, channel)
+
+    async def _leave_locked(self, local: _Local, channel: str) -> None:
         """CHANNELS.md §3.5; unknown channels are ignored silently (PROTOCOL.md §7.3)."""
         if channel not in local.channels:
             return

@@ -26,6 +26,7 @@ from kanal.settings import is_default_credentials
 from kanal.transport.http import HttpApi
 from kanal.transport.listener import Listener
 from kanal.transport.websocket import WebSocketEndpoint, text_frame
+from kanal.workers import supervise
 
 __all__ = ["Server", "build", "run"]
 
@@ -155,12 +156,19 @@ async def serve(
 
 
 def run(config: Config) -> None:
-    """Run a node in the foreground until SIGINT or SIGTERM."""
+    """Run a node (or ``workers`` nodes) in the foreground until SIGINT or SIGTERM."""
     logging.basicConfig(
         level=config.server.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
         stream=sys.stderr,
     )
+    _warn_default_credentials(config)
+    if config.server.workers > 1:
+        raise SystemExit(supervise(config.server.workers, lambda _index: _run_node(config)))
+    _run_node(config)
+
+
+def _run_node(config: Config) -> None:
     with contextlib.suppress(ImportError):
         import uvloop
 
@@ -181,7 +189,6 @@ def _warn_default_credentials(config: Config) -> None:
 
 
 async def _main(config: Config) -> None:
-    _warn_default_credentials(config)
     server = build(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

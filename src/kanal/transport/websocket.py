@@ -129,7 +129,10 @@ class WebSocketConnection:
             return
         self._coalescer.flush_one(self)  # the pusher:error frame goes out before the close
         self._closing = True
-        task = asyncio.ensure_future(self._ws.close(code=code, message=reason.encode()[:123]))
+        # drain=False: a slow consumer never reads, and waiting for its close frame would keep
+        # the connection (and its memberships) alive for ever.
+        closing = self._ws.close(code=code, message=reason.encode()[:123], drain=False)
+        task = asyncio.ensure_future(closing)
         task.add_done_callback(_ignore_result)
 
 
@@ -163,7 +166,11 @@ class WebSocketEndpoint:
         self, request: web.Request
     ) -> tuple[web.WebSocketResponse, WebSocketConnection]:
         ws = web.WebSocketResponse(
-            autoping=False, compress=False, max_msg_size=self._max_frame, heartbeat=None
+            autoping=False,
+            compress=False,
+            heartbeat=None,
+            # aiohttp refuses sizes >= max_msg_size; LIMITS.md closes only *above* the cap.
+            max_msg_size=self._max_frame + 1 if self._max_frame else 0,
         )
         await ws.prepare(request)
         transport = request.transport
