@@ -1,0 +1,231 @@
+"""Webhook dispatch: grace period, routing and the lifecycle of every endpoint's sender.
+
+Ownership rule: :class:`WebhookDispatcher` is the hub's :class:`~kanal.hub.WebhookSink` and the
+only owner of webhook timing and routing. It decides *which* endpoints get an event
+(:func:`wants`, WEBHOOKS.md §1) and *when* (the grace period, §4, whose rules are the pure
+:mod:`kanal.protocol.webhook_grace`); each endpoint's queue, batches, HTTP and retries belong to
+its :class:`~kanal.webhook_delivery.TargetSender` (§2, §5).
+
+Flow: ``emit`` (synchronous, never blocks, never raises) -> grace period (removals held, undone
+pairs cancelled) -> routing -> the per-endpoint queue -> that endpoint's worker task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import random
+import time
+from collections.abc import Callable
+
+from kanal.config import App, WebhookSettings, WebhookTarget
+from kanal.protocol.webhook_grace import GracePeriod
+from kanal.protocol.webhooks import WebhookEvent
+from kanal.webhook_delivery import Backoff, Entry, TargetSender, WebhookClient, WebhookStats
+
+__all__ = [
+    "State",
+    "WebhookClient",
+    "WebhookDispatcher",
+    "WebhookStats",
+    "default_client",
+    "wants",
+]
+
+log = logging.getLogger(__name__)
+
+_Item = tuple[App, WebhookEvent]
+
+
+class State(enum.Enum):
+    """The dispatcher's lifecycle; it only moves forward."""
+
+    NEW = "new"  #: events are accepted and kept; nothing is sent before start()
+    RUNNING = "running"  #: workers and the grace timer run
+    CLOSED = "closed"  #: close() began: new events are counted as dropped_shutdown
+
+
+def wants(target: WebhookTarget, event: WebhookEvent) -> bool:
+    """WEBHOOKS.md §1: the endpoint lists the event's name and its channel filters match."""
+    return (
+        event.name in target.event_types
+        and event.channel.startswith(target.filter_channel_prefix)
+        and event.channel.endswith(target.filter_channel_suffix)
+    )
+
+
+def default_client() -> WebhookClient:
+    """The aiohttp client shared by all endpoints (made on the running loop, by ``start``)."""
+    from kanal.transport.webhook_client import AiohttpWebhookClient
+
+    return AiohttpWebhookClient()
+
+
+class WebhookDispatcher:
+    """Delivers the hub's webhook events (WEBHOOKS.md).
+
+    Args:
+        settings: the ``[webhooks]`` section.
+        wall: Unix time in seconds, for ``time_ms``.
+        monotonic: the clock of every delay and deadline.
+        client_factory: makes the HTTP client, called once by :meth:`start` on the loop.
+        backoff_base, backoff_cap: first and largest retry delay in seconds (§5: 1 s, 60 s).
+        rng: source of retry jitter (seed it for reproducible tests).
+    """
+
+    def __init__(
+        self,
+        settings: WebhookSettings,
+        *,
+        wall: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        client_factory: Callable[[], WebhookClient] = default_client,
+        backoff_base: float = 1.0,
+        backoff_cap: float = 60.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self.stats = WebhookStats()
+        self._wall = wall
+        self._now = monotonic
+        self._client_factory = client_factory
+        self._backoff = Backoff(base=backoff_base, cap=backoff_cap)
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
+        self._grace: GracePeriod[_Item] = GracePeriod(settings.grace_period)
+        self._senders: dict[tuple[str, WebhookTarget], TargetSender] = {}
+        self._client: WebhookClient | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._state = State.NEW
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    def _set_state(self, state: State) -> None:
+        log.debug("webhook dispatcher: %s -> %s", self._state.value, state.value)
+        self._state = state
+
+    @property
+    def pending(self) -> int:
+        """Events held by the grace period, queued or in flight."""
+        return len(self._grace) + sum(s.pending for s in self._senders.values())
+
+    # --- the hub's side ----------------------------------------------------------------------
+
+    def emit(self, app: App, event: WebhookEvent) -> None:
+        """Take one event at the moment of its transition. Never blocks, never raises."""
+        try:
+            self._emit(app, event)
+        except Exception:
+            log.exception("webhook event %s on %s lost", event.name, event.channel)
+
+    def _emit(self, app: App, event: WebhookEvent) -> None:
+        if not app.webhooks:
+            return
+        if self._state is State.CLOSED:
+            self.stats.dropped_shutdown += sum(wants(t, event) for t in app.webhooks)
+            log.warning("webhook event %s emitted after shutdown: dropped", event.name)
+            return
+        for item in self._grace.offer(app.id, event, (app, event), self._now()):
+            self._route(item)
+        self._arm_timer()
+
+    def _route(self, item: _Item) -> None:
+        app, event = item
+        entry = Entry(app, event, self._now())
+        for target in app.webhooks:
+            if wants(target, event):
+                self._sender(app, target).push(entry)
+
+    def _sender(self, app: App, target: WebhookTarget) -> TargetSender:
+        sender = self._senders.get((app.id, target))
+        if sender is None:
+            sender = TargetSender(
+                target,
+                self.settings,
+                self.stats,
+                backoff=self._backoff,
+                wall=self._wall,
+                monotonic=self._now,
+                rng=self._rng,
+            )
+            self._senders[(app.id, target)] = sender
+            if self._client is not None:
+                sender.start(self._client)
+        return sender
+
+    # --- the grace period's timer (§4) -------------------------------------------------------
+
+    def _arm_timer(self) -> None:
+        deadline = self._grace.next_deadline()
+        if deadline is None or self._client is None:
+            return
+        if self._timer is not None:
+            if self._timer_at <= deadline:
+                return  # fires first; _on_timer re-arms
+            self._timer.cancel()
+        delay = max(0.0, deadline - self._now())
+        self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
+        self._timer_at = deadline
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        try:
+            for item in self._grace.release_due(self._now()):
+                self._route(item)
+            self._arm_timer()
+        except Exception:
+            log.exception("webhook grace-period timer failed")
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the HTTP client and start the workers of events emitted so far (idempotent)."""
+        if self._state is not State.NEW:
+            return
+        self._set_state(State.RUNNING)
+        self._client = self._client_factory()
+        for sender in self._senders.values():
+            sender.start(self._client)
+        self._arm_timer()
+
+    async def wait_idle(self) -> None:
+        """Return once every queued webhook was delivered or dropped. Events still inside the
+        grace period are not waited for."""
+        while not all(s.pending == 0 for s in self._senders.values()):
+            await asyncio.gather(*(s.wait_idle() for s in self._senders.values()))
+
+    async def close(self) -> None:
+        """Release held removals now, keep delivering for up to ``shutdown_timeout`` seconds,
+        then give up on the rest, counted in ``stats.dropped_shutdown`` and logged."""
+        if self._state is State.CLOSED:
+            return
+        await self.start()  # a dispatcher that never started still delivers what it holds
+        self._set_state(State.CLOSED)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for item in self._grace.release_all():
+            self._route(item)
+        for sender in self._senders.values():
+            sender.drain()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.wait_idle(), self.settings.shutdown_timeout)
+        await self._stop_senders()
+
+    async def _stop_senders(self) -> None:
+        dropped = 0
+        for sender in self._senders.values():
+            dropped += await sender.stop()
+        if dropped:
+            self.stats.dropped_shutdown += dropped
+            log.error(
+                "webhooks: gave up on %d undelivered events after %.1fs shutdown timeout",
+                dropped,
+                self.settings.shutdown_timeout,
+            )
+        if self._client is not None:
+            await self._client.close()
