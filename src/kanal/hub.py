@@ -255,6 +255,10 @@ class Hub:
         self._send(local, events.subscription_succeeded_frame(channel, result.presence))
         if already:  # §3.1 step 3: idempotent re-subscribe, no events or webhooks
             return
+        # CHANNELS.md §3.1 step 8: member_added, cache, subscription_count; webhooks in the
+        # order channel_occupied, member_added, cache_miss, subscription_count.
+        if result.occupied:
+            self._webhooks.emit(app, hooks.channel_occupied(channel))
         if result.user_added and command.member is not None:
             member = command.member
             frame = events.member_added_frame(channel, member.user_id, member.user_info)
@@ -263,8 +267,6 @@ class Hub:
         if kind.cache:
             await self._send_cache(local, channel)
         await self._counter.changed(app, channel, kind, result.subscription_count)
-        if result.occupied:
-            self._webhooks.emit(app, hooks.channel_occupied(channel))
 
     async def _send_cache(self, local: _Local, channel: str) -> None:
         """CHANNELS.md §5: replay the cached event, or ``pusher:cache_miss`` + webhook."""
