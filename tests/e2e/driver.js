@@ -7,8 +7,9 @@
 // Commands ("client" names a pusher-js instance):
 //   connect {client,key,port,host?,secret?,appId?,options?,presence?,userAuth?,masterKey?,
 //     authError?,authSecret?,authKey?,authResponse?,userAuthError?,userAuthResponse?,frames?,
-//     autoConnect?,clientActivityTimeout?}   subscribe {client,channel,presence?,authError?,authSecret?,authKey?,
-//     authResponse?}   unsubscribe {client,channel}   trigger {client,channel,event,data}
+//     autoConnect?,clientActivityTimeout?}
+//   subscribe {client,channel,presence?,authError?,authSecret?,authKey?,authResponse?}
+//   unsubscribe {client,channel}   trigger {client,channel,event,data}
 //   signin {client,userAuth?,userAuthError?,userAuthResponse?}   send_raw {client,event,data,
 //     channel?}   send_text {client,text}   members / channel_state {client,channel}
 //   disconnect / reconnect / drop / forget {client}   exit
