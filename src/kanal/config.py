@@ -86,6 +86,9 @@ class ServerSettings:
     strict_protocol_version: bool = False
     log_level: str = "info"
     workers: int = 1
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    trust_proxy_headers: bool = False
 
 
 @dataclass(frozen=True, slots=True)

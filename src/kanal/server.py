@@ -98,6 +98,7 @@ def build(config: Config) -> Server:
         max_frame_bytes=settings.max_frame_bytes,
         max_output_buffer_bytes=settings.max_output_buffer_bytes,
         strict_protocol=settings.strict_protocol_version,
+        trust_proxy_headers=settings.trust_proxy_headers,
     )
     http = HttpApi(
         hub,
@@ -112,6 +113,7 @@ def build(config: Config) -> Server:
         http,
         path_prefix=settings.path_prefix,
         max_request_bytes=settings.max_request_bytes,
+        shutdown_timeout=settings.shutdown_timeout,
     )
     return Server(config, hub, listener, readiness, starters, closers)
 
@@ -138,7 +140,11 @@ async def serve(
     for start in server.starters:
         await start()
     port = await server.listener.start(
-        settings.host, settings.port, reuse_port=settings.workers > 1
+        settings.host,
+        settings.port,
+        reuse_port=settings.workers > 1,
+        tls_cert_file=settings.tls_cert_file,
+        tls_key_file=settings.tls_key_file,
     )
     log.info("kanal listening on %s:%s", settings.host, port)
     if started is not None:

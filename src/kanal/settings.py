@@ -151,6 +151,9 @@ expose_signature_hint -         Put the expected string-to-sign in signature err
 strict_protocol_version -       Refuse connections without ?protocol= (close 4008).
 log_level            log_level  Log verbosity: debug, info, warning or error.
 workers              pos        Worker processes; more than 1 needs adapter = "redis".
+tls_cert_file        -          PEM certificate chain: serve wss:// and https:// directly.
+tls_key_file         -          PEM private key for tls_cert_file.
+trust_proxy_headers  -          Trust X-Forwarded-Proto from a TLS-terminating proxy (require_tls).
 [webhooks]           KANAL_WEBHOOKS_ --webhooks-
 grace_period         nonneg     Seconds to hold channel_vacated/member_removed (dropped if undone).
 batch_window         nonneg     Seconds to gather events into one request for batching apps.
@@ -521,6 +524,11 @@ def _cross_check(config: Config, sections: Mapping[str, Layer], apps: list[Layer
         raise ConfigError(
             f"{origin('server', 'workers')}: server.workers: more than 1 worker "
             "needs scaling.adapter = 'redis'"
+        )
+    if bool(config.server.tls_cert_file) != bool(config.server.tls_key_file):
+        raise ConfigError(
+            f"{origin('server', 'tls_cert_file')}: server.tls_cert_file: tls_cert_file and "
+            "tls_key_file must be set together"
         )
     for name in ("id", "key"):
         seen: dict[str, int] = {}

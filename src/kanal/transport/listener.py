@@ -6,6 +6,7 @@ starts and stops them through :class:`Listener` without knowing the network libr
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -38,19 +39,36 @@ class Listener:
         *,
         path_prefix: str,
         max_request_bytes: int,
+        shutdown_timeout: float = 10.0,
     ) -> None:
         app = web.Application(client_max_size=max_request_bytes)
         prefix = path_prefix.rstrip("/")
         app.router.add_get(prefix + "/app/{key}", websocket.handle)
         app.add_routes(http.routes())
         app.router.add_route("*", "/{tail:.*}", _unknown_path(websocket))
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, shutdown_timeout=shutdown_timeout
+        )
         self.port = 0
 
-    async def start(self, host: str, port: int, *, reuse_port: bool = False) -> int:
-        """Bind and serve; returns the bound port (useful with port 0)."""
+    async def start(
+        self,
+        host: str,
+        port: int,
+        *,
+        reuse_port: bool = False,
+        tls_cert_file: str = "",
+        tls_key_file: str = "",
+    ) -> int:
+        """Bind and serve (TLS when a certificate is given); returns the bound port."""
+        context: ssl.SSLContext | None = None
+        if tls_cert_file:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(tls_cert_file, tls_key_file)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, reuse_port=reuse_port or None)
+        site = web.TCPSite(
+            self._runner, host, port, reuse_port=reuse_port or None, ssl_context=context
+        )
         await site.start()
         self.port = self._runner.addresses[0][1] if self._runner.addresses else port
         return self.port

@@ -152,8 +152,10 @@ class WebSocketEndpoint:
         max_frame_bytes: int,
         max_output_buffer_bytes: int,
         strict_protocol: bool,
+        trust_proxy_headers: bool = False,
         socket_id: Callable[[], str] = new_socket_id,
     ) -> None:
+        self._trust_proxy = trust_proxy_headers
         self._hub = hub
         self._apps = apps
         self._max_frame = max_frame_bytes
@@ -178,6 +180,13 @@ class WebSocketEndpoint:
         conn = WebSocketConnection(self._socket_id(), ws, transport, self.coalescer, self._limit)
         return ws, conn
 
+    def _is_secure(self, request: web.Request) -> bool:
+        """TLS here, or (when trusted) at the proxy in front of us (docs/deployment.md)."""
+        if request.secure:
+            return True
+        forwarded = request.headers.get("X-Forwarded-Proto", "")
+        return self._trust_proxy and forwarded.split(",")[0].strip().lower() == "https"
+
     async def handle_unknown_path(self, request: web.Request) -> web.StreamResponse:
         """PROTOCOL.md §1.2 step 1: refuse with 4005 after the upgrade, not an HTTP 404."""
         ws, conn = await self._accept(request)
@@ -191,7 +200,7 @@ class WebSocketEndpoint:
         refused = check_handshake(
             app,
             protocol=request.query.get("protocol"),
-            secure=request.secure,
+            secure=self._is_secure(request),
             origin=request.headers.get("Origin"),
             strict_protocol=self._strict,
         )
