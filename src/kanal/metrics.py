@@ -22,6 +22,7 @@ class Metrics:
     counters: dict[str, float] = field(default_factory=dict)
     labelled: dict[tuple[str, tuple[tuple[str, str], ...]], float] = field(default_factory=dict)
     gauges: dict[str, Gauge] = field(default_factory=dict)
+    sampled: dict[tuple[str, str], Gauge] = field(default_factory=dict)
     help: dict[str, str] = field(default_factory=dict)
 
     def describe(self, name: str, text: str) -> None:
@@ -38,6 +39,11 @@ class Metrics:
         self.gauges[name] = read
         self.help[name] = text
 
+    def sampled_counter(self, name: str, read: Gauge, text: str, labels: str = "") -> None:
+        """A counter owned elsewhere (e.g. webhook stats), read at scrape time."""
+        self.sampled[(name, labels)] = read
+        self.help[name] = text
+
     def render(self) -> str:
         lines: list[str] = []
         for name in sorted(self.counters):
@@ -50,6 +56,12 @@ class Metrics:
                 lines += self._header(name, "counter")
             rendered = ",".join(f'{k}="{v}"' for k, v in labels)
             lines.append(f"{name}{{{rendered}}} {value:g}")
+        for name, label_text in sorted(self.sampled):
+            if name not in seen:
+                seen.add(name)
+                lines += self._header(name, "counter")
+            suffix = f"{{{label_text}}}" if label_text else ""
+            lines.append(f"{name}{suffix} {self.sampled[(name, label_text)]():g}")
         for name in sorted(self.gauges):
             lines += self._header(name, "gauge")
             lines.append(f"{name} {self.gauges[name]():g}")

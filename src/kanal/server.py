@@ -21,11 +21,13 @@ from kanal.adapters.memory import MemoryBroker, MemoryMembership
 from kanal.apps import StaticAppStore
 from kanal.config import Config
 from kanal.hub import Hub, NullWebhooks, WebhookSink
+from kanal.metrics import Metrics
 from kanal.protocol.errors import CloseCode
 from kanal.settings import is_default_credentials
 from kanal.transport.http import HttpApi
 from kanal.transport.listener import Listener
 from kanal.transport.websocket import WebSocketEndpoint, text_frame
+from kanal.webhooks import WebhookDispatcher
 from kanal.workers import supervise
 
 __all__ = ["Server", "build", "run"]
@@ -67,19 +69,35 @@ class Server:
 Lifecycle = list[Callable[[], Awaitable[None]]]
 
 
-def _webhook_sink(config: Config) -> tuple[WebhookSink, Lifecycle, Lifecycle]:
+def _webhook_sink(config: Config, metrics: Metrics) -> tuple[WebhookSink, Lifecycle, Lifecycle]:
     if not any(app.webhooks for app in config.apps):
         return NullWebhooks(), [], []
-    from kanal.webhooks import WebhookDispatcher
-
     dispatcher = WebhookDispatcher(config.webhooks)
+    stats = dispatcher.stats
+    metrics.sampled_counter(
+        "kanal_webhooks_sent_total", lambda: stats.sent, "Webhook events delivered (2xx)"
+    )
+    metrics.sampled_counter(
+        "kanal_webhooks_failed_attempts_total",
+        lambda: stats.failed_attempts,
+        "Webhook HTTP attempts that failed",
+    )
+    dropped = "Webhook events given up"
+    for reason, read in (
+        ("expired", lambda: stats.dropped_expired),
+        ("overflow", lambda: stats.dropped_overflow),
+        ("shutdown", lambda: stats.dropped_shutdown),
+    ):
+        metrics.sampled_counter("kanal_webhooks_dropped_total", read, dropped, f'reason="{reason}"')
+    metrics.gauge("kanal_webhooks_pending", lambda: dispatcher.pending, "Webhook events queued")
     return dispatcher, [dispatcher.start], [dispatcher.close]
 
 
 def build(config: Config) -> Server:
     """Wire a node from ``config``; nothing is started."""
     apps = StaticAppStore(config.apps)
-    webhooks, starters, closers = _webhook_sink(config)
+    metrics = Metrics()
+    webhooks, starters, closers = _webhook_sink(config, metrics)
     hub = Hub(
         membership=MemoryMembership(),
         broker=MemoryBroker(),
@@ -88,6 +106,7 @@ def build(config: Config) -> Server:
         monotonic=time.monotonic,
         wall=time.time,
         max_connections=config.server.max_connections,
+        metrics=metrics,
     )
     settings = config.server
     _register_gauges(hub)
