@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from kanal.config import App, Config, ServerSettings, WebhookSettings
+from kanal.config import App, Config, ScalingSettings, ServerSettings, WebhookSettings
 from kanal.server import Server, build, serve
 
 APP_ID = "1"
@@ -63,6 +63,7 @@ async def start_server() -> AsyncIterator[StartServer]:
     async def start(
         apps: list[App] | None = None,
         webhooks: WebhookSettings | None = None,
+        scaling: ScalingSettings | None = None,
         **server_settings: Any,
     ) -> RunningServer:
         settings = dataclasses.replace(ServerSettings(port=0), **server_settings)
@@ -70,6 +71,7 @@ async def start_server() -> AsyncIterator[StartServer]:
             server=settings,
             apps=tuple(apps or [make_app()]),
             webhooks=webhooks or WebhookSettings(),
+            scaling=scaling or ScalingSettings(),
         )
         server = build(config)
         stop = asyncio.Event()
@@ -96,3 +98,9 @@ async def kanal_server(start_server: StartServer) -> RunningServer:
     """A default node: one app (id 1, key app-key, secret app-secret, client events on)."""
     result: RunningServer = await start_server()
     return result
+
+
+# Redis fixtures (redis_url, redis_process, prefix, raw) for every test package.
+from tests.redis_server import prefix, raw, redis_process, redis_url  # noqa: E402
+
+__all__ = ["prefix", "raw", "redis_process", "redis_url"]

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from kanal.adapters.base import Broker, Envelope, Membership
+from kanal.adapters.base import Broker, Envelope, JoinResult, LeaveResult, Membership
 from kanal.config import App
 from kanal.metrics import Metrics
 from kanal.protocol import events
@@ -257,16 +257,29 @@ class Hub:
             return
         # CHANNELS.md §3.1 step 8: member_added, cache, subscription_count; webhooks in the
         # order channel_occupied, member_added, cache_miss, subscription_count.
-        if result.occupied:
-            self._webhooks.emit(app, hooks.channel_occupied(channel))
-        if result.user_added and command.member is not None:
-            member = command.member
-            frame = events.member_added_frame(channel, member.user_id, member.user_info)
-            await self._publish(app.id, channel, frame, exclude=socket_id)
-            self._webhooks.emit(app, hooks.member_added(channel, member.user_id))
+        await self._announce_presence_join(app, channel, result, command.member, socket_id)
         if kind.cache:
             await self._send_cache(local, channel)
         await self._counter.changed(app, channel, kind, result.subscription_count)
+
+    async def _announce_presence_join(
+        self, app: App, channel: str, result: JoinResult, member: Member | None, socket_id: str
+    ) -> None:
+        if result.occupied:
+            self._webhooks.emit(app, hooks.channel_occupied(channel))
+        if result.user_added and member is not None:
+            frame = events.member_added_frame(channel, member.user_id, member.user_info)
+            await self._publish(app.id, channel, frame, exclude=socket_id)
+            self._webhooks.emit(app, hooks.member_added(channel, member.user_id))
+
+    async def announce_join(
+        self, app: App, channel: str, result: JoinResult, socket_id: str
+    ) -> None:
+        """Events for a join the cluster learned late (a rebuild after a Redis outage)."""
+        local = self._locals.get(socket_id)
+        member = local.channels.get(channel) if local is not None else None
+        await self._announce_presence_join(app, channel, result, member, socket_id)
+        await self._counter.changed(app, channel, channel_type(channel), result.subscription_count)
 
     async def _send_cache(self, local: _Local, channel: str) -> None:
         """CHANNELS.md §5: replay the cached event, or ``pusher:cache_miss`` + webhook."""
@@ -300,13 +313,18 @@ class Hub:
             if not subscribers:
                 del self._channels[(app.id, channel)]
         result = await self.membership.leave(app.id, channel, socket_id)
-        if result is None:
-            return
+        if result is not None:
+            await self.announce_leave(app, channel, result, exclude=socket_id)
+
+    async def announce_leave(
+        self, app: App, channel: str, result: LeaveResult, exclude: str | None = None
+    ) -> None:
+        """CHANNELS.md §3.5 side effects of a leave, also for a dead node's connections."""
         if result.user_removed is not None:
             frame = events.member_removed_frame(channel, result.user_removed)
-            await self._publish(app.id, channel, frame, exclude=socket_id)
+            await self._publish(app.id, channel, frame, exclude=exclude)
             self._webhooks.emit(app, hooks.member_removed(channel, result.user_removed))
-        await self._counter.changed(app, channel, kind, result.subscription_count)
+        await self._counter.changed(app, channel, channel_type(channel), result.subscription_count)
         if result.vacated:
             self._webhooks.emit(app, hooks.channel_vacated(channel))
 
@@ -348,10 +366,10 @@ class Hub:
             self._users.setdefault((app.id, user.user_id), {})[socket_id] = local
         local.user = user
         first = await self.membership.sign_in(app.id, user.user_id, socket_id)
+        if first:
+            await self.announce_presence_of_user(app, user.user_id, online=True)
         if not app.enable_watchlist_events:
             return
-        if first:
-            await self._broker.publish(Envelope(app.id, "online", user.user_id))
         for watched in user.watchlist:
             self._watchers.setdefault((app.id, watched), {})[socket_id] = local
         # USERS.md §4 initial status [choice]: omit an empty list, send nothing if both are.
@@ -385,8 +403,31 @@ class Hub:
             if not sockets:
                 del self._users[(app.id, user_id)]
         last = await self.membership.sign_out(app.id, user_id, socket_id)
-        if last and app.enable_watchlist_events:
-            await self._broker.publish(Envelope(app.id, "offline", user_id))
+        if last:
+            await self.announce_presence_of_user(app, user_id, online=False)
+
+    async def announce_presence_of_user(self, app: App, user_id: str, *, online: bool) -> None:
+        """USERS.md §4: a user's first sign-in (online) or last sign-out (offline)."""
+        if app.enable_watchlist_events:
+            kind = "online" if online else "offline"
+            await self._broker.publish(Envelope(app.id, kind, user_id))
+
+    def local_state(
+        self,
+    ) -> tuple[
+        list[tuple[str, str, str, Member | None]], list[tuple[str, str, str]], list[tuple[str, str]]
+    ]:
+        """This node's subscriptions, sign-ins and connections (to rebuild Redis from)."""
+        subscriptions, signed_in, connections = [], [], []
+        for socket_id, local in self._locals.items():
+            app_id = local.session.app.id
+            connections.append((app_id, socket_id))
+            if local.user is not None:
+                signed_in.append((app_id, local.user.user_id, socket_id))
+            for channel, member in local.channels.items():
+                if not channel.startswith(SERVER_TO_USER_PREFIX):
+                    subscriptions.append((app_id, channel, socket_id, member))
+        return subscriptions, signed_in, connections
 
     # --- delivery from the broker (every node) -------------------------------------------
 

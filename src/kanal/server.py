@@ -17,8 +17,13 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from kanal.adapters.base import Broker, Membership
 from kanal.adapters.memory import MemoryBroker, MemoryMembership
+from kanal.adapters.redis import RedisMembership
+from kanal.adapters.redis import connect as redis_connect
+from kanal.adapters.resilient import ResilientBroker, ResilientMembership
 from kanal.apps import StaticAppStore
+from kanal.cluster import ClusterMaintainer
 from kanal.config import Config
 from kanal.hub import Hub, NullWebhooks, WebhookSink
 from kanal.metrics import Metrics
@@ -93,14 +98,52 @@ def _webhook_sink(config: Config, metrics: Metrics) -> tuple[WebhookSink, Lifecy
     return dispatcher, [dispatcher.start], [dispatcher.close]
 
 
+@dataclass
+class _Cluster:
+    """The Redis side of a cluster member, wired once the hub exists."""
+
+    config: Config
+    membership: ResilientMembership
+    redis: RedisMembership
+    broker: ResilientBroker
+    starters: Lifecycle
+    closers: Lifecycle
+
+    def attach(self, hub: Hub, apps: StaticAppStore, readiness: Readiness) -> ClusterMaintainer:
+        readiness.checks += [self.membership.status, self.broker.status]
+        return ClusterMaintainer(
+            hub,
+            self.membership,
+            self.redis,
+            apps.by_id,
+            lease=self.config.scaling.node_lease,
+            wall=time.time,
+        )
+
+
+def _adapters(config: Config) -> tuple[Membership, Broker, _Cluster | None]:
+    """``[scaling] adapter``: memory (default, one process) or redis (a cluster member)."""
+    scaling = config.scaling
+    if scaling.adapter != "redis":
+        return MemoryMembership(), MemoryBroker(), None
+    redis, pubsub = redis_connect(
+        scaling.redis_url, prefix=scaling.redis_prefix, lease=scaling.node_lease
+    )
+    membership, broker = ResilientMembership(redis), ResilientBroker(pubsub)
+    cluster = _Cluster(config, membership, redis, broker, [pubsub.start], [pubsub.close])
+    return membership, broker, cluster
+
+
 def build(config: Config) -> Server:
     """Wire a node from ``config``; nothing is started."""
     apps = StaticAppStore(config.apps)
     metrics = Metrics()
-    webhooks, starters, closers = _webhook_sink(config, metrics)
+    webhooks, webhook_start, webhook_close = _webhook_sink(config, metrics)
+    readiness = Readiness()
+    membership, broker, cluster = _adapters(config)
     hub = Hub(
-        membership=MemoryMembership(),
-        broker=MemoryBroker(),
+        membership=membership,
+        broker=broker,
         webhooks=webhooks,
         frame=text_frame,
         monotonic=time.monotonic,
@@ -110,7 +153,12 @@ def build(config: Config) -> Server:
     )
     settings = config.server
     _register_gauges(hub)
-    readiness = Readiness()
+    starters, closers = list(webhook_start), []
+    if cluster is not None:
+        maintainer = cluster.attach(hub, apps, readiness)
+        starters = [*cluster.starters, maintainer.start, *starters]
+        closers = [maintainer.close, *cluster.closers]
+    closers += webhook_close
     websocket = WebSocketEndpoint(
         hub,
         apps,

@@ -40,8 +40,9 @@ from kanal.adapters.redis import (
     encode_envelope,
 )
 from kanal.protocol.presence import Member
+from tests.redis_server import RedisProcess
 
-from .conftest import Cluster, RedisProcess
+from .conftest import Cluster
 
 APP = "1"
 OTHER_APP = "2"

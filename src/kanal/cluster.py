@@ -1,0 +1,116 @@
+"""ClusterMaintainer: this node's lease, reaping dead nodes, and recovery from Redis outages.
+
+Ownership rule: the maintenance loop owns nothing but its timer. Every ``lease / 3`` seconds
+it (1) renews this node's lease, (2) rebuilds this node's entries in Redis when the lease was
+lost or Redis was away (from the hub's local state: the hub owns it), and (3) reaps nodes
+whose lease ran out. Whatever those steps change cluster-wide is announced through the hub,
+so member_removed / channel_vacated (and their webhooks) for a crashed node fire exactly
+once: the reap claim is atomic, so one live node announces each departure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from redis.exceptions import RedisError
+
+from kanal.adapters.redis import Arrival, Departure, NodeState, RedisMembership
+from kanal.adapters.resilient import ResilientMembership
+from kanal.config import App
+from kanal.hub import Hub
+
+__all__ = ["ClusterMaintainer"]
+
+log = logging.getLogger("kanal.cluster")
+
+
+class ClusterMaintainer:
+    """Runs the lease / rebuild / reap loop for one node."""
+
+    def __init__(
+        self,
+        hub: Hub,
+        membership: ResilientMembership,
+        redis: RedisMembership,
+        apps: Callable[[str], App | None],
+        *,
+        lease: float,
+        wall: Callable[[], float],
+    ) -> None:
+        self._hub = hub
+        self._membership = membership
+        self._redis = redis
+        self._apps = apps
+        self._interval = max(lease / 3.0, 0.05)
+        self._wall = wall
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.step()
+        self._task = asyncio.create_task(self._run(), name="kanal-cluster-maintainer")
+
+    async def close(self) -> None:
+        """Stop the loop and say goodbye: this node's entries leave Redis now, announced."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        try:
+            await self._announce_departures(await self._redis.forget_node())
+        except RedisError as error:
+            log.warning("could not remove this node from redis on shutdown: %s", error)
+        await self._redis.close()
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                await self.step()
+            except Exception:  # the loop must survive anything; the next step retries
+                log.exception("cluster maintenance step failed")
+
+    async def step(self) -> None:
+        """One round: heartbeat, rebuild if needed, reap dead nodes."""
+        now = self._wall()
+        try:
+            alive = await self._redis.heartbeat(now)
+            if not alive or self._membership.degraded:
+                await self._rebuild(now)
+            await self._announce_departures(await self._redis.reap_dead_nodes(now))
+        except RedisError as error:
+            self._membership.fail(error)
+
+    async def _rebuild(self, now: float) -> None:
+        # Flip first: writes from now on go to Redis, queued behind the rebuild, which reads
+        # the hub's state only once in-flight writes are done (RedisMembership.rebuild).
+        self._membership.recovered()
+        result = await self._redis.rebuild(self._node_state, now)
+        await self._announce_departures(result.departures)
+        await self._announce_arrivals(result.arrivals)
+
+    def _node_state(self) -> NodeState:
+        subscriptions, signed_in, connections = self._hub.local_state()
+        return NodeState(subscriptions, signed_in, connections)
+
+    async def _announce_departures(self, departures: list[Departure]) -> None:
+        for departure in departures:
+            app = self._apps(departure.app_id)
+            if app is None:
+                continue
+            if departure.kind == "channel" and departure.leave is not None:
+                await self._hub.announce_leave(app, departure.target, departure.leave)
+            elif departure.kind == "user" and departure.user_offline:
+                await self._hub.announce_presence_of_user(app, departure.target, online=False)
+
+    async def _announce_arrivals(self, arrivals: list[Arrival]) -> None:
+        for arrival in arrivals:
+            app = self._apps(arrival.app_id)
+            if app is None:
+                continue
+            if arrival.kind == "channel" and arrival.join is not None:
+                await self._hub.announce_join(app, arrival.target, arrival.join, arrival.socket_id)
+            elif arrival.kind == "user" and arrival.user_online:
+                await self._hub.announce_presence_of_user(app, arrival.target, online=True)
