@@ -21,6 +21,7 @@ from typing import Protocol
 
 from kanal.adapters.base import Broker, Envelope, JoinResult, LeaveResult, Membership
 from kanal.config import App
+from kanal.local_index import SocketIndex
 from kanal.metrics import Metrics
 from kanal.protocol import events
 from kanal.protocol import webhooks as hooks
@@ -117,9 +118,9 @@ class Hub:
         self._wall = wall
         self._max_connections = max_connections
         self._locals: dict[str, _Local] = {}
-        self._channels: dict[tuple[str, str], dict[str, Connection]] = {}
-        self._users: dict[tuple[str, str], dict[str, _Local]] = {}
-        self._watchers: dict[tuple[str, str], dict[str, _Local]] = {}
+        self._channels: SocketIndex[Connection] = SocketIndex()
+        self._users: SocketIndex[_Local] = SocketIndex()
+        self._watchers: SocketIndex[_Local] = SocketIndex()
         self._cache_misses: dict[tuple[str, str], float] = {}
         self._channel_locks: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = (
             weakref.WeakValueDictionary()
@@ -250,7 +251,7 @@ class Hub:
             return
         already = channel in local.channels
         local.channels[channel] = command.member
-        self._channels.setdefault((app.id, channel), {})[socket_id] = local.conn
+        self._channels.add(app.id, channel, socket_id, local.conn)
         # CHANNELS.md §3.1 step 7: subscription_succeeded precedes every other frame.
         self._send(local, events.subscription_succeeded_frame(channel, result.presence))
         if already:  # §3.1 step 3: idempotent re-subscribe, no events or webhooks
@@ -307,11 +308,7 @@ class Hub:
         kind = channel_type(channel)
         if kind.is_server_to_user:
             return
-        subscribers = self._channels.get((app.id, channel))
-        if subscribers is not None:
-            subscribers.pop(socket_id, None)
-            if not subscribers:
-                del self._channels[(app.id, channel)]
+        self._channels.remove(app.id, channel, socket_id)
         result = await self.membership.leave(app.id, channel, socket_id)
         if result is not None:
             await self.announce_leave(app, channel, result, exclude=socket_id)
@@ -363,7 +360,7 @@ class Hub:
         if local.user is not None:  # same id signing in again: replace the watchlist
             self._unwatch(local)
         else:
-            self._users.setdefault((app.id, user.user_id), {})[socket_id] = local
+            self._users.add(app.id, user.user_id, socket_id, local)
         local.user = user
         first = await self.membership.sign_in(app.id, user.user_id, socket_id)
         if first:
@@ -371,7 +368,7 @@ class Hub:
         if not app.enable_watchlist_events:
             return
         for watched in user.watchlist:
-            self._watchers.setdefault((app.id, watched), {})[socket_id] = local
+            self._watchers.add(app.id, watched, socket_id, local)
         # USERS.md §4 initial status [choice]: omit an empty list, send nothing if both are.
         online = await self.membership.online(app.id, user.watchlist)
         lists = (
@@ -387,21 +384,13 @@ class Hub:
             return
         app_id = local.session.app.id
         for watched in local.user.watchlist:
-            watchers = self._watchers.get((app_id, watched))
-            if watchers is not None:
-                watchers.pop(local.conn.socket_id, None)
-                if not watchers:
-                    del self._watchers[(app_id, watched)]
+            self._watchers.remove(app_id, watched, local.conn.socket_id)
 
     async def _sign_out(self, local: _Local) -> None:
         assert local.user is not None
         app, user_id, socket_id = local.session.app, local.user.user_id, local.conn.socket_id
         self._unwatch(local)
-        sockets = self._users.get((app.id, user_id))
-        if sockets is not None:
-            sockets.pop(socket_id, None)
-            if not sockets:
-                del self._users[(app.id, user_id)]
+        self._users.remove(app.id, user_id, socket_id)
         last = await self.membership.sign_out(app.id, user_id, socket_id)
         if last:
             await self.announce_presence_of_user(app, user_id, online=False)
@@ -434,7 +423,7 @@ class Hub:
     def deliver(self, envelope: Envelope) -> None:
         """Carry out one broker envelope on this node. Frames once, sends the same bytes."""
         if envelope.kind == "channel":
-            subscribers = self._channels.get((envelope.app_id, envelope.target))
+            subscribers = self._channels.get(envelope.app_id, envelope.target)
             if not subscribers:
                 return
             frame = self._frame(envelope.payload)
@@ -446,12 +435,12 @@ class Hub:
         elif envelope.kind == "user":
             self._deliver_user(envelope)
         elif envelope.kind == "terminate":
-            for local in list(self._users.get((envelope.app_id, envelope.target), {}).values()):
+            for local in list(self._users.get(envelope.app_id, envelope.target).values()):
                 self.refuse(
                     local.conn, CloseCode.UNAUTHORIZED, "Connection terminated by the application"
                 )
         elif envelope.kind in ("online", "offline"):
-            watchers = self._watchers.get((envelope.app_id, envelope.target))
+            watchers = self._watchers.get(envelope.app_id, envelope.target)
             if watchers:
                 frame = self._frame(
                     events.watchlist_events_frame([(envelope.kind, [envelope.target])])
@@ -461,7 +450,7 @@ class Hub:
 
     def _deliver_user(self, envelope: Envelope) -> None:
         """USERS.md §3: every connection signed in as the user, subscribed or not."""
-        sockets = self._users.get((envelope.app_id, envelope.target))
+        sockets = self._users.get(envelope.app_id, envelope.target)
         if not sockets:
             return
         frame = self._frame(envelope.payload)
