@@ -22,12 +22,10 @@ from kanal.settings import (
     DOCS_START,
     SETTINGS,
     ConfigError,
-    dump_config,
     is_default_credentials,
     load_config,
-    render_settings_markdown,
-    splice_settings_markdown,
 )
+from kanal.settings_output import dump_config, render_settings_markdown, splice_settings_markdown
 
 __all__: list[str] = []
 

@@ -34,18 +34,18 @@ from kanal.config import (
 )
 
 __all__ = [
+    "BY_SECTION",
     "DEV_APP",
     "DOCS_END",
     "DOCS_START",
+    "KIND_TEXT",
     "SETTINGS",
     "WEBHOOK_EVENT_TYPES",
     "ConfigError",
+    "Kind",
     "Setting",
-    "dump_config",
     "is_default_credentials",
     "load_config",
-    "render_settings_markdown",
-    "splice_settings_markdown",
 ]
 
 Kind = Literal["str", "id", "int", "float", "bool", "strs", "headers"]
@@ -235,7 +235,7 @@ _KINDS: dict[object, Kind] = {
     tuple[str, ...]: "strs",
     tuple[tuple[str, str], ...]: "headers",
 }
-_KIND_TEXT: dict[Kind, str] = {
+KIND_TEXT: dict[Kind, str] = {
     "str": "a string",
     "id": "a string or integer",
     "int": "an integer",
@@ -302,7 +302,7 @@ def _build_table() -> tuple[Setting, ...]:
 
 
 SETTINGS: tuple[Setting, ...] = _build_table()
-_BY_SECTION = {s: {row.name: row for row in SETTINGS if row.section == s} for s in _CLASSES}
+BY_SECTION = {s: {row.name: row for row in SETTINGS if row.section == s} for s in _CLASSES}
 _BY_DEST = {row.dest: row for row in SETTINGS if row.flag}
 _BY_ENV = {row.env: row for row in SETTINGS if row.env}
 if len(_BY_DEST) != len(_BY_ENV) or len(_BY_ENV) != sum(1 for r in SETTINGS if r.env):
@@ -366,7 +366,7 @@ def _value(setting: Setting, raw: object, where: tuple[str, str], text: bool) ->
         value = _coerce(setting.kind, raw)
     if value is None:
         got = repr(raw) if text else _describe(raw)
-        raise ConfigError(f"{source}: {key}: expected {_KIND_TEXT[setting.kind]}, got {got}")
+        raise ConfigError(f"{source}: {key}: expected {KIND_TEXT[setting.kind]}, got {got}")
     if isinstance(value, float) and not math.isfinite(value):
         raise ConfigError(f"{source}: {key}: must be a finite number, got {raw!r}")
     reason = setting.check(value) if setting.check else None
@@ -394,7 +394,7 @@ def load_config(
     document = _read_toml(path) if path is not None else {}
     sections = {
         name: _file_table(document, name, source)
-        for name in _BY_SECTION
+        for name in BY_SECTION
         if name not in ("apps", "apps.webhooks")
     }
     apps = _file_apps(document, source) or [_dev_app()]
@@ -444,7 +444,7 @@ def _file_table(document: Mapping[str, Any], section: str, source: str) -> Layer
 
 
 def _table_layer(table: Mapping[str, Any], section: str, prefix: str, source: str) -> Layer:
-    known = _BY_SECTION[section]
+    known = BY_SECTION[section]
     layer: Layer = {}
     for name, raw in table.items():
         key = f"{prefix}.{name}"
@@ -542,105 +542,7 @@ def _cross_check(config: Config, sections: Mapping[str, Layer], apps: list[Layer
             seen[value] = index
 
 
-# -- output --------------------------------------------------------------------------------
-
-
-def dump_config(config: Config) -> str:
-    """The effective configuration as TOML; secrets, header values and URL passwords masked."""
-    out = ["# kanal effective configuration (secrets masked)"]
-    for section in ("server", "webhooks", "scaling"):
-        out += ["", f"[{section}]", *_dump_rows(section, getattr(config, section))]
-    for app in config.apps:
-        out += ["", "[[apps]]", *_dump_rows("apps", app)]
-        for target in app.webhooks:
-            out += ["", "[[apps.webhooks]]", *_dump_rows("apps.webhooks", target)]
-    return "\n".join(out) + "\n"
-
-
-def _dump_rows(section: str, obj: object) -> list[str]:
-    return [
-        f"{row.name} = {_toml(row.kind, _masked(row.name, getattr(obj, row.name)))}"
-        for row in _BY_SECTION[section].values()
-    ]
-
-
-def _masked(name: str, value: Any) -> Any:
-    if name == "secret":
-        return _mask(value)
-    if name in ("redis_url", "url"):
-        parts = urlsplit(value)
-        if parts.password is None:
-            return value
-        user_info, _, host = parts.netloc.rpartition("@")
-        return parts._replace(netloc=f"{user_info.partition(':')[0]}:***@{host}").geturl()
-    if name == "headers":  # headers often carry tokens (Authorization)
-        return tuple((header, _mask(text)) for header, text in value)
-    return value
-
-
-def _mask(secret: str) -> str:
-    return secret[:2] + "***" if len(secret) >= 8 else "***"
-
-
-def _toml(kind: Kind, value: Any) -> str:
-    if kind == "bool":
-        return "true" if value else "false"
-    if kind in ("int", "float"):
-        return repr(value)
-    if kind == "strs":
-        return "[" + ", ".join(_toml_str(item) for item in value) + "]"
-    if kind == "headers":
-        return "{" + ", ".join(f"{_toml_str(k)} = {_toml_str(v)}" for k, v in value) + "}"
-    return _toml_str(value)
-
-
-def _toml_str(text: str) -> str:
-    def escape(char: str) -> str:
-        if char in '"\\':
-            return "\\" + char
-        return f"\\u{ord(char):04x}" if ord(char) < 0x20 or ord(char) == 0x7F else char
-
-    return '"' + "".join(map(escape, text)) + '"'
-
-
-def render_settings_markdown() -> str:
-    """The settings reference that ``docs/configuration.md`` holds between the markers."""
-    lines: list[str] = []
-    for section, rows in _BY_SECTION.items():
-        lines += [
-            f"### `[[{section}]]`" if section.startswith("apps") else f"### `[{section}]`",
-            "",
-            "| Key | Type | Default | Env var | Flag | Meaning |",
-            "| --- | --- | --- | --- | --- | --- |",
-        ]
-        lines += [_markdown_row(row) for row in rows.values()]
-        lines.append("")
-    return "\n".join(lines)
-
-
-def _markdown_row(row: Setting) -> str:
-    flag = f"`{row.flag}`" if row.flag else "—"
-    if row.flag and row.kind == "bool":
-        flag += f", `--no-{row.flag[2:]}`"
-    if row.required:
-        dev = DEV_APP.get(row.name) if row.section == "apps" else None
-        default = "required" if dev is None else f"required (dev app `{_toml(row.kind, dev)}`)"
-    else:
-        default = f"`{_toml(row.kind, row.default)}`"
-    kind = _KIND_TEXT[row.kind].split(" ", 1)[1]
-    env = f"`{row.env}`" if row.env else "—"
-    meaning = row.help.replace("|", "\\|")
-    return f"| `{row.name}` | {kind} | {default} | {env} | {flag} | {meaning} |"
-
-
-def splice_settings_markdown(document: str) -> str:
-    """``document`` with the block between the settings markers replaced by the fresh table."""
-    head, start, rest = document.partition(DOCS_START)
-    _, end, tail = rest.partition(DOCS_END)
-    if not start or not end:
-        raise ValueError(f"document lacks the {DOCS_START} ... {DOCS_END} markers")
-    return f"{head}{DOCS_START}\n{render_settings_markdown()}{DOCS_END}{tail}"
-
-
 if __name__ == "__main__":
+    from kanal.settings_output import render_settings_markdown
+
     print(render_settings_markdown(), end="")
