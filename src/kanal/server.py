@@ -19,11 +19,12 @@ from dataclasses import dataclass
 
 from kanal.adapters.base import Broker, Membership
 from kanal.adapters.memory import MemoryBroker, MemoryMembership
-from kanal.adapters.redis import RedisMembership
+from kanal.adapters.redis import RedisMembership, default_node_id, webhook_queue_client
 from kanal.adapters.redis import connect as redis_connect
 from kanal.adapters.resilient import ResilientBroker, ResilientMembership
 from kanal.apps import StaticAppStore
 from kanal.cluster import ClusterMaintainer
+from kanal.cluster_webhooks import RedisWebhookQueue
 from kanal.config import Config
 from kanal.hub import Hub, NullWebhooks, WebhookSink
 from kanal.metrics import Metrics
@@ -74,10 +75,32 @@ class Server:
 Lifecycle = list[Callable[[], Awaitable[None]]]
 
 
-def _webhook_sink(config: Config, metrics: Metrics) -> tuple[WebhookSink, Lifecycle, Lifecycle]:
+def _webhook_sink(
+    config: Config, metrics: Metrics, apps: StaticAppStore
+) -> tuple[WebhookSink, Lifecycle, Lifecycle]:
+    """Local delivery, or (cluster mode) the shared Redis queue in front of it."""
     if not any(app.webhooks for app in config.apps):
         return NullWebhooks(), [], []
     dispatcher = WebhookDispatcher(config.webhooks)
+    _register_webhook_metrics(metrics, dispatcher)
+    scaling = config.scaling
+    if scaling.adapter != "redis":
+        return dispatcher, [dispatcher.start], [dispatcher.close]
+    # WEBHOOKS.md in a cluster: one shared stream, one sender (docs/scaling.md). The queue
+    # starts and closes the dispatcher itself.
+    client = webhook_queue_client(scaling.redis_url)
+    queue = RedisWebhookQueue(
+        client,
+        prefix=scaling.redis_prefix,
+        consumer=default_node_id(),
+        settings=config.webhooks,
+        dispatcher=dispatcher,
+        apps=apps.by_id,
+    )
+    return queue, [queue.start], [queue.close, client.aclose]
+
+
+def _register_webhook_metrics(metrics: Metrics, dispatcher: WebhookDispatcher) -> None:
     stats = dispatcher.stats
     metrics.sampled_counter(
         "kanal_webhooks_sent_total", lambda: stats.sent, "Webhook events delivered (2xx)"
@@ -95,7 +118,6 @@ def _webhook_sink(config: Config, metrics: Metrics) -> tuple[WebhookSink, Lifecy
     ):
         metrics.sampled_counter("kanal_webhooks_dropped_total", read, dropped, f'reason="{reason}"')
     metrics.gauge("kanal_webhooks_pending", lambda: dispatcher.pending, "Webhook events queued")
-    return dispatcher, [dispatcher.start], [dispatcher.close]
 
 
 @dataclass
@@ -138,7 +160,7 @@ def build(config: Config) -> Server:
     """Wire a node from ``config``; nothing is started."""
     apps = StaticAppStore(config.apps)
     metrics = Metrics()
-    webhooks, webhook_start, webhook_close = _webhook_sink(config, metrics)
+    webhooks, webhook_start, webhook_close = _webhook_sink(config, metrics, apps)
     readiness = Readiness()
     membership, broker, cluster = _adapters(config)
     hub = Hub(

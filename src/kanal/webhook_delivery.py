@@ -85,11 +85,21 @@ class Backoff:
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """One event on its way to one endpoint; ``at`` is the monotonic time it was queued."""
+    """One event on its way to one endpoint; ``at`` is the monotonic time it was queued.
+
+    ``created_ms``: when the event was created elsewhere (the cluster queue,
+    :mod:`kanal.cluster_webhooks`), the Unix time in ms its request body carries as
+    ``time_ms`` (WEBHOOKS.md §2: keep the creation time); ``None`` means "when the batch is
+    made". ``done``: called once the event's fate at this endpoint is final, delivered (2xx)
+    or dropped (retry window over, queue overflow); never when :meth:`TargetSender.stop`
+    abandons it.
+    """
 
     app: App
     event: WebhookEvent
     at: float
+    created_ms: int | None = None
+    done: Callable[[], None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +168,7 @@ class TargetSender:
         self._idle = asyncio.Event()
         self._idle.set()
         self._inflight = 0
+        self._current: list[Entry] = []  # the batch in flight, for the done callbacks
         self._overflowed = 0
         self._draining = False
         self._task: asyncio.Task[None] | None = None
@@ -172,7 +183,7 @@ class TargetSender:
     def push(self, entry: Entry) -> None:
         """Queue one event; a full queue drops its *oldest* event, counted and logged."""
         if len(self._queue) >= self._settings.max_queue:
-            self._queue.popleft()
+            _finish([self._queue.popleft()])
             self._stats.dropped_overflow += 1
             self._overflowed += 1
             if self._overflowed == 1:
@@ -221,6 +232,7 @@ class TargetSender:
         self._report_overflow()
         left = self.pending
         self._queue.clear()
+        self._current = []  # abandoned, not finished: no done callbacks
         self._inflight = 0
         return left
 
@@ -241,6 +253,8 @@ class TargetSender:
                 self._stats.dropped_expired += self._inflight
             # Not in a ``finally``: when cancelled, stop() counts the batch as undelivered.
             self._inflight = 0
+            finished, self._current = self._current, []
+            _finish(finished)
 
     async def _next_batch(self) -> _Batch:
         """WEBHOOKS.md §2: one event per request, or for batching apps, what arrives within
@@ -254,7 +268,10 @@ class TargetSender:
         while self._queue and len(entries) < limit and self._queue[0].app == app:
             entries.append(self._queue.popleft())
         self._inflight = len(entries)
-        body = webhook_body(round(self._wall() * 1000), (e.event for e in entries))
+        self._current = entries
+        created = [e.created_ms for e in entries if e.created_ms is not None]
+        time_ms = min(created) if created else round(self._wall() * 1000)
+        body = webhook_body(time_ms, (e.event for e in entries))
         headers = request_headers(app, self.target, webhook_signature(app.secret, body))
         # §5: retry until retry_window after the oldest event in the batch occurred.
         deadline = min(e.at for e in entries) + self._settings.retry_window
@@ -309,3 +326,13 @@ class TargetSender:
         except Exception as exc:  # connection refused, DNS, TLS, protocol errors, …
             return f"{type(exc).__name__}: {exc}"
         return None if 200 <= status < 300 else f"HTTP {status}"
+
+
+def _finish(entries: list[Entry]) -> None:
+    """Run the ``done`` callbacks of entries whose fate is final; a failing one is logged."""
+    for entry in entries:
+        if entry.done is not None:
+            try:
+                entry.done()
+            except Exception:
+                log.exception("webhook completion callback failed")

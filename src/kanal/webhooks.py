@@ -7,7 +7,9 @@ only owner of webhook timing and routing. It decides *which* endpoints get an ev
 its :class:`~kanal.webhook_delivery.TargetSender` (§2, §5).
 
 Flow: ``emit`` (synchronous, never blocks, never raises) -> grace period (removals held, undone
-pairs cancelled) -> routing -> the per-endpoint queue -> that endpoint's worker task.
+pairs cancelled) -> routing -> the per-endpoint queue -> that endpoint's worker task. In a
+cluster, :mod:`kanal.cluster_webhooks` applies the grace period in Redis and feeds the leader's
+dispatcher through ``submit``, which skips the grace period and reports completion.
 """
 
 from __future__ import annotations
@@ -61,6 +63,21 @@ def default_client() -> WebhookClient:
     from kanal.transport.webhook_client import AiohttpWebhookClient
 
     return AiohttpWebhookClient()
+
+
+class _Countdown:
+    """Calls ``then`` when :meth:`tick` was called ``count`` times (one per endpoint)."""
+
+    __slots__ = ("count", "then")
+
+    def __init__(self, count: int, then: Callable[[], None]) -> None:
+        self.count = count
+        self.then = then
+
+    def tick(self) -> None:
+        self.count -= 1
+        if self.count == 0:
+            self.then()
 
 
 class WebhookDispatcher:
@@ -139,6 +156,39 @@ class WebhookDispatcher:
         for target in app.webhooks:
             if wants(target, event):
                 self._sender(app, target).push(entry)
+
+    # --- events that already passed a grace period elsewhere (the cluster queue) ---------------
+
+    def submit(
+        self,
+        app: App,
+        event: WebhookEvent,
+        *,
+        created: float,
+        on_done: Callable[[], None] | None = None,
+    ) -> bool:
+        """Queue an event past this dispatcher's grace period, for
+        :mod:`kanal.cluster_webhooks`, which applies the grace period in Redis.
+
+        ``created`` is the Unix time the event was created: its requests carry it as
+        ``time_ms`` and its retry window runs from it (WEBHOOKS.md §2, §5). ``on_done`` is
+        called once every matching endpoint has delivered or dropped the event (at once when
+        none matches), never when ``close`` abandons it. Returns false, without calling
+        ``on_done``, when the dispatcher is closed. Never blocks.
+        """
+        if self._state is State.CLOSED:
+            return False
+        targets = [t for t in app.webhooks if wants(t, event)]
+        if not targets:
+            if on_done is not None:
+                on_done()
+            return True
+        age = max(0.0, self._wall() - created)
+        done = None if on_done is None else _Countdown(len(targets), on_done).tick
+        entry = Entry(app, event, self._now() - age, round(created * 1000), done)
+        for target in targets:
+            self._sender(app, target).push(entry)
+        return True
 
     def _sender(self, app: App, target: WebhookTarget) -> TargetSender:
         sender = self._senders.get((app.id, target))

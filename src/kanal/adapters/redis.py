@@ -80,7 +80,12 @@ import redis.asyncio as aredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from kanal.adapters.redis_broker import RedisBroker, decode_envelope, encode_envelope
+from kanal.adapters.redis_broker import (
+    SOCKET_TIMEOUT,
+    RedisBroker,
+    decode_envelope,
+    encode_envelope,
+)
 from kanal.adapters.redis_membership import (
     Arrival,
     Departure,
@@ -100,12 +105,24 @@ __all__ = [
     "decode_envelope",
     "default_node_id",
     "encode_envelope",
+    "webhook_queue_client",
 ]
 
 
 def default_node_id() -> str:
     """``host:pid``: readable in ``leases``; uniqueness comes from the lease id's suffix."""
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def webhook_queue_client(url: str) -> aredis.Redis:
+    """The client of the shared webhook queue (kanal.cluster_webhooks): its own pool, no
+    command retries (a retried script could apply twice)."""
+    return aredis.Redis.from_url(
+        url,
+        retry=Retry(NoBackoff(), 0),
+        socket_timeout=SOCKET_TIMEOUT,
+        socket_connect_timeout=SOCKET_TIMEOUT,
+    )
 
 
 def connect(
@@ -119,10 +136,17 @@ def connect(
     """Build one node's membership and broker; call ``await broker.start()`` next.
 
     The membership's pool blocks (up to 5 s) rather than fails when all ``pool_size``
-    connections are busy, so a reconnect storm queues instead of erroring.
+    connections are busy, so a reconnect storm queues instead of erroring. Every command
+    fails after ``SOCKET_TIMEOUT`` without an answer, so an unresponsive Redis degrades the
+    node to local service instead of blocking it.
     """
     pool = aredis.BlockingConnectionPool.from_url(
-        url, max_connections=pool_size, timeout=5, retry=Retry(NoBackoff(), 0)
+        url,
+        max_connections=pool_size,
+        timeout=5,
+        retry=Retry(NoBackoff(), 0),
+        socket_timeout=SOCKET_TIMEOUT,
+        socket_connect_timeout=SOCKET_TIMEOUT,
     )
     client = aredis.Redis.from_pool(pool)
     membership = RedisMembership(
