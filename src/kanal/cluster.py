@@ -47,6 +47,7 @@ class ClusterMaintainer:
         self._interval = max(lease / 3.0, 0.05)
         self._wall = wall
         self._task: asyncio.Task[None] | None = None
+        self._closing = asyncio.Event()
 
     async def start(self) -> None:
         await self.step()
@@ -54,6 +55,9 @@ class ClusterMaintainer:
 
     async def close(self) -> None:
         """Stop the loop and say goodbye: this node's entries leave Redis now, announced."""
+        # The flag first: redis-py can swallow a cancellation that lands inside a command,
+        # and the loop must end anyway (else this waits forever and shutdown hangs).
+        self._closing.set()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -65,8 +69,12 @@ class ClusterMaintainer:
         await self._redis.close()
 
     async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
+        while not self._closing.is_set():
+            with contextlib.suppress(TimeoutError):
+                # An event wait, not a sleep: close() ends the pause at once.
+                await asyncio.wait_for(self._closing.wait(), self._interval)
+            if self._closing.is_set():
+                return
             try:
                 await self.step()
             except Exception:  # the loop must survive anything; the next step retries

@@ -35,6 +35,7 @@ from collections.abc import Callable
 import redis.asyncio as aredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from kanal.adapters.base import Envelope
@@ -48,6 +49,10 @@ _VERSION = 1
 _NONE = 0xFFFF
 _LEN = struct.Struct(">H")
 _PUBLISH_BATCH = 512  # messages per pipeline round trip
+# Every Redis client kanal makes gets this connect and read timeout explicitly: redis-py
+# before 8.0 defaults to none, so a Redis that stops answering (packets dropped, no reset)
+# would block every caller for good instead of failing over to local service.
+SOCKET_TIMEOUT = 5.0
 
 
 def _field(value: str | None) -> bytes:
@@ -95,6 +100,15 @@ def decode_envelope(message: bytes) -> Envelope:
     return Envelope(app_id, kind, target, message[at:], exclude)
 
 
+def _client(url: str) -> aredis.Redis:
+    return aredis.Redis.from_url(
+        url,
+        retry=Retry(NoBackoff(), 0),
+        socket_timeout=SOCKET_TIMEOUT,
+        socket_connect_timeout=SOCKET_TIMEOUT,
+    )
+
+
 class _Publisher:
     """One writer task; callers await their own message's outcome."""
 
@@ -104,8 +118,12 @@ class _Publisher:
         self._queue: list[tuple[bytes, asyncio.Future[None]]] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._sending: list[tuple[bytes, asyncio.Future[None]]] = []
+        self._closed = False
 
     async def publish(self, message: bytes) -> None:
+        if self._closed:  # no writer task will run again
+            raise RedisConnectionError("broker closed")
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="kanal-redis-publish")
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -114,13 +132,16 @@ class _Publisher:
         await done
 
     async def _run(self) -> None:
-        while True:
+        # The flag, not only the cancellation, ends the loop: redis-py can swallow a
+        # cancellation that lands inside a command, and close() must not wait forever.
+        while not self._closed:
             await self._wake.wait()
             self._wake.clear()
-            while self._queue:
-                batch = self._queue[:_PUBLISH_BATCH]
+            while self._queue and not self._closed:
+                self._sending = self._queue[:_PUBLISH_BATCH]
                 del self._queue[:_PUBLISH_BATCH]
-                await self._send(batch)
+                await self._send(self._sending)
+                self._sending = []
 
     async def _send(self, batch: list[tuple[bytes, asyncio.Future[None]]]) -> None:
         error: BaseException | None = None
@@ -140,13 +161,15 @@ class _Publisher:
                 done.set_exception(error)
 
     async def close(self) -> None:
+        self._closed = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        for _, done in self._queue:
+        for _, done in self._sending + self._queue:  # a batch cut short, and the rest
             if not done.done():
                 done.set_exception(ConnectionError("broker closed"))
+        self._sending = []
         self._queue.clear()
         await self._client.aclose()
 
@@ -173,9 +196,8 @@ class RedisBroker:
         self.channel = f"{normalise_prefix(prefix)}fanout"
         # No client-level retries on either connection: a retried pipeline could publish a
         # message twice, and the reader loop owns reconnection so that outages are seen.
-        pub_client = aredis.Redis.from_url(url, retry=Retry(NoBackoff(), 0))
-        self._publisher = _Publisher(pub_client, self.channel)
-        self._sub_client = aredis.Redis.from_url(url, retry=Retry(NoBackoff(), 0))
+        self._publisher = _Publisher(_client(url), self.channel)
+        self._sub_client = _client(url)
         self._backoff = backoff
         self._probe = probe_interval
         self._deliver: Callable[[Envelope], None] | None = None
