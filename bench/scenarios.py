@@ -1,0 +1,275 @@
+"""The seven scenarios. Each runs against one server and yields ``(case, Run)`` per run.
+
+Sizes come from :class:`Sizes`: :meth:`Sizes.full` is the benchmark as documented in
+docs/performance.md, :meth:`Sizes.tiny` is the smoke test's (a few subscribers, short windows).
+Connections are opened once per case and reused by its runs, except where the connecting itself
+or a fresh process is what is measured (idle memory, connect storm), which start a new server
+for every run.
+"""
+
+from __future__ import annotations
+
+import time
+from array import array
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+
+from bench.measure import (
+    Ctx,
+    Run,
+    Window,
+    connect,
+    drain,
+    failures,
+    publish_and_count,
+    settle,
+)
+from bench.servers import ServerProc
+
+__all__ = ["SCENARIOS", "Sizes"]
+
+GIB = 1024**3
+Results = Iterator[tuple[str, Run]]
+
+
+@dataclass(frozen=True)
+class Sizes:
+    fanout: tuple[int, ...] = (1000, 5000)
+    fanout_publishers: int = 16
+    latency_subscribers: int = 1000
+    latency_rates: tuple[float, ...] = (20.0, 100.0)
+    latency_duration: float = 10.0
+    many_channels: int = 5000
+    many_channels_publishers: int = 8
+    idle: tuple[int, ...] = (5000, 18000)
+    http_subscribers: int = 1000
+    http_publishers: int = 16
+    storm: int = 5000
+    storm_in_flight: int = 1000  # handshakes in flight over all generator processes
+    coalesce_subscribers: int = 1000
+    coalesce_publishers: tuple[int, ...] = (1, 4, 32)
+    event_bytes: int = 200
+
+    @classmethod
+    def full(cls) -> Sizes:
+        return cls()
+
+    @classmethod
+    def tiny(cls) -> Sizes:
+        return cls(
+            fanout=(5,),
+            latency_subscribers=5,
+            latency_rates=(20.0,),
+            latency_duration=0.5,
+            many_channels=5,
+            idle=(5,),
+            http_subscribers=5,
+            storm=5,
+            coalesce_subscribers=5,
+            coalesce_publishers=(1, 4),
+        )
+
+
+def _fanout(ctx: Ctx, sizes: Sizes, server: ServerProc) -> Results:
+    for subs in sizes.fanout:
+        case = f"{subs} subscribers"
+        setup = connect(ctx, server, subs, "public:bench")
+        for _ in range(ctx.runs):
+            settle(ctx, server)
+            run = publish_and_count(
+                ctx,
+                server,
+                [["bench"]],
+                subscribers_per_trigger=subs,
+                concurrency=sizes.fanout_publishers,
+                size=sizes.event_bytes,
+            )
+            run.notes[:0] = failures(setup)
+            yield case, run
+        ctx.gen.broadcast("close")
+
+
+def _latency_run(ctx: Ctx, server: ServerProc, sizes: Sizes, rate: float) -> Run:
+    subs = sizes.latency_subscribers
+    ctx.gen.broadcast("reset", latency=True)
+    window = Window(ctx, server)
+    [pub] = ctx.gen.call(
+        [ctx.gen.publisher],
+        "publish",
+        [
+            {
+                "target": asdict(server.target),
+                "mode": "paced",
+                "channels": [["bench"]],
+                "size": sizes.event_bytes,
+                "concurrency": 8,
+                "duration": sizes.latency_duration,
+                "rate": rate,
+            }
+        ],
+    )
+    expected = pub["ok"] * subs
+    _, last_rx, closed = drain(ctx, expected, quiet=2.0)
+    samples = array("q")
+    for stats in ctx.gen.broadcast("stats", latencies=True):
+        samples.frombytes(stats.get("latencies", b""))
+    ordered = sorted(samples)
+    active = (max(last_rx, pub["finished"]) - pub["started"]) / 1e9
+
+    def pct(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1e6 if ordered else 0.0
+
+    run = Run(
+        {
+            "p50_ms": pct(0.50),
+            "p99_ms": pct(0.99),
+            "max_ms": ordered[-1] / 1e6 if ordered else 0.0,
+            "delivered_ratio": len(ordered) / expected if expected else 0.0,
+            "achieved_rate": pub["ok"] / sizes.latency_duration,
+        }
+    )
+    window.close(run, active)
+    if len(ordered) != expected:
+        run.notes.append(f"delivered {len(ordered)} of {expected} expected events")
+    if pub["errors"]:
+        run.notes.append(f"{pub['errors']} triggers failed: {pub['statuses']}")
+    if closed:
+        run.notes.append(f"{closed} subscribers were disconnected")
+    return run
+
+
+def _latency(ctx: Ctx, sizes: Sizes, server: ServerProc) -> Results:
+    setup = connect(ctx, server, sizes.latency_subscribers, "public:bench")
+    for rate in sizes.latency_rates:
+        for _ in range(ctx.runs):
+            settle(ctx, server)
+            run = _latency_run(ctx, server, sizes, rate)
+            run.notes[:0] = failures(setup)
+            yield f"{sizes.latency_subscribers} subs x {rate:g} ev/s", run
+    ctx.gen.broadcast("close")
+
+
+def _many_channels(ctx: Ctx, sizes: Sizes, server: ServerProc) -> Results:
+    count = sizes.many_channels
+    setup = connect(ctx, server, count, "private+presence")
+    setup.metrics["settle_seconds"] = settle(ctx, server)  # member_added storm: n^2/2 frames
+    case = f"{count} private + 1 presence"
+    channels = [[f"private-bench-{i}"] for i in range(count)]
+    yield (
+        case,
+        Run(
+            {k: setup.metrics[k] for k in ("connect_seconds", "settle_seconds")}, list(setup.notes)
+        ),
+    )
+    for _ in range(ctx.runs):
+        settle(ctx, server)
+        run = publish_and_count(
+            ctx,
+            server,
+            channels,
+            subscribers_per_trigger=1,
+            concurrency=sizes.many_channels_publishers,
+            size=sizes.event_bytes,
+        )
+        run.notes[:0] = failures(setup)
+        yield case, run
+    ctx.gen.broadcast("close")
+
+
+def _idle(ctx: Ctx, sizes: Sizes, server: ServerProc) -> Results:
+    first = True
+    for count in sizes.idle:
+        for _ in range(ctx.runs):
+            if not first:  # a fresh process for every run: RSS never shrinks back
+                server.stop()
+                server = ctx.start(server.name)
+            first = False
+            settle(ctx, server)
+            before = server.rss_bytes()
+            setup = connect(ctx, server, count, "public:bench")
+            settle(ctx, server)
+            time.sleep(1.0)
+            after = server.rss_bytes()
+            per_conn = (after - before) / count
+            run = Run(
+                {
+                    "rss_before_mib": before / 2**20,
+                    "rss_after_mib": after / 2**20,
+                    "bytes_per_connection": per_conn,
+                    "connections_in_2gib": (2 * GIB - before) / per_conn if per_conn > 0 else 0.0,
+                },
+                failures(setup),  # RSS does not depend on CPU contention
+            )
+            yield f"{count} connections", run
+            ctx.gen.broadcast("close")
+    server.stop()
+
+
+def _http(ctx: Ctx, sizes: Sizes, server: ServerProc) -> Results:
+    for subs in (0, sizes.http_subscribers):
+        setup = connect(ctx, server, subs, "public:bench") if subs else Run()
+        for _ in range(ctx.runs):
+            settle(ctx, server)
+            run = publish_and_count(
+                ctx,
+                server,
+                [["bench" if subs else "bench-nobody"]],
+                subscribers_per_trigger=subs,
+                concurrency=sizes.http_publishers,
+                size=sizes.event_bytes,
+            )
+            run.notes[:0] = failures(setup)
+            yield f"{subs} subscribers", run
+        ctx.gen.broadcast("close")
+
+
+def _storm(ctx: Ctx, sizes: Sizes, server: ServerProc) -> Results:
+    for index in range(ctx.runs):
+        if index:
+            server.stop()
+            server = ctx.start(server.name)
+        settle(ctx, server)
+        yield (
+            f"{sizes.storm} clients",
+            connect(
+                ctx,
+                server,
+                sizes.storm,
+                "public:bench",
+                concurrency=max(1, sizes.storm_in_flight // len(ctx.gen.subscribers)),
+            ),
+        )
+        ctx.gen.broadcast("close")
+    server.stop()
+
+
+def _coalescing(ctx: Ctx, sizes: Sizes, server: ServerProc) -> Results:
+    subs = sizes.coalesce_subscribers
+    setup = connect(ctx, server, subs, "public:bench")
+    for publishers in sizes.coalesce_publishers:
+        for _ in range(ctx.runs):
+            settle(ctx, server)
+            run = publish_and_count(
+                ctx,
+                server,
+                [["bench"]],
+                subscribers_per_trigger=subs,
+                concurrency=publishers,
+                size=sizes.event_bytes,
+            )
+            run.notes[:0] = failures(setup)
+            yield f"{subs} subs, {publishers} publishers", run
+    ctx.gen.broadcast("close")
+
+
+Scenario = Callable[[Ctx, Sizes, ServerProc], Results]
+#: name -> (function, one-line description); the order is the run order.
+SCENARIOS: dict[str, tuple[Scenario, str]] = {
+    "fanout": (_fanout, "one channel, 200-byte events triggered back to back"),
+    "latency": (_latency, "POST /events to receipt at every subscriber, paced triggers"),
+    "many-channels": (_many_channels, "each connection on its own private channel + 1 presence"),
+    "idle-memory": (_idle, "server RSS delta per subscribed idle connection"),
+    "http": (_http, "trigger requests per second, keep-alive, no fan-out / 1,000 subscribers"),
+    "connect-storm": (_storm, "time for N clients to connect and subscribe, fresh server"),
+    "coalescing": (_coalescing, "fan-out to 1,000 with 1 / 4 / 32 concurrent publishers"),
+}

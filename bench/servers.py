@@ -1,0 +1,169 @@
+"""Start and stop the servers under test: kanal (this repo) and soketi (an external install).
+
+Each server runs as a child process, optionally pinned to one CPU (``sched_setaffinity`` in
+the child before exec, so every thread the server creates inherits it). Its pid is the
+server's own: kanal is ``python -m kanal serve`` and soketi's ``start.sh`` execs node.
+
+soketi is never copied into this repository: the benchmark calls ``start.sh`` of the
+installation the user points it at (``--soketi-dir``), which must already have run its
+``install.sh``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from bench.procstat import cpu_seconds, rss_bytes
+from bench.protocol import Target
+
+__all__ = ["ServerProc", "free_port", "soketi_available", "start_kanal", "start_soketi"]
+
+HOST = "127.0.0.1"
+#: Lifted protocol limits so the scenarios fit (presence channel with 5,000+ members).
+MAX_PRESENCE_MEMBERS = 20000
+
+
+@dataclass
+class ServerProc:
+    name: str
+    target: Target
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def cpu_seconds(self) -> float:
+        return cpu_seconds(self.pid)
+
+    def rss_bytes(self) -> int:
+        return rss_bytes(self.pid)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+
+
+def _port_free(port: int, kind: int = socket.SOCK_STREAM) -> bool:
+    with socket.socket(socket.AF_INET, kind) as sock:
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(extra_offsets: tuple[int, ...] = ()) -> int:
+    """A free TCP port whose ``port + offset`` ports (soketi's metrics/UDP) are free too."""
+    for _ in range(200):
+        port = random.randint(20000, 28000)  # below soketi's +5001, inside 65535
+        if _port_free(port) and all(
+            _port_free(port + off) and _port_free(port + off, socket.SOCK_DGRAM)
+            for off in extra_offsets
+        ):
+            return port
+    raise RuntimeError("no free port found")
+
+
+def _pinned(cpu: int | None) -> Callable[[], None] | None:
+    if cpu is None:
+        return None
+    return lambda: os.sched_setaffinity(0, {cpu})
+
+
+def _wait_ready(server: ServerProc, timeout: float = 30.0) -> ServerProc:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not server.alive():
+            tail = server.log.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"{server.name} exited with {server.proc.returncode}:\n{tail}")
+        try:
+            with socket.create_connection((HOST, server.target.port), timeout=1):
+                time.sleep(0.3)  # let it finish its start-up work before it is measured
+                return server
+        except OSError:
+            time.sleep(0.05)
+    server.stop()
+    raise RuntimeError(f"{server.name} did not listen on port {server.target.port} in {timeout} s")
+
+
+def _spawn(
+    name: str,
+    cmd: list[str],
+    target: Target,
+    log: Path,
+    cpu: int | None,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+) -> ServerProc:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    out: IO[bytes] = log.open("wb")
+    proc = subprocess.Popen(
+        cmd,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env=env,
+        cwd=cwd,
+        preexec_fn=_pinned(cpu),
+    )
+    out.close()
+    return _wait_ready(ServerProc(name, target, proc, log))
+
+
+def start_kanal(workdir: Path, cpu: int | None) -> ServerProc:
+    """``python -m kanal serve --config <toml>`` with the benchmark app on a free port."""
+    port = free_port()
+    target = Target("kanal", HOST, port, "1", "app-key", "app-secret")
+    config = workdir / f"kanal-{port}.toml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(
+        "[server]\n"
+        f'host = "{HOST}"\nport = {port}\nlog_level = "warning"\n\n'
+        "[[apps]]\n"
+        f'id = "{target.app_id}"\nkey = "{target.key}"\nsecret = "{target.secret}"\n'
+        "enable_client_messages = true\n"
+        f"max_presence_members = {MAX_PRESENCE_MEMBERS}\n"
+    )
+    cmd = [sys.executable, "-m", "kanal", "serve", "--config", str(config)]
+    return _spawn("kanal", cmd, target, workdir / f"kanal-{port}.log", cpu)
+
+
+def soketi_available(soketi_dir: Path | None) -> bool:
+    return (
+        soketi_dir is not None
+        and (soketi_dir / "node_modules" / "@soketi" / "soketi" / "bin" / "server.js").is_file()
+    )
+
+
+def start_soketi(soketi_dir: Path, workdir: Path, cpu: int | None) -> ServerProc:
+    """``<soketi-dir>/start.sh PORT`` with user authentication off and presence limits lifted."""
+    port = free_port(extra_offsets=(3600, 5001))
+    target = Target("soketi", HOST, port, "app-id", "app-key", "app-secret")
+    env = dict(os.environ)
+    env.update(
+        SOKETI_DEFAULT_APP_USER_AUTHENTICATION="false",
+        SOKETI_PRESENCE_MAX_MEMBERS=str(MAX_PRESENCE_MEMBERS),
+        SOKETI_DEBUG="0",
+    )
+    cmd = [str(soketi_dir / "start.sh"), str(port)]
+    return _spawn("soketi", cmd, target, workdir / f"soketi-{port}.log", cpu, env=env)

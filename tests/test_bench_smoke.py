@@ -1,0 +1,73 @@
+"""Smoke test of the benchmark (bench/): every scenario at a tiny size against kanal only.
+
+It runs the real command (``python -m bench run --tiny``: 5 subscribers, one run, no CPU
+pinning, no soketi) in a subprocess, so the generator processes, the server start-up, the
+signing and the report all stay exercised and cannot rot. Timing numbers are not checked
+(the machine may be shared); correctness is: every scenario reports, every trigger is
+accepted and every event reaches every subscriber.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+SCENARIOS = (
+    "fanout",
+    "latency",
+    "many-channels",
+    "idle-memory",
+    "http",
+    "connect-storm",
+    "coalescing",
+)
+
+
+def _run_bench(out: Path) -> tuple[str, dict[str, Any]]:
+    command = [
+        sys.executable, "-m", "bench", "run", "--tiny", "--runs", "1", "--servers", "kanal",
+        "--no-pin", "--workers", "2", "--out", str(out),
+        # Shared CI machines: neither a busy neighbour nor a busy generator fails the smoke test.
+        "--max-foreign", "1000", "--saturation", "1000",
+    ]  # fmt: skip
+    done = subprocess.run(
+        command, cwd=REPO, capture_output=True, text=True, timeout=150, check=False
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout, json.loads(out.read_text())
+
+
+def test_every_scenario_runs_at_tiny_size(tmp_path: Path) -> None:
+    stdout, results = _run_bench(tmp_path / "results.json")
+
+    assert "| scenario | case | metric | kanal | valid |" in stdout
+    assert results["meta"]["servers"] == ["kanal"]
+    rows = results["rows"]
+    assert {row["scenario"] for row in rows} == set(SCENARIOS)
+    invalid = [
+        f"{r['scenario']}/{r['case']}/{r['server']}: {run['notes']}"
+        for r in results["runs"]
+        for run in r["runs"]
+        if not run["valid"]
+    ]
+    assert not invalid, invalid
+
+    def medians(scenario: str, metric: str) -> list[float]:
+        return [
+            row["servers"]["kanal"]["median"]
+            for row in rows
+            if row["scenario"] == scenario and row["metric"] == metric
+        ]
+
+    for scenario in ("fanout", "latency", "many-channels", "http", "coalescing"):
+        ratios = medians(scenario, "delivered_ratio")
+        assert ratios and all(r == 1.0 for r in ratios), (scenario, ratios)
+    assert all(v > 0 for v in medians("fanout", "deliveries_per_s"))
+    assert all(v > 0 for v in medians("http", "triggers_per_s"))
+    assert all(v > 0 for v in medians("latency", "p99_ms"))
+    assert all(v > 0 for v in medians("connect-storm", "connect_seconds"))
+    assert all(v > 0 for v in medians("idle-memory", "rss_after_mib"))
