@@ -14,7 +14,10 @@ from aiohttp import web
 from kanal.transport.http import HttpApi
 from kanal.transport.websocket import WebSocketEndpoint
 
-__all__ = ["Listener"]
+__all__ = ["LISTEN_BACKLOG", "Listener"]
+
+#: capped by the kernel at net.core.somaxconn
+LISTEN_BACKLOG = 65535
 
 
 def _unknown_path(
@@ -66,8 +69,15 @@ class Listener:
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             context.load_cert_chain(tls_cert_file, tls_key_file)
         await self._runner.setup()
+        # A reconnect storm (every pusher-js client after a 4200 close) arrives at once: with
+        # aiohttp's default backlog of 128 the kernel drops SYNs and clients retry for seconds.
         site = web.TCPSite(
-            self._runner, host, port, reuse_port=reuse_port or None, ssl_context=context
+            self._runner,
+            host,
+            port,
+            reuse_port=reuse_port or None,
+            ssl_context=context,
+            backlog=LISTEN_BACKLOG,
         )
         await site.start()
         self.port = self._runner.addresses[0][1] if self._runner.addresses else port
