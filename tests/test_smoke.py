@@ -1,15 +1,25 @@
+"""The shortest path through a real server, with and without per-iteration write coalescing."""
+
 from __future__ import annotations
 
-import aiohttp
-import orjson
+import pytest
 
-from tests.conftest import RunningServer
+from tests.conftest import StartServer
+from tests.wsclient import Clients, data_of, trigger
 
 
-async def test_connect_subscribe_and_trigger(kanal_server: RunningServer) -> None:
-    async with aiohttp.ClientSession() as session, session.ws_connect(kanal_server.ws_url()) as ws:
-        hello = orjson.loads(await ws.receive_str())
-        assert hello["event"] == "pusher:connection_established"
-        await ws.send_str('{"event":"pusher:subscribe","data":{"channel":"news"}}')
-        ok = orjson.loads(await ws.receive_str())
-        assert ok["event"] == "pusher_internal:subscription_succeeded"
+@pytest.mark.parametrize("coalesce_writes", [True, False])
+async def test_subscribers_receive_events_in_order(
+    start_server: StartServer, coalesce_writes: bool
+) -> None:
+    server = await start_server(coalesce_writes=coalesce_writes)
+    async with Clients() as clients:
+        subscribers = [await clients.connect(server) for _ in range(3)]
+        for client in subscribers:
+            await client.subscribe("news")
+        for n in range(5):
+            await trigger(server, "news", "headline", f'{{"n":{n}}}')
+        for client in subscribers:
+            for n in range(5):
+                frame = await client.expect_next("headline", channel="news")
+                assert data_of(frame) == {"n": n}

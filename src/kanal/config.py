@@ -89,6 +89,7 @@ class ServerSettings:
     tls_cert_file: str = ""
     tls_key_file: str = ""
     trust_proxy_headers: bool = False
+    coalesce_writes: bool = True
 
 
 @dataclass(frozen=True, slots=True)

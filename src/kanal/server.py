@@ -188,6 +188,7 @@ def build(config: Config) -> Server:
         max_output_buffer_bytes=settings.max_output_buffer_bytes,
         strict_protocol=settings.strict_protocol_version,
         trust_proxy_headers=settings.trust_proxy_headers,
+        coalesce_writes=settings.coalesce_writes,
     )
     http = HttpApi(
         hub,

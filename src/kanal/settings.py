@@ -154,6 +154,7 @@ workers              pos        Worker processes; more than 1 needs adapter = "r
 tls_cert_file        -          PEM certificate chain: serve wss:// and https:// directly.
 tls_key_file         -          PEM private key for tls_cert_file.
 trust_proxy_headers  -          Trust X-Forwarded-Proto from a TLS-terminating proxy (require_tls).
+coalesce_writes      -          Write each connection's frames once per loop iteration (faster).
 [webhooks]           KANAL_WEBHOOKS_ --webhooks-
 grace_period         nonneg     Seconds to hold channel_vacated/member_removed (dropped if undone).
 batch_window         nonneg     Seconds to gather events into one request for batching apps.

@@ -91,7 +91,7 @@ class WebSocketConnection:
         socket_id: str,
         ws: web.WebSocketResponse,
         transport: asyncio.Transport,
-        coalescer: Coalescer,
+        coalescer: Coalescer | None,
         limit: int,
     ) -> None:
         self.socket_id = socket_id
@@ -102,7 +102,11 @@ class WebSocketConnection:
         self._closing = False
 
     def send(self, frame: bytes) -> None:
-        if not self._closing:
+        if self._closing:
+            return
+        if self._coalescer is None:
+            self.write([frame])
+        else:
             self._coalescer.queue(self, frame)
 
     def write(self, frames: list[bytes]) -> None:
@@ -127,7 +131,8 @@ class WebSocketConnection:
     def close(self, code: int, reason: str) -> None:
         if self._closing:
             return
-        self._coalescer.flush_one(self)  # the pusher:error frame goes out before the close
+        if self._coalescer is not None:  # the pusher:error frame goes out before the close
+            self._coalescer.flush_one(self)
         self._closing = True
         # drain=False: a slow consumer never reads, and waiting for its close frame would keep
         # the connection (and its memberships) alive for ever.
@@ -153,6 +158,7 @@ class WebSocketEndpoint:
         max_output_buffer_bytes: int,
         strict_protocol: bool,
         trust_proxy_headers: bool = False,
+        coalesce_writes: bool = True,
         socket_id: Callable[[], str] = new_socket_id,
     ) -> None:
         self._trust_proxy = trust_proxy_headers
@@ -162,7 +168,8 @@ class WebSocketEndpoint:
         self._limit = max_output_buffer_bytes
         self._strict = strict_protocol
         self._socket_id = socket_id
-        self.coalescer = Coalescer()
+        # coalesce_writes = false writes every frame at once (for comparison, docs/performance.md)
+        self.coalescer: Coalescer | None = Coalescer() if coalesce_writes else None
 
     async def _accept(
         self, request: web.Request
