@@ -21,7 +21,6 @@ also stops at its next turn when told so by a flag, and :func:`settle` bounds th
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -339,16 +338,21 @@ class WebhookLeader:
                 else:
                     await self._read()
             except Exception as exc:
-                if _missing_group(exc):
-                    with contextlib.suppress(RedisError, OSError):
-                        await self._create_group()  # first start, or Redis lost its data
+                if _missing_group(exc) and await self._create_group():
+                    continue  # first start, or Redis lost its data: not an outage
                 await retry.failed(exc)
                 continue
             retry.succeeded()
 
-    async def _create_group(self) -> None:
-        with contextlib.suppress(ResponseError):  # BUSYGROUP: another node made it
+    async def _create_group(self) -> bool:
+        """Create the stream's consumer group; false if Redis could not be reached."""
+        try:
             await self._client.xgroup_create(self._keys.stream, GROUP, id="0", mkstream=True)
+        except ResponseError:  # BUSYGROUP: another node made it
+            return True
+        except (RedisError, OSError):
+            return False
+        return True
 
     async def _read(self) -> None:
         reply: Any = await self._client.xreadgroup(
