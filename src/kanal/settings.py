@@ -32,6 +32,7 @@ from kanal.config import (
     WebhookSettings,
     WebhookTarget,
 )
+from kanal.protocol.webhooks import EVENT_TYPES
 
 __all__ = [
     "BY_SECTION",
@@ -52,15 +53,7 @@ Kind = Literal["str", "id", "int", "float", "bool", "strs", "headers"]
 Check = Callable[[Any], str | None]
 Layer = dict[str, tuple[Any, str]]  # field name -> (value, where it came from)
 
-WEBHOOK_EVENT_TYPES = (
-    "channel_occupied",
-    "channel_vacated",
-    "member_added",
-    "member_removed",
-    "client_event",
-    "cache_miss",
-    "subscription_count",
-)
+WEBHOOK_EVENT_TYPES = EVENT_TYPES  # the seven names of WEBHOOKS.md §3
 #: The development app used when the file defines no ``[[apps]]``; its credentials are public.
 DEV_APP: Mapping[str, object] = MappingProxyType(
     {"id": "1", "key": "app-key", "secret": "app-secret", "enable_client_messages": True}
