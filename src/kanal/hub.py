@@ -121,7 +121,6 @@ class Hub:
         self._channels: SocketIndex[Connection] = SocketIndex()
         self._users: SocketIndex[_Local] = SocketIndex()
         self._watchers: SocketIndex[_Local] = SocketIndex()
-        self._cache_misses: dict[tuple[str, str], float] = {}
         self._channel_locks: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = (
             weakref.WeakValueDictionary()
         )
@@ -264,13 +263,13 @@ class Hub:
         await self._counter.changed(app, channel, kind, result.subscription_count)
 
     async def _announce_presence_join(
-        self, app: App, channel: str, result: JoinResult, member: Member | None, socket_id: str
+        self, app: App, channel: str, result: JoinResult, member: Member | None, exclude: str | None
     ) -> None:
         if result.occupied:
             self._webhooks.emit(app, hooks.channel_occupied(channel))
         if result.user_added and member is not None:
             frame = events.member_added_frame(channel, member.user_id, member.user_info)
-            await self._publish(app.id, channel, frame, exclude=socket_id)
+            await self._publish(app.id, channel, frame, exclude=exclude)
             self._webhooks.emit(app, hooks.member_added(channel, member.user_id))
 
     async def announce_join(
@@ -279,7 +278,9 @@ class Hub:
         """Events for a join the cluster learned late (a rebuild after a Redis outage)."""
         local = self._locals.get(socket_id)
         member = local.channels.get(channel) if local is not None else None
-        await self._announce_presence_join(app, channel, result, member, socket_id)
+        # To the member's own connection too: after a lost lease the reaper's member_removed
+        # about it may have reached it, and only this puts it back in its own member list.
+        await self._announce_presence_join(app, channel, result, member, exclude=None)
         await self._counter.changed(app, channel, channel_type(channel), result.subscription_count)
 
     async def _send_cache(self, local: _Local, channel: str) -> None:
@@ -290,9 +291,9 @@ class Hub:
             self._send(local, events.channel_event_frame(cached.event, channel, cached.data))
             return
         self._send(local, events.cache_miss_frame(channel))
-        now, key = self._now(), (app.id, channel)
-        if now - self._cache_misses.get(key, -_CACHE_MISS_WINDOW) >= _CACHE_MISS_WINDOW:
-            self._cache_misses[key] = now
+        if await self.membership.claim_cache_miss(
+            app.id, channel, _CACHE_MISS_WINDOW, self._wall()
+        ):
             self._webhooks.emit(app, hooks.cache_miss(channel))
 
     async def _leave(self, local: _Local, channel: str) -> None:

@@ -228,6 +228,15 @@ async def test_cache_put_replaces_the_event_and_restarts_the_ttl(cluster: Cluste
     assert hit is not None and (hit.event, hit.data, hit.ttl) == ("new", "2", 10)
 
 
+async def test_cache_miss_claim_is_once_per_window_cluster_wide(cluster: Cluster) -> None:
+    a, b = cluster.node("a"), cluster.node("b")
+    now = time.time()
+    assert await a.claim_cache_miss(APP, "cache-x", 30, now)
+    assert not await b.claim_cache_miss(APP, "cache-x", 30, now + 1)
+    assert await b.claim_cache_miss(APP, "cache-y", 30, now + 1)
+    assert await b.claim_cache_miss(OTHER_APP, "cache-x", 30, now + 1)
+
+
 # --- connection quota -----------------------------------------------------------------
 
 

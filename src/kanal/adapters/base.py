@@ -142,6 +142,11 @@ class Membership(Protocol):
         """The cached event with its remaining whole seconds of life, or ``None``."""
         ...
 
+    async def claim_cache_miss(self, app_id: str, channel: str, window: float, now: float) -> bool:
+        """True for the first caller per channel per ``window`` seconds, cluster-wide: the
+        ``cache_miss`` webhook is de-duplicated across nodes (WEBHOOKS.md §4)."""
+        ...
+
     async def add_connection(self, app_id: str, socket_id: str, limit: int) -> bool:
         """Count a connection unless ``limit > 0`` connections already exist; false if full."""
         ...

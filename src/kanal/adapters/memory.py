@@ -64,6 +64,7 @@ class MemoryMembership:
         self._users: dict[tuple[str, str], set[str]] = {}
         self._cache: dict[tuple[str, str], tuple[str, str, float]] = {}
         self._connections: dict[str, set[str]] = {}
+        self._cache_misses: dict[tuple[str, str], float] = {}
 
     async def join(
         self, app_id: str, channel: str, socket_id: str, member: Member | None, max_users: int
@@ -150,6 +151,13 @@ class MemoryMembership:
             del self._cache[(app_id, channel)]
             return None
         return CachedEvent(event, data, max(1, int(expires - now)))
+
+    async def claim_cache_miss(self, app_id: str, channel: str, window: float, now: float) -> bool:
+        key = (app_id, channel)
+        if now < self._cache_misses.get(key, float("-inf")):
+            return False
+        self._cache_misses[key] = now + window
+        return True
 
     async def add_connection(self, app_id: str, socket_id: str, limit: int) -> bool:
         sockets = self._connections.setdefault(app_id, set())

@@ -371,6 +371,12 @@ class RedisMembership:
             pipe.pexpire(key, ttl * 1000)
             await pipe.execute()
 
+    async def claim_cache_miss(self, app_id: str, channel: str, window: float, now: float) -> bool:
+        """``SET NX PX``: one claim per channel per window for the whole cluster."""
+        key = f"{self._base(app_id)}miss:{channel}"
+        claimed = await self._client.set(key, b"1", nx=True, px=max(1, int(window * 1000)))
+        return bool(claimed)
+
     async def cache_get(self, app_id: str, channel: str, now: float) -> CachedEvent | None:
         key = f"{self._base(app_id)}cache:{channel}"
         async with self._client.pipeline(transaction=True) as pipe:

@@ -127,6 +127,14 @@ class ResilientMembership:
         ok, result = await self._primary(lambda: self.primary.cache_get(app_id, channel, now))
         return result if ok else await self.local.cache_get(app_id, channel, now)
 
+    async def claim_cache_miss(self, app_id: str, channel: str, window: float, now: float) -> bool:
+        ok, claimed = await self._primary(
+            lambda: self.primary.claim_cache_miss(app_id, channel, window, now)
+        )
+        if ok:
+            return bool(claimed)
+        return await self.local.claim_cache_miss(app_id, channel, window, now)
+
     async def add_connection(self, app_id: str, socket_id: str, limit: int) -> bool:
         ok, admitted = await self._primary(
             lambda: self.primary.add_connection(app_id, socket_id, limit)
