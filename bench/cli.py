@@ -22,7 +22,13 @@ from bench import procstat
 from bench.measure import Ctx
 from bench.report import Report
 from bench.scenarios import SCENARIOS, Sizes
-from bench.servers import ServerProc, soketi_available, start_kanal, start_soketi
+from bench.servers import (
+    ServerProc,
+    soketi_available,
+    start_kanal,
+    start_kanal_redis,
+    start_soketi,
+)
 from bench.worker import Generator
 from bench.wsclient import BACKEND
 
@@ -42,7 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"comma-separated subset of: {', '.join(SCENARIOS)} (default: all)",
     )
     run_p.add_argument("--runs", type=int, default=3, help="runs per case (default 3)")
-    run_p.add_argument("--servers", default="kanal,soketi", help="kanal, soketi or both")
+    run_p.add_argument(
+        "--servers",
+        default="kanal,soketi",
+        help="comma list of kanal, kanal-redis (one node in cluster mode), soketi",
+    )
     run_p.add_argument(
         "--soketi-dir",
         type=Path,
@@ -124,6 +134,8 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> Report:
     def start(name: str) -> ServerProc:
         if name == "kanal":
             server = start_kanal(workdir, server_cpu)
+        elif name == "kanal-redis":
+            server = start_kanal_redis(workdir, server_cpu)
         else:
             assert soketi_dir is not None
             server = start_soketi(soketi_dir, workdir, server_cpu)

@@ -77,7 +77,7 @@ class Window:
 
     def __init__(self, ctx: Ctx, server: ServerProc) -> None:
         self.ctx, self.server = ctx, server
-        self.ours = {server.pid, *ctx.gen.pids}
+        self.ours = {*server.pids, *ctx.gen.pids}
         self.others = all_processes_cpu()
         self.server0 = server.cpu_seconds()
         self.gen0 = total_cpu_seconds(ctx.gen.pids)
@@ -153,7 +153,7 @@ def connect(
 def wait_quiet(ctx: Ctx, server: ServerProc) -> None:
     """Up to ``ctx.wait_quiet`` s: wait for other processes to use under ``max_foreign`` cores."""
     deadline = time.monotonic() + ctx.wait_quiet
-    ours = {server.pid, *ctx.gen.pids}
+    ours = {*server.pids, *ctx.gen.pids}
     while time.monotonic() < deadline:
         before = all_processes_cpu()
         time.sleep(1.0)

@@ -19,14 +19,21 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
 from bench.procstat import cpu_seconds, rss_bytes
 from bench.protocol import Target
 
-__all__ = ["ServerProc", "free_port", "soketi_available", "start_kanal", "start_soketi"]
+__all__ = [
+    "ServerProc",
+    "free_port",
+    "soketi_available",
+    "start_kanal",
+    "start_kanal_redis",
+    "start_soketi",
+]
 
 HOST = "127.0.0.1"
 #: Lifted protocol limits so the scenarios fit (presence channel with 5,000+ members).
@@ -39,21 +46,35 @@ class ServerProc:
     target: Target
     proc: subprocess.Popen[bytes]
     log: Path
+    #: processes that are part of the server under test (kanal-redis: its redis-server);
+    #: their CPU and memory count as the server's
+    helpers: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     @property
     def pid(self) -> int:
         return self.proc.pid
 
+    @property
+    def pids(self) -> list[int]:
+        return [self.proc.pid, *(helper.pid for helper in self.helpers)]
+
     def cpu_seconds(self) -> float:
-        return cpu_seconds(self.pid)
+        return sum(cpu_seconds(pid) for pid in self.pids)
 
     def rss_bytes(self) -> int:
-        return rss_bytes(self.pid)
+        return sum(rss_bytes(pid) for pid in self.pids)
 
     def alive(self) -> bool:
         return self.proc.poll() is None
 
     def stop(self) -> None:
+        self._stop_main()
+        for helper in self.helpers:
+            if helper.poll() is None:
+                helper.terminate()
+                helper.wait(timeout=10)
+
+    def _stop_main(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -130,7 +151,45 @@ def _spawn(
     return _wait_ready(ServerProc(name, target, proc, log))
 
 
-def start_kanal(workdir: Path, cpu: int | None) -> ServerProc:
+def _start_redis(workdir: Path, cpu: int | None) -> tuple[subprocess.Popen[bytes], str]:
+    """A private redis-server on the server's CPU (it is part of the system under test)."""
+    port = free_port()
+    log = (workdir / f"redis-{port}.log").open("wb")
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        preexec_fn=_pinned(cpu),
+    )
+    log.close()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((HOST, port), timeout=1):
+                return proc, f"redis://{HOST}:{port}/0"
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("redis-server did not start")
+
+
+def start_kanal_redis(workdir: Path, cpu: int | None) -> ServerProc:
+    """kanal as one cluster member: every event crosses Redis pub/sub (docs/scaling.md)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    redis, url = _start_redis(workdir, cpu)
+    try:
+        server = start_kanal(workdir, cpu, redis_url=url, name="kanal-redis")
+    except BaseException:
+        redis.kill()
+        raise
+    server.helpers.append(redis)
+    return server
+
+
+def start_kanal(
+    workdir: Path, cpu: int | None, redis_url: str = "", name: str = "kanal"
+) -> ServerProc:
     """``python -m kanal serve --config <toml>`` with the benchmark app on a free port."""
     port = free_port()
     target = Target("kanal", HOST, port, "1", "app-key", "app-secret")
@@ -143,9 +202,10 @@ def start_kanal(workdir: Path, cpu: int | None) -> ServerProc:
         f'id = "{target.app_id}"\nkey = "{target.key}"\nsecret = "{target.secret}"\n'
         "enable_client_messages = true\n"
         f"max_presence_members = {MAX_PRESENCE_MEMBERS}\n"
+        + (f'\n[scaling]\nadapter = "redis"\nredis_url = "{redis_url}"\n' if redis_url else "")
     )
     cmd = [sys.executable, "-m", "kanal", "serve", "--config", str(config)]
-    return _spawn("kanal", cmd, target, workdir / f"kanal-{port}.log", cpu)
+    return _spawn(name, cmd, target, workdir / f"kanal-{port}.log", cpu)
 
 
 def soketi_available(soketi_dir: Path | None) -> bool:

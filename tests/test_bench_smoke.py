@@ -10,10 +10,13 @@ accepted and every event reaches every subscriber.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 SCENARIOS = (
@@ -71,3 +74,25 @@ def test_every_scenario_runs_at_tiny_size(tmp_path: Path) -> None:
     assert all(v > 0 for v in medians("latency", "p99_ms"))
     assert all(v > 0 for v in medians("connect-storm", "connect_seconds"))
     assert all(v > 0 for v in medians("idle-memory", "rss_after_mib"))
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
+def test_cluster_mode_server_runs_at_tiny_size(tmp_path: Path) -> None:
+    """``--servers kanal-redis``: one kanal node in cluster mode with its own redis-server."""
+    out = tmp_path / "cluster.json"
+    command = [
+        sys.executable, "-m", "bench", "run", "--tiny", "--runs", "1", "--servers",
+        "kanal-redis", "--scenarios", "fanout", "--no-pin", "--workers", "2", "--out", str(out),
+        "--max-foreign", "1000", "--saturation", "1000",
+    ]  # fmt: skip
+    done = subprocess.run(
+        command, cwd=REPO, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads(out.read_text())
+    delivered = [
+        row["servers"]["kanal-redis"]["median"]
+        for row in results["rows"]
+        if row["metric"] == "delivered_ratio"
+    ]
+    assert delivered and all(ratio == 1.0 for ratio in delivered), results["rows"]
