@@ -143,3 +143,43 @@ async def test_webhooks_for_triggered_events_are_not_sent(
         await trigger(server, "news", "headline", orjson.dumps({"t": 1}).decode())
         await client.expect_next("headline", channel="news")
     assert {e["name"] for e in receiver.events} == {"channel_occupied"}
+
+
+async def test_a_hanging_webhook_receiver_does_not_slow_message_delivery(
+    start_server: StartServer,
+) -> None:
+    """WEBHOOKS.md §5: webhook work never blocks WebSocket or HTTP API handling."""
+    release = asyncio.Event()
+    arrived = asyncio.Event()
+
+    async def hang(request: web.Request) -> web.Response:
+        arrived.set()
+        await release.wait()
+        return web.Response(text="late")
+
+    app = web.Application()
+    app.router.add_post("/hook", hang)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
+    try:
+        target = WebhookTarget(url=url, event_types=EVENT_TYPES)
+        server = await start_server(
+            apps=[make_app(webhooks=(target,))],
+            webhooks=WebhookSettings(request_timeout=30.0, retry_window=60.0),
+        )
+        async with Clients() as clients:
+            client = await clients.connect(server)
+            await client.subscribe("news")
+            await asyncio.wait_for(arrived.wait(), WAIT)  # the receiver now holds a request
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            for n in range(20):
+                await trigger(server, "news", "headline", f'{{"n":{n}}}')
+                await client.expect_next("headline", channel="news")
+            assert loop.time() - started < WAIT
+    finally:
+        release.set()
+        await runner.cleanup()
