@@ -178,7 +178,7 @@ class Hub:
             for command in local.session.tick(now):
                 if isinstance(command, Probe):
                     local.conn.probe()
-                    local.conn.send(self._frame(events.ping_frame()))
+                    self._send(local, events.ping_frame())
                 elif isinstance(command, Close):
                     self.refuse(local.conn, command.code, command.reason)
 
@@ -205,7 +205,7 @@ class Hub:
 
     async def _execute(self, local: _Local, command: Command) -> None:
         if isinstance(command, Send):
-            local.conn.send(self._frame(command.payload))
+            self._send(local, command.payload)
         elif isinstance(command, Join):
             await self._join(local, command)
         elif isinstance(command, Leave):

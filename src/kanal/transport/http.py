@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from kanal.adapters.base import ChannelCounts
 from kanal.apps import AppStore
 from kanal.config import App
 from kanal.hub import Hub
@@ -47,6 +48,17 @@ class _RateLimiter:
             return False
         self._buckets[key] = (tokens - 1.0, now)
         return True
+
+
+def _count_attributes(channel: str, counts: ChannelCounts, info: frozenset[str]) -> dict[str, int]:
+    """The requested counts that apply: user_count on presence channels only (HTTP_API.md §3,
+    §5.1), subscription_count on any channel."""
+    out: dict[str, int] = {}
+    if "user_count" in info and channel_type(channel).is_presence:
+        out["user_count"] = counts.user_count
+    if "subscription_count" in info:
+        out["subscription_count"] = counts.subscription_count
+    return out
 
 
 def _json(body: Any) -> web.Response:
@@ -195,12 +207,7 @@ class HttpApi:
         if not info or channel.startswith(SERVER_TO_USER_PREFIX):
             return {}
         counts = await self._hub.membership.counts(app.id, channel)
-        out: dict[str, int] = {}
-        if "user_count" in info and channel_type(channel).is_presence:
-            out["user_count"] = counts.user_count
-        if "subscription_count" in info:
-            out["subscription_count"] = counts.subscription_count
-        return out
+        return _count_attributes(channel, counts, info)
 
     async def channels(self, request: web.Request, app: App, body: bytes) -> Any:
         query = api.parse_channels_query(request.query)
@@ -209,12 +216,7 @@ class HttpApi:
         for name, counts in sorted(listed.items()):
             if name.startswith("#") or counts.subscription_count <= 0:
                 continue
-            attrs: dict[str, int] = {}
-            if "user_count" in query.info and channel_type(name).is_presence:
-                attrs["user_count"] = counts.user_count
-            if "subscription_count" in query.info:
-                attrs["subscription_count"] = counts.subscription_count
-            result[name] = attrs
+            result[name] = _count_attributes(name, counts, query.info)
         return {"channels": result}
 
     async def channel(self, request: web.Request, app: App, body: bytes) -> Any:
