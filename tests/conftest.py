@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+import uvloop
 
 from kanal.config import App, Config, ScalingSettings, ServerSettings, WebhookSettings
 from kanal.server import Server, build, serve
@@ -53,6 +54,11 @@ class RunningServer:
 
 
 StartServer = Callable[..., Any]
+
+
+def pytest_asyncio_loop_factories(config: Any, item: Any) -> dict[str, Any]:
+    """Tests run on uvloop, as ``kanal serve`` does: its transports differ from asyncio's."""
+    return {"uvloop": uvloop.new_event_loop}
 
 
 @pytest.fixture

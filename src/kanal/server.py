@@ -30,9 +30,10 @@ from kanal.hub import Hub, NullWebhooks, WebhookSink
 from kanal.metrics import Metrics
 from kanal.protocol.errors import CloseCode
 from kanal.settings import is_default_credentials
+from kanal.transport.frames import text_frame
 from kanal.transport.http import HttpApi
 from kanal.transport.listener import Listener
-from kanal.transport.websocket import WebSocketEndpoint, text_frame
+from kanal.transport.websocket import WebSocketEndpoint
 from kanal.webhooks import WebhookDispatcher
 from kanal.workers import supervise
 
@@ -184,6 +185,7 @@ def build(config: Config) -> Server:
     websocket = WebSocketEndpoint(
         hub,
         apps,
+        path_prefix=settings.path_prefix,
         max_frame_bytes=settings.max_frame_bytes,
         max_output_buffer_bytes=settings.max_output_buffer_bytes,
         strict_protocol=settings.strict_protocol_version,
@@ -201,7 +203,6 @@ def build(config: Config) -> Server:
     listener = Listener(
         websocket,
         http,
-        path_prefix=settings.path_prefix,
         max_request_bytes=settings.max_request_bytes,
         shutdown_timeout=settings.shutdown_timeout,
     )

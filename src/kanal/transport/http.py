@@ -1,4 +1,4 @@
-"""HTTP API routes (HTTP_API.md) and health checks on aiohttp.
+"""HTTP API routes (HTTP_API.md) and health checks.
 
 Ownership rule: this module owns HTTP requests and responses. Each handler is
 verify (:mod:`kanal.protocol.signatures`) -> parse (:mod:`kanal.protocol.api`) -> hub -> JSON;
@@ -12,9 +12,9 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import unquote
 
 import orjson
-from aiohttp import web
 
 from kanal.adapters.base import ChannelCounts
 from kanal.apps import AppStore
@@ -24,12 +24,38 @@ from kanal.protocol import api
 from kanal.protocol.channels import SERVER_TO_USER_PREFIX, channel_type
 from kanal.protocol.errors import ApiError
 from kanal.protocol.signatures import verify_request
+from kanal.transport.http11 import Request, Response
 
 __all__ = ["HttpApi"]
 
 log = logging.getLogger("kanal.http")
 
-Handler = Callable[[web.Request, App, bytes], Awaitable[Any]]
+Handler = Callable[[Request, App, bytes], Awaitable[Any]]
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+class _Route:
+    """``/apps/{app_id}/channels/{channel}``: literal segments and one-segment parameters."""
+
+    __slots__ = ("endpoint", "method", "segments")
+
+    def __init__(self, method: str, pattern: str, endpoint: Endpoint) -> None:
+        self.method = method
+        self.segments = pattern.split("/")
+        self.endpoint = endpoint
+
+    def match(self, parts: list[str]) -> dict[str, str] | None:
+        if len(parts) != len(self.segments):
+            return None
+        found: dict[str, str] = {}
+        for part, segment in zip(parts, self.segments, strict=True):
+            if segment.startswith("{"):
+                if not part:
+                    return None
+                found[segment[1:-1]] = unquote(part)
+            elif part != segment:
+                return None
+        return found
 
 
 class _RateLimiter:
@@ -61,8 +87,8 @@ def _count_attributes(channel: str, counts: ChannelCounts, info: frozenset[str])
     return out
 
 
-def _json(body: Any) -> web.Response:
-    return web.Response(body=orjson.dumps(body), content_type="application/json")
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(status, orjson.dumps(body), "application/json")
 
 
 class HttpApi:
@@ -87,63 +113,79 @@ class HttpApi:
         self._ready = ready
         self._wall = wall
         self._limits = _RateLimiter()
+        self._table = self._routes()
 
-    def routes(self) -> list[web.RouteDef]:
-        p = self._prefix
+    def _routes(self) -> list[_Route]:
+        def wrap(handler: Handler, write: bool = False) -> Endpoint:
+            return self._wrap(handler, write=write)
+
         return [
-            web.get(p + "/", self.health),
-            web.get(p + "/ready", self.readiness),
-            web.get(p + "/metrics", self.metrics),
-            web.post(p + "/apps/{app_id}/events", self._wrap(self.events, write=True)),
-            web.post(p + "/apps/{app_id}/batch_events", self._wrap(self.batch, write=True)),
-            web.get(p + "/apps/{app_id}/channels", self._wrap(self.channels)),
-            web.get(p + "/apps/{app_id}/channels/{channel}", self._wrap(self.channel)),
-            web.get(p + "/apps/{app_id}/channels/{channel}/users", self._wrap(self.users)),
-            web.post(
-                p + "/apps/{app_id}/users/{user_id}/terminate_connections",
-                self._wrap(self.terminate, write=True),
+            _Route("GET", "", self.health),
+            _Route("GET", "ready", self.readiness),
+            _Route("GET", "metrics", self.metrics),
+            _Route("POST", "apps/{app_id}/events", wrap(self.events, write=True)),
+            _Route("POST", "apps/{app_id}/batch_events", wrap(self.batch, write=True)),
+            _Route("GET", "apps/{app_id}/channels", wrap(self.channels)),
+            _Route("GET", "apps/{app_id}/channels/{channel}", wrap(self.channel)),
+            _Route("GET", "apps/{app_id}/channels/{channel}/users", wrap(self.users)),
+            _Route(
+                "POST",
+                "apps/{app_id}/users/{user_id}/terminate_connections",
+                wrap(self.terminate, write=True),
             ),
             # pusher-http-python signs and sends this path without /apps/{id} (HTTP_API.md §8).
-            web.post(
-                p + "/users/{user_id}/terminate_connections",
-                self._wrap(self.terminate, write=True),
-            ),
+            _Route("POST", "users/{user_id}/terminate_connections", wrap(self.terminate, True)),
         ]
 
-    async def health(self, request: web.Request) -> web.Response:
+    async def dispatch(self, request: Request) -> Response:
+        """Route a request: 404 for an unknown path, 405 for a known path's wrong method."""
+        path = request.path
+        if self._prefix:
+            if not path.startswith(self._prefix):
+                return Response(404, b"Not found")
+            path = path[len(self._prefix) :]
+        parts = path.strip("/").split("/")
+        known = False
+        for route in self._table:
+            found = route.match(parts)
+            if found is None:
+                continue
+            if request.method in (route.method, "HEAD" if route.method == "GET" else ""):
+                request.match = found
+                return await route.endpoint(request)
+            known = True
+        return Response(405, b"Method not allowed") if known else Response(404, b"Not found")
+
+    async def health(self, request: Request) -> Response:
         return _json({"ok": True})
 
-    async def metrics(self, request: web.Request) -> web.Response:
+    async def metrics(self, request: Request) -> Response:
         """Prometheus text format (docs/metrics.md)."""
-        return web.Response(
-            text=self._hub.metrics.render(), content_type="text/plain", charset="utf-8"
-        )
+        return Response(200, self._hub.metrics.render().encode())
 
-    async def readiness(self, request: web.Request) -> web.Response:
+    async def readiness(self, request: Request) -> Response:
         ok, detail = self._ready()
-        return web.json_response({"ready": ok, "detail": detail}, status=200 if ok else 503)
+        return _json({"ready": ok, "detail": detail}, 200 if ok else 503)
 
-    def _wrap(
-        self, handler: Handler, *, write: bool = False
-    ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-        async def endpoint(request: web.Request) -> web.StreamResponse:
+    def _wrap(self, handler: Handler, *, write: bool = False) -> Endpoint:
+        async def endpoint(request: Request) -> Response:
             try:
-                app, body = await self._authenticate(request, write)
+                app, body = self._authenticate(request, write)
                 response = _json(await handler(request, app, body))
             except ApiError as error:
-                response = web.Response(status=error.status, text=error.message)
+                response = Response(error.status, error.message.encode())
             labels = {"endpoint": handler.__name__, "status": str(response.status)}
             self._hub.metrics.inc_labelled("kanal_http_requests_total", labels)
             return response
 
         return endpoint
 
-    async def _authenticate(self, request: web.Request, write: bool) -> tuple[App, bytes]:
-        """HTTP_API.md §1-2: find the app, read the body, verify the signature."""
-        if request.content_length is not None and request.content_length > self._max_body:
+    def _authenticate(self, request: Request, write: bool) -> tuple[App, bytes]:
+        """HTTP_API.md §1-2: find the app, check the body size, verify the signature."""
+        body = request.body
+        if len(body) > self._max_body:
             raise ApiError(413, f"Request body over {self._max_body} bytes")
-        body = await self._read_body(request)
-        app_id = request.match_info.get("app_id")
+        app_id = request.match.get("app_id")
         if app_id is not None:
             app = self._apps.by_id(app_id)
             if app is None:
@@ -152,13 +194,13 @@ class HttpApi:
             app = self._apps.by_key(request.query.get("auth_key", ""))
             if app is None:
                 raise ApiError(401, "Unknown auth_key")
-        path = request.rel_url.raw_path
+        path = request.path
         if self._prefix and path.startswith(self._prefix):
             path = path[len(self._prefix) :]  # the signed path has no mount prefix (§1)
         verify_request(
             method=request.method,
             path=path,
-            query=list(request.rel_url.query.items()),
+            query=request.query_items,
             body=body,
             app_key=app.key,
             app_secret=app.secret,
@@ -173,24 +215,14 @@ class HttpApi:
             raise ApiError(429, "Too many requests")
         return app, body
 
-    async def _read_body(self, request: web.Request) -> bytes:
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in request.content.iter_any():
-            size += len(chunk)
-            if size > self._max_body:
-                raise ApiError(413, f"Request body over {self._max_body} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
-
-    async def events(self, request: web.Request, app: App, body: bytes) -> Any:
+    async def events(self, request: Request, app: App, body: bytes) -> Any:
         event = api.parse_trigger(body, app)
         await self._publish(app, event)
         if not event.info:
             return {}
         return {"channels": {ch: await self._info(app, ch, event.info) for ch in event.channels}}
 
-    async def batch(self, request: web.Request, app: App, body: bytes) -> Any:
+    async def batch(self, request: Request, app: App, body: bytes) -> Any:
         batch = api.parse_batch(body, app)
         for event in batch:  # HTTP_API.md §4: publish in array order
             await self._publish(app, event)
@@ -209,7 +241,7 @@ class HttpApi:
         counts = await self._hub.membership.counts(app.id, channel)
         return _count_attributes(channel, counts, info)
 
-    async def channels(self, request: web.Request, app: App, body: bytes) -> Any:
+    async def channels(self, request: Request, app: App, body: bytes) -> Any:
         query = api.parse_channels_query(request.query)
         listed = await self._hub.membership.channels(app.id, query.prefix)
         result: dict[str, dict[str, int]] = {}
@@ -219,8 +251,8 @@ class HttpApi:
             result[name] = _count_attributes(name, counts, query.info)
         return {"channels": result}
 
-    async def channel(self, request: web.Request, app: App, body: bytes) -> Any:
-        query = api.parse_channel_query(request.match_info["channel"], request.query, app)
+    async def channel(self, request: Request, app: App, body: bytes) -> Any:
+        query = api.parse_channel_query(request.match["channel"], request.query, app)
         counts = await self._hub.membership.counts(app.id, query.channel)
         out: dict[str, Any] = {"occupied": counts.subscription_count > 0}
         if "user_count" in query.info:
@@ -232,12 +264,12 @@ class HttpApi:
             out["cache"] = None if cached is None else {"data": cached.data, "ttl": cached.ttl}
         return out
 
-    async def users(self, request: web.Request, app: App, body: bytes) -> Any:
-        channel = api.parse_users_channel(request.match_info["channel"], app)
+    async def users(self, request: Request, app: App, body: bytes) -> Any:
+        channel = api.parse_users_channel(request.match["channel"], app)
         user_ids = await self._hub.membership.users(app.id, channel)
         return {"users": [{"id": user_id} for user_id in user_ids]}
 
-    async def terminate(self, request: web.Request, app: App, body: bytes) -> Any:
-        user_id = api.parse_user_id(request.match_info["user_id"])
+    async def terminate(self, request: Request, app: App, body: bytes) -> Any:
+        user_id = api.parse_user_id(request.match["user_id"])
         await self._hub.terminate_user(app, user_id)
         return {}

@@ -1,35 +1,28 @@
-"""One aiohttp application serving the WebSocket endpoint and the HTTP API on one port.
+"""One listening socket serving the WebSocket endpoint and the HTTP API.
 
-Ownership rule: the listening socket and the aiohttp runner live here; ``kanal.server``
-starts and stops them through :class:`Listener` without knowing the network library.
+Ownership rule: the listening socket lives here; ``kanal.server`` starts and stops it
+through :class:`Listener` without knowing the network code. Each accepted connection starts
+as an :class:`~kanal.transport.http11.HttpConnection`; a WebSocket upgrade hands the socket
+to :class:`~kanal.transport.websocket.WebSocketEndpoint`, everything else goes to
+:class:`~kanal.transport.http.HttpApi`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ssl
-from collections.abc import Awaitable, Callable
-
-from aiohttp import web
 
 from kanal.transport.http import HttpApi
+from kanal.transport.http11 import HttpServer, Request, Response
 from kanal.transport.websocket import WebSocketEndpoint
 
-__all__ = ["LISTEN_BACKLOG", "Listener"]
+__all__ = ["HTTP_IDLE_TIMEOUT", "LISTEN_BACKLOG", "Listener"]
 
 #: capped by the kernel at net.core.somaxconn
 LISTEN_BACKLOG = 65535
-
-
-def _unknown_path(
-    websocket: WebSocketEndpoint,
-) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-    async def handler(request: web.Request) -> web.StreamResponse:
-        # PROTOCOL.md §1.2 step 1: an upgrade on an unknown path is accepted, then closed 4005.
-        if request.headers.get("Upgrade", "").lower() == "websocket":
-            return await websocket.handle_unknown_path(request)
-        raise web.HTTPNotFound(text="Not found")
-
-    return handler
+#: seconds a keep-alive HTTP connection may stay idle (or take to send one request)
+HTTP_IDLE_TIMEOUT = 60.0
 
 
 class Listener:
@@ -40,19 +33,25 @@ class Listener:
         websocket: WebSocketEndpoint,
         http: HttpApi,
         *,
-        path_prefix: str,
         max_request_bytes: int,
         shutdown_timeout: float = 10.0,
     ) -> None:
-        app = web.Application(client_max_size=max_request_bytes)
-        prefix = path_prefix.rstrip("/")
-        app.router.add_get(prefix + "/app/{key}", websocket.handle)
-        app.add_routes(http.routes())
-        app.router.add_route("*", "/{tail:.*}", _unknown_path(websocket))
-        self._runner = web.AppRunner(
-            app, access_log=None, handle_signals=False, shutdown_timeout=shutdown_timeout
+        self._websocket = websocket
+        self._http = http
+        self._shutdown_timeout = shutdown_timeout
+        self._connections = HttpServer(
+            self._dispatch,
+            websocket.upgrade,
+            max_body=max_request_bytes,
+            idle_timeout=HTTP_IDLE_TIMEOUT,
         )
+        self._server: asyncio.Server | None = None
         self.port = 0
+
+    async def _dispatch(self, request: Request) -> Response:
+        if self._websocket.app_key(request.path) is not None:
+            return Response(426, b"This endpoint only accepts WebSocket upgrades")
+        return await self._http.dispatch(request)
 
     async def start(
         self,
@@ -68,22 +67,33 @@ class Listener:
         if tls_cert_file:
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             context.load_cert_chain(tls_cert_file, tls_key_file)
-        await self._runner.setup()
         # A reconnect storm (every pusher-js client after a 4200 close) arrives at once: with
-        # aiohttp's default backlog of 128 the kernel drops SYNs and clients retry for seconds.
-        site = web.TCPSite(
-            self._runner,
+        # a backlog of 128 the kernel drops SYNs and clients retry for seconds.
+        self._server = await asyncio.get_running_loop().create_server(
+            self._connections.protocol,
             host,
             port,
             reuse_port=reuse_port or None,
-            ssl_context=context,
+            ssl=context,
             backlog=LISTEN_BACKLOG,
         )
-        await site.start()
-        self.port = self._runner.addresses[0][1] if self._runner.addresses else port
+        self.port = self._server.sockets[0].getsockname()[1]
         return self.port
 
     async def stop(self) -> None:
-        """Stop accepting, let in-flight handlers finish their cleanup, release the port."""
-        await self._runner.shutdown()
-        await self._runner.cleanup()
+        """Stop accepting, finish in-flight requests and closing sockets, release the port."""
+        if self._server is None:
+            return
+        self._server.close()
+        self._connections.close_idle()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._shutdown_timeout
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout_at(deadline):
+                await self._connections.idle.wait()
+        self._connections.abort_all()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout_at(deadline):
+                await self._websocket.quiet.wait()
+        await self._websocket.abort_all()
+        self._server = None

@@ -1,50 +1,48 @@
-"""WebSocket endpoint ``{prefix}/app/{key}`` on aiohttp (PROTOCOL.md §1).
+"""WebSocket endpoint ``{prefix}/app/{key}`` (PROTOCOL.md §1) on asyncio protocols.
 
-Ownership rule: this module owns the socket. It turns frames into ``Hub`` calls and hub
-output into bytes on the wire; it holds no Pusher rules.
+Ownership rule: this module owns the socket after the upgrade. It turns frames into ``Hub``
+calls and hub output into bytes on the wire; it holds no Pusher rules (those are in
+``kanal.protocol``) and no framing rules (``frames``).
 
-Outbound path: the hub hands us complete WebSocket frames (built once per broadcast by
-:func:`text_frame`). They are queued per connection and written in one ``writelines`` per
-connection per event-loop iteration (:class:`Coalescer`), straight to the asyncio transport.
-A connection whose unsent output passes ``max_output_buffer_bytes`` is a slow consumer and
-is closed with 4100 instead of being buffered without limit.
+One small object per connection: :class:`WebSocketConnection` is both the asyncio protocol
+of the socket and the hub's ``Connection``. It holds no task while idle; a task runs only
+while inbound messages are being handled, so an idle connection costs its slots, its frame
+reader and the transport (docs/performance.md, idle memory).
+
+Outbound path: the hub hands us complete frames (built once per broadcast by
+:func:`~kanal.transport.frames.text_frame`). They are queued per connection and written in
+one ``writelines`` per connection per event-loop iteration (:class:`Coalescer`). A
+connection whose unsent output passes ``max_output_buffer_bytes`` is a slow consumer and is
+closed with 4100 instead of being buffered without limit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import binascii
 import logging
 import secrets
-import struct
-from collections.abc import Callable
-
-from aiohttp import WSMsgType, web
+from collections import deque
+from collections.abc import Callable, Coroutine
+from typing import Any
+from urllib.parse import unquote
 
 from kanal.apps import AppStore
+from kanal.config import App
 from kanal.hub import Hub
 from kanal.protocol.errors import CloseCode
 from kanal.protocol.handshake import check_handshake
+from kanal.transport import frames
+from kanal.transport.http11 import Request, Response
 
-__all__ = ["Coalescer", "WebSocketConnection", "WebSocketEndpoint", "new_socket_id", "text_frame"]
+__all__ = ["Coalescer", "WebSocketConnection", "WebSocketEndpoint", "new_socket_id"]
 
 log = logging.getLogger("kanal.websocket")
 
-_PONG_EMPTY = b"\x8a\x00"
-_PING_EMPTY = b"\x89\x00"
-
-
-def text_frame(payload: bytes) -> bytes:
-    """An unmasked, final RFC 6455 text frame (server-to-client frames are never masked)."""
-    length = len(payload)
-    if length < 126:
-        return bytes((0x81, length)) + payload
-    if length < 65536:
-        return b"\x81\x7e" + struct.pack("!H", length) + payload
-    return b"\x81\x7f" + struct.pack("!Q", length) + payload
-
-
-def _control_frame(opcode: int, payload: bytes) -> bytes:
-    return bytes((0x80 | opcode, len(payload))) + payload[:125]
+_PING = frames.control_frame(frames.PING)
+_PONG = frames.control_frame(frames.PONG)
+_MAX_INBOX = 64  # messages waiting for the hub before the socket stops being read
+CLOSE_TIMEOUT = 5.0  # seconds to wait for the client's Close reply before dropping the socket
 
 
 def new_socket_id() -> str:
@@ -60,100 +58,202 @@ class Coalescer:
         self._scheduled = False
 
     def queue(self, conn: WebSocketConnection, frame: bytes) -> None:
-        frames = self._pending.get(conn)
-        if frames is None:
+        frames_ = self._pending.get(conn)
+        if frames_ is None:
             self._pending[conn] = [frame]
             if not self._scheduled:
                 self._scheduled = True
                 asyncio.get_running_loop().call_soon(self.flush)
         else:
-            frames.append(frame)
+            frames_.append(frame)
 
     def flush(self) -> None:
         self._scheduled = False
         pending, self._pending = self._pending, {}
-        for conn, frames in pending.items():
-            conn.write(frames)
+        for conn, queued in pending.items():
+            conn.write(queued)
 
     def flush_one(self, conn: WebSocketConnection) -> None:
-        frames = self._pending.pop(conn, None)
-        if frames:
-            conn.write(frames)
+        queued = self._pending.pop(conn, None)
+        if queued:
+            conn.write(queued)
 
 
-class WebSocketConnection:
-    """The hub's :class:`~kanal.hub.Connection` for one aiohttp WebSocket."""
+class WebSocketConnection(asyncio.Protocol):
+    """One upgraded socket: the asyncio protocol and the hub's ``Connection`` at once."""
 
-    __slots__ = ("_closing", "_coalescer", "_limit", "_transport", "_ws", "socket_id")
+    __slots__ = (
+        "_closer",
+        "_closing",
+        "_done",
+        "_endpoint",
+        "_inbox",
+        "_reader",
+        "_transport",
+        "socket_id",
+    )
 
     def __init__(
-        self,
-        socket_id: str,
-        ws: web.WebSocketResponse,
-        transport: asyncio.Transport,
-        coalescer: Coalescer | None,
-        limit: int,
+        self, endpoint: WebSocketEndpoint, transport: asyncio.Transport, socket_id: str
     ) -> None:
         self.socket_id = socket_id
-        self._ws = ws
+        self._endpoint = endpoint
         self._transport = transport
-        self._coalescer = coalescer
-        self._limit = limit
-        self._closing = False
+        self._reader = frames.FrameReader(endpoint.max_message)
+        self._inbox: deque[str] | None = None  # not None while a task is handling messages
+        self._closing = False  # a Close frame has been sent or received
+        self._closer: asyncio.TimerHandle | None = None  # drops the socket if no Close reply
+        self._done = False  # the hub has been (or is about to be) told the socket is gone
+
+    # --- the hub's Connection --------------------------------------------------------------
 
     def send(self, frame: bytes) -> None:
         if self._closing:
             return
-        if self._coalescer is None:
+        coalescer = self._endpoint.coalescer
+        if coalescer is None:
             self.write([frame])
         else:
-            self._coalescer.queue(self, frame)
+            coalescer.queue(self, frame)
 
-    def write(self, frames: list[bytes]) -> None:
+    def write(self, queued: list[bytes]) -> None:
         transport = self._transport
         if self._closing or transport.is_closing():
             return
-        if transport.get_write_buffer_size() > self._limit:
+        if transport.get_write_buffer_size() > self._endpoint.output_limit:
             log.warning("closing slow consumer %s", self.socket_id)
             self.close(CloseCode.OVER_CAPACITY, "Slow consumer: output buffer limit exceeded")
             return
-        if len(frames) == 1:
-            transport.write(frames[0])
+        if len(queued) == 1:
+            transport.write(queued[0])
         else:
-            transport.writelines(frames)
+            transport.writelines(queued)
 
     def probe(self) -> None:
-        self.send(_PING_EMPTY)
-
-    def pong(self, payload: bytes) -> None:
-        self.send(_control_frame(0xA, payload) if payload else _PONG_EMPTY)
+        self.send(_PING)
 
     def close(self, code: int, reason: str) -> None:
+        """Send our Close, then wait (bounded) for the client's reply before closing TCP: closing
+        at once could reset the connection and lose the Close frame (RFC 6455 §7.1.1)."""
         if self._closing:
             return
-        if self._coalescer is not None:  # the pusher:error frame goes out before the close
-            self._coalescer.flush_one(self)
+        coalescer = self._endpoint.coalescer
+        if coalescer is not None:  # a pusher:error frame queued before the close goes first
+            coalescer.flush_one(self)
+        transport = self._transport
         self._closing = True
-        # drain=False: a slow consumer never reads, and waiting for its close frame would keep
-        # the connection (and its memberships) alive for ever.
-        closing = self._ws.close(code=code, message=reason.encode()[:123], drain=False)
-        task = asyncio.ensure_future(closing)
-        task.add_done_callback(_ignore_result)
+        self._closer = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, transport.abort)
+        if not transport.is_closing():
+            transport.write(frames.close_frame(code, reason))
+        self._finish()
 
+    # --- asyncio.Protocol ------------------------------------------------------------------
 
-def _ignore_result(task: asyncio.Task[bool]) -> None:
-    if not task.cancelled():
-        task.exception()
+    def data_received(self, data: bytes) -> None:
+        try:
+            messages = self._reader.feed(data)
+        except frames.FrameError as error:
+            self.close(error.code, error.reason)
+            return
+        for opcode, payload in messages:
+            if opcode == frames.TEXT:
+                self._text(payload)
+            elif opcode == frames.CLOSE:
+                self._client_closed(payload)
+                return
+            elif not self._closing:
+                self._endpoint.hub.activity(self.socket_id)
+                if opcode == frames.PING:  # Binary frames are ignored (PROTOCOL.md §2)
+                    self.send(frames.control_frame(frames.PONG, payload) if payload else _PONG)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closing = True
+        if self._closer is not None:
+            self._closer.cancel()
+        self._finish()
+        self._endpoint.gone(self)
+
+    def abort(self) -> None:
+        self._transport.abort()
+
+    def pause_writing(self) -> None:
+        """The write buffer's high-water mark is passed; ``write`` enforces the 4100 bound."""
+
+    def resume_writing(self) -> None:
+        """Nothing waits on the write buffer (see :meth:`pause_writing`)."""
+
+    # --- inbound ---------------------------------------------------------------------------
+
+    def _text(self, payload: bytes) -> None:
+        if self._closing:
+            return  # closing: nothing more from this client is acted on (RFC 6455 §5.5.1)
+        try:
+            text = payload.decode()
+        except UnicodeDecodeError:
+            self.close(1007, "Text frame is not valid UTF-8")  # RFC 6455 §8.1
+            return
+        inbox = self._inbox
+        if inbox is None:
+            self._inbox = deque((text,))
+            self._endpoint.spawn(self._handle())
+        else:
+            inbox.append(text)
+            if len(inbox) >= _MAX_INBOX:
+                self._transport.pause_reading()
+
+    def _client_closed(self, payload: bytes) -> None:
+        """The client's Close: echo it (unless it answers ours) and close TCP (§5.5.1)."""
+        transport = self._transport
+        if not self._closing:
+            code = frames.parse_close(payload)
+            reply = 1000 if code in (1005, 1006, 1015) else code
+            self._closing = True
+            if not transport.is_closing():
+                transport.write(frames.close_frame(reply, ""))
+            self._finish()
+        transport.close()
+
+    async def admit(self, app: App) -> None:
+        """Let the hub admit the connection; messages that arrive meanwhile wait their turn."""
+        self._inbox = deque()
+        try:
+            if not await self._endpoint.hub.open(self, app):
+                self._finish()
+            await self._handle()
+        finally:
+            self._inbox = None
+
+    async def _handle(self) -> None:
+        """Hand queued messages to the hub in order; tell the hub when the socket is gone."""
+        hub, inbox = self._endpoint.hub, self._inbox
+        try:
+            while inbox and not self._done:
+                await hub.receive(self.socket_id, inbox.popleft())
+                if len(inbox) < _MAX_INBOX // 2 and not self._transport.is_closing():
+                    self._transport.resume_reading()
+        finally:
+            self._inbox = None
+            if self._done:
+                await hub.closed(self.socket_id)
+
+    def _finish(self) -> None:
+        """Memberships are released as soon as the socket is closing, not when TCP ends."""
+        if self._done:
+            return
+        self._done = True
+        if self._inbox is None:  # else the running _handle task tells the hub
+            self._endpoint.spawn(self._endpoint.hub.closed(self.socket_id))
 
 
 class WebSocketEndpoint:
-    """aiohttp handler for ``/app/{key}`` and for upgrades on unknown paths (4005)."""
+    """Accepts upgrades: ``{prefix}/app/{key}``, and unknown paths (closed with 4005)."""
 
     def __init__(
         self,
         hub: Hub,
         apps: AppStore,
         *,
+        path_prefix: str = "",
         max_frame_bytes: int,
         max_output_buffer_bytes: int,
         strict_protocol: bool,
@@ -161,86 +261,111 @@ class WebSocketEndpoint:
         coalesce_writes: bool = True,
         socket_id: Callable[[], str] = new_socket_id,
     ) -> None:
-        self._trust_proxy = trust_proxy_headers
-        self._hub = hub
+        self.hub = hub
         self._apps = apps
-        self._max_frame = max_frame_bytes
-        self._limit = max_output_buffer_bytes
+        self._app_path = path_prefix.rstrip("/") + "/app/"
+        self.max_message = max_frame_bytes  # LIMITS.md §2: close 1009 only *above* the cap
+        self.output_limit = max_output_buffer_bytes
         self._strict = strict_protocol
+        self._trust_proxy = trust_proxy_headers
         self._socket_id = socket_id
         # coalesce_writes = false writes every frame at once (for comparison, docs/performance.md)
         self.coalescer: Coalescer | None = Coalescer() if coalesce_writes else None
+        self.connections: set[WebSocketConnection] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.quiet = asyncio.Event()  # set while no socket is open and no clean-up runs
+        self.quiet.set()
 
-    async def _accept(
-        self, request: web.Request
-    ) -> tuple[web.WebSocketResponse, WebSocketConnection]:
-        ws = web.WebSocketResponse(
-            autoping=False,
-            compress=False,
-            heartbeat=None,
-            # aiohttp refuses sizes >= max_msg_size; LIMITS.md closes only *above* the cap.
-            max_msg_size=self._max_frame + 1 if self._max_frame else 0,
+    def app_key(self, path: str) -> str | None:
+        """The key in ``{prefix}/app/{key}``, or None for any other path."""
+        if not path.startswith(self._app_path):
+            return None
+        key = unquote(path[len(self._app_path) :])
+        return key if key and "/" not in key else None
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        self.quiet.clear()
+        task.add_done_callback(self._task_done)
+
+    def upgrade(self, request: Request, transport: asyncio.Transport, rest: bytes) -> None:
+        """RFC 6455 §4.2: answer 101 (or 400/426), then run the Pusher handshake checks."""
+        accept = _websocket_accept(request)
+        if isinstance(accept, Response):
+            transport.write(accept.encode(keep_alive=False))
+            transport.close()
+            return
+        transport.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept.encode() + b"\r\n\r\n"
         )
-        await ws.prepare(request)
-        transport = request.transport
-        assert transport is not None
-        conn = WebSocketConnection(self._socket_id(), ws, transport, self.coalescer, self._limit)
-        return ws, conn
+        conn = WebSocketConnection(self, transport, self._socket_id())
+        transport.set_protocol(conn)
+        self.connections.add(conn)
+        self.quiet.clear()
+        self._admit(conn, request)
+        if rest:
+            conn.data_received(rest)
 
-    def _is_secure(self, request: web.Request) -> bool:
-        """TLS here, or (when trusted) at the proxy in front of us (docs/deployment.md)."""
-        if request.secure:
-            return True
-        forwarded = request.headers.get("X-Forwarded-Proto", "")
-        return self._trust_proxy and forwarded.split(",")[0].strip().lower() == "https"
-
-    async def handle_unknown_path(self, request: web.Request) -> web.StreamResponse:
-        """PROTOCOL.md §1.2 step 1: refuse with 4005 after the upgrade, not an HTTP 404."""
-        ws, conn = await self._accept(request)
-        self._hub.refuse(conn, CloseCode.PATH_NOT_FOUND, "Path not found")
-        await self._drain(ws)
-        return ws
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        app = self._apps.by_key(request.match_info["key"])
-        ws, conn = await self._accept(request)
+    def _admit(self, conn: WebSocketConnection, request: Request) -> None:
+        key = self.app_key(request.path)
+        if key is None:  # PROTOCOL.md §1.2 step 1: refused after the upgrade, not with a 404
+            self.hub.refuse(conn, CloseCode.PATH_NOT_FOUND, "Path not found")
+            return
+        app = self._apps.by_key(key)
         refused = check_handshake(
             app,
             protocol=request.query.get("protocol"),
             secure=self._is_secure(request),
-            origin=request.headers.get("Origin"),
+            origin=request.headers.get("origin"),
             strict_protocol=self._strict,
         )
         if refused is not None:
-            self._hub.refuse(conn, refused.close_code, refused.message)
-            await self._drain(ws)
-            return ws
+            self.hub.refuse(conn, refused.close_code, refused.message)
+            return
         assert app is not None
-        if not await self._hub.open(conn, app):
-            await self._drain(ws)
-            return ws
-        try:
-            await self._pump(ws, conn)
-        finally:
-            await self._hub.closed(conn.socket_id)
-        return ws
+        self.spawn(conn.admit(app))
 
-    async def _pump(self, ws: web.WebSocketResponse, conn: WebSocketConnection) -> None:
-        hub, socket_id = self._hub, conn.socket_id
-        async for message in ws:
-            kind = message.type
-            if kind is WSMsgType.TEXT:
-                await hub.receive(socket_id, message.data)
-            elif kind is WSMsgType.PING:
-                hub.activity(socket_id)
-                conn.pong(message.data)
-            elif kind in (WSMsgType.PONG, WSMsgType.BINARY):
-                # Binary frames are not part of the protocol: ignored (PROTOCOL.md §2).
-                hub.activity(socket_id)
-            elif kind is WSMsgType.ERROR:
-                log.debug("websocket %s error: %s", socket_id, ws.exception())
+    def _is_secure(self, request: Request) -> bool:
+        """TLS here, or (when trusted) at the proxy in front of us (docs/deployment.md)."""
+        if request.secure:
+            return True
+        forwarded = request.headers.get("x-forwarded-proto", "")
+        return self._trust_proxy and forwarded.split(",")[0].strip().lower() == "https"
 
-    async def _drain(self, ws: web.WebSocketResponse) -> None:
-        """Wait for the client's close handshake after a refusal."""
-        async for _ in ws:
-            pass
+    def gone(self, conn: WebSocketConnection) -> None:
+        self.connections.discard(conn)
+        self._check_quiet()
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._check_quiet()
+
+    def _check_quiet(self) -> None:
+        if not self.connections and not self._tasks:
+            self.quiet.set()
+
+    async def abort_all(self) -> None:
+        """Shutdown, after the grace period: drop the sockets left and let clean-ups end."""
+        for conn in list(self.connections):
+            conn.abort()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=1.0)
+
+
+def _websocket_accept(request: Request) -> str | Response:
+    """The ``Sec-WebSocket-Accept`` value, or the response refusing a bad upgrade."""
+    headers = request.headers
+    if request.method != "GET" or "upgrade" not in headers.get("connection", "").lower():
+        return Response(400, b"Not a WebSocket upgrade request")
+    if headers.get("sec-websocket-version", "").strip() != "13":
+        return Response(426, b"Unsupported WebSocket version (13 is supported)")
+    key = headers.get("sec-websocket-key", "").strip()
+    try:
+        valid = len(binascii.a2b_base64(key.encode(), strict_mode=True)) == 16
+    except (binascii.Error, ValueError):
+        valid = False
+    if not valid:
+        return Response(400, b"Invalid Sec-WebSocket-Key")
+    return frames.accept_key(key)

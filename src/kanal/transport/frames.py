@@ -1,0 +1,180 @@
+"""RFC 6455 framing, sans-I/O: bytes in, frames out; frames built once as bytes.
+
+Ownership rule: every WebSocket frame kanal writes is built here, and every frame a client
+sends is parsed here. Nothing in this module touches a socket, so it is tested by feeding it
+bytes (tests/test_frames.py). Pusher rules are not here: a text frame is handed on as it is.
+
+Server-to-client frames are never masked and never fragmented (RFC 6455 §5.1, §5.4): a
+broadcast is one complete frame, built once and written to every subscriber as the same bytes.
+Client-to-server frames must be masked (§5.3) and may be fragmented (§5.4); control frames
+may arrive between the fragments of a message.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import struct
+
+__all__ = [
+    "BINARY",
+    "CLOSE",
+    "CONTINUATION",
+    "PING",
+    "PONG",
+    "TEXT",
+    "FrameError",
+    "FrameReader",
+    "accept_key",
+    "close_frame",
+    "control_frame",
+    "parse_close",
+    "text_frame",
+]
+
+CONTINUATION, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+_DATA_OPCODES = (TEXT, BINARY)
+_CONTROL_OPCODES = (CLOSE, PING, PONG)
+_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 §1.3
+
+
+class FrameError(Exception):
+    """A frame that ends the connection with ``code`` (RFC 6455 §7.4.1)."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(code, reason)
+        self.code = code
+        self.reason = reason
+
+
+def accept_key(key: str) -> str:
+    """``Sec-WebSocket-Accept`` for a client's ``Sec-WebSocket-Key`` (RFC 6455 §4.2.2)."""
+    digest = hashlib.sha1(key.encode() + _GUID, usedforsecurity=False).digest()
+    return base64.b64encode(digest).decode()
+
+
+def text_frame(payload: bytes) -> bytes:
+    """An unmasked, final text frame."""
+    length = len(payload)
+    if length < 126:
+        return bytes((0x81, length)) + payload
+    if length < 65536:
+        return b"\x81\x7e" + struct.pack("!H", length) + payload
+    return b"\x81\x7f" + struct.pack("!Q", length) + payload
+
+
+def control_frame(opcode: int, payload: bytes = b"") -> bytes:
+    """A Ping, Pong or Close frame; control payloads are at most 125 bytes (§5.5)."""
+    payload = payload[:125]
+    return bytes((0x80 | opcode, len(payload))) + payload
+
+
+def close_frame(code: int, reason: str) -> bytes:
+    """A Close frame with a status code and a UTF-8 reason cut to fit 125 bytes (§5.5.1)."""
+    encoded = reason.encode()[:123]
+    while encoded:  # never cut a multi-byte character in half
+        try:
+            encoded.decode()
+            break
+        except UnicodeDecodeError:
+            encoded = encoded[:-1]
+    return control_frame(CLOSE, struct.pack("!H", code) + encoded)
+
+
+def parse_close(payload: bytes) -> int:
+    """The status code of a client's Close frame; 1005 when it carries none (§7.1.5)."""
+    if len(payload) < 2:
+        return 1005
+    return int(struct.unpack("!H", payload[:2])[0])
+
+
+def _unmask(payload: bytes, mask: bytes) -> bytes:
+    length = len(payload)
+    if not length:
+        return b""
+    key = (mask * (length // 4 + 1))[:length]
+    return (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(
+        length, "little"
+    )
+
+
+class FrameReader:
+    """Turns a client's byte stream into complete ``(opcode, payload)`` messages.
+
+    Fragmented messages are joined; control frames are returned as they come. ``max_message``
+    (0 = no limit) caps a message's payload: one byte more raises ``FrameError(1009)`` as soon
+    as the header announces it, before the payload is buffered (LIMITS.md §2).
+    """
+
+    __slots__ = ("_buffer", "_fragments", "_max_message", "_opcode")
+
+    def __init__(self, max_message: int = 0) -> None:
+        self._buffer = b""
+        self._fragments: list[bytes] | None = None
+        self._opcode = 0
+        self._max_message = max_message
+
+    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+        """Every message completed by ``data``; raises :class:`FrameError` on a bad frame."""
+        buffer = self._buffer + data if self._buffer else data
+        messages: list[tuple[int, bytes]] = []
+        position, end = 0, len(buffer)
+        while end - position >= 2:
+            first, second = buffer[position], buffer[position + 1]
+            length, header = self._header(buffer, position, first, second)
+            if header == 0 or end - position < header + 4 + length:
+                break
+            start = position + header + 4
+            payload = _unmask(buffer[start : start + length], buffer[start - 4 : start])
+            position = start + length
+            message = self._message(first & 0x80, first & 0x0F, payload)
+            if message is not None:
+                messages.append(message)
+        self._buffer = buffer[position:] if position < end else b""
+        return messages
+
+    def _header(self, buffer: bytes, position: int, first: int, second: int) -> tuple[int, int]:
+        """(payload length, header length before the mask); header 0 means "need more"."""
+        if first & 0x70:
+            raise FrameError(1002, "Reserved bits are set")  # no extension was negotiated
+        if not second & 0x80:
+            raise FrameError(1002, "Client frames must be masked")  # §5.1
+        length, header = second & 0x7F, 2
+        if length == 126:
+            if len(buffer) - position < 4:
+                return 0, 0
+            length, header = struct.unpack_from("!H", buffer, position + 2)[0], 4
+        elif length == 127:
+            if len(buffer) - position < 10:
+                return 0, 0
+            length, header = struct.unpack_from("!Q", buffer, position + 2)[0], 10
+        opcode = first & 0x0F
+        if opcode in _CONTROL_OPCODES:
+            if length > 125 or not first & 0x80:
+                raise FrameError(1002, "Control frames must be short and unfragmented")  # §5.5
+        elif self._max_message and length + self._pending_size() > self._max_message:
+            raise FrameError(1009, "Message too big")
+        return length, header
+
+    def _pending_size(self) -> int:
+        return sum(map(len, self._fragments)) if self._fragments else 0
+
+    def _message(self, fin: int, opcode: int, payload: bytes) -> tuple[int, bytes] | None:
+        if opcode in _CONTROL_OPCODES:
+            return opcode, payload
+        if opcode == CONTINUATION:
+            if self._fragments is None:
+                raise FrameError(1002, "Continuation frame without a message to continue")
+            self._fragments.append(payload)
+            if not fin:
+                return None
+            joined, self._fragments = b"".join(self._fragments), None
+            return self._opcode, joined
+        if opcode not in _DATA_OPCODES:
+            raise FrameError(1002, f"Unknown opcode {opcode}")
+        if self._fragments is not None:
+            raise FrameError(1002, "New message before the previous one was finished")
+        if fin:
+            return opcode, payload
+        self._fragments, self._opcode = [payload], opcode
+        return None
