@@ -30,7 +30,9 @@ FORBIDDEN_IN_PROTOCOL = {
     "kanal.server",
     "kanal.webhooks",
 }
-NETWORK_LIBRARY = "aiohttp"
+NETWORK_LIBRARIES = {"aiohttp", "httptools"}
+# The WebSocket framing is sans-I/O like kanal.protocol, so it is tested by feeding it bytes.
+FORBIDDEN_IN_FRAMES = {"asyncio", "socket", "ssl", "selectors", "uvloop", *NETWORK_LIBRARIES}
 
 
 def _imports(path: Path) -> set[str]:
@@ -62,8 +64,13 @@ def test_only_transport_imports_the_network_library() -> None:
         relative = path.relative_to(SRC)
         if relative.parts[0] in allowed:
             continue
-        bad = _violations(_imports(path), {NETWORK_LIBRARY})
-        assert not bad, f"{relative} imports {NETWORK_LIBRARY}: only kanal.transport may"
+        bad = _violations(_imports(path), NETWORK_LIBRARIES)
+        assert not bad, f"{relative} imports {sorted(bad)}: only kanal.transport may"
+
+
+def test_websocket_framing_is_sans_io() -> None:
+    bad = _violations(_imports(SRC / "transport" / "frames.py"), FORBIDDEN_IN_FRAMES)
+    assert not bad, f"transport/frames.py imports {sorted(bad)}: it must stay sans-I/O"
 
 
 def test_layering_check_detects_a_violation() -> None:

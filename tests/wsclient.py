@@ -34,6 +34,7 @@ __all__ = [
     "RawWebSocket",
     "WsClient",
     "api_request",
+    "client_frame",
     "data_of",
     "eventually",
     "trigger",
@@ -435,6 +436,22 @@ async def trigger(
 # --- a hand-rolled WebSocket client (for misbehaving peers) -----------------------------------
 
 
+def client_frame(opcode: int, payload: bytes, *, masked: bool = True) -> bytes:
+    """A final client frame, masked with a random key as RFC 6455 §5.3 requires."""
+    length = len(payload)
+    mask_bit = 0x80 if masked else 0
+    if length < 126:
+        header = bytes((0x80 | opcode, mask_bit | length))
+    elif length < 65536:
+        header = bytes((0x80 | opcode, mask_bit | 126)) + struct.pack("!H", length)
+    else:
+        header = bytes((0x80 | opcode, mask_bit | 127)) + struct.pack("!Q", length)
+    if not masked:
+        return header + payload
+    mask = os.urandom(4)
+    return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
 class RawWebSocket:
     """A minimal RFC 6455 client on a plain socket: it reads only when told to.
 
@@ -447,7 +464,10 @@ class RawWebSocket:
         self.writer = writer
 
     @classmethod
-    async def connect(cls, port: int, path: str, rcvbuf: int = 4096) -> RawWebSocket:
+    async def connect(
+        cls, port: int, path: str, rcvbuf: int = 4096, first: bytes = b""
+    ) -> RawWebSocket:
+        """Upgrade on ``path``; ``first`` is written in the same packet as the request."""
         loop = asyncio.get_running_loop()
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
@@ -461,6 +481,7 @@ class RawWebSocket:
                 f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
                 "Sec-WebSocket-Version: 13\r\n\r\n"
             ).encode()
+            + first
         )
         await writer.drain()
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
@@ -468,17 +489,10 @@ class RawWebSocket:
         return cls(reader, writer)
 
     async def send_text(self, text: str) -> None:
-        payload = text.encode()
-        mask = os.urandom(4)
-        length = len(payload)
-        if length < 126:
-            header = bytes((0x81, 0x80 | length))
-        elif length < 65536:
-            header = bytes((0x81, 0x80 | 126)) + struct.pack("!H", length)
-        else:
-            header = bytes((0x81, 0x80 | 127)) + struct.pack("!Q", length)
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        self.writer.write(header + mask + masked)
+        await self.send_frame(0x1, text.encode())
+
+    async def send_frame(self, opcode: int, payload: bytes, *, masked: bool = True) -> None:
+        self.writer.write(client_frame(opcode, payload, masked=masked))
         await self.writer.drain()
 
     async def read_frame(self, within: float = TIMEOUT) -> tuple[int, bytes]:

@@ -1,3 +1,4 @@
-"""The only package that imports the network library (aiohttp)."""
+"""The only package that does network I/O: sockets and HTTP/WebSocket on asyncio protocols
+(httptools parses HTTP requests), and aiohttp's client for webhook delivery."""
 
 __all__: list[str] = []

@@ -213,11 +213,20 @@ class WebSocketConnection(asyncio.Protocol):
             self._finish()
         transport.close()
 
-    async def admit(self, app: App) -> None:
+    def admit(self, app: App) -> None:
         """Let the hub admit the connection; messages that arrive meanwhile wait their turn."""
         self._inbox = deque()
+        self._endpoint.spawn(self._open(app))
+
+    async def _open(self, app: App) -> None:
         try:
-            if not await self._endpoint.hub.open(self, app):
+            try:
+                admitted = await self._endpoint.hub.open(self, app)
+            except Exception:
+                log.exception("could not admit %s", self.socket_id)
+                self.close(CloseCode.RECONNECT, "Internal server error, reconnect")
+                admitted = False
+            if not admitted:
                 self._finish()
             await self._handle()
         finally:
@@ -231,6 +240,9 @@ class WebSocketConnection(asyncio.Protocol):
                 await hub.receive(self.socket_id, inbox.popleft())
                 if len(inbox) < _MAX_INBOX // 2 and not self._transport.is_closing():
                     self._transport.resume_reading()
+        except Exception:  # a bug must cost this connection only, never the server
+            log.exception("closing %s after an internal error", self.socket_id)
+            self.close(1011, "Internal server error")  # RFC 6455 §7.4.1
         finally:
             self._inbox = None
             if self._done:
@@ -325,7 +337,7 @@ class WebSocketEndpoint:
             self.hub.refuse(conn, refused.close_code, refused.message)
             return
         assert app is not None
-        self.spawn(conn.admit(app))
+        conn.admit(app)
 
     def _is_secure(self, request: Request) -> bool:
         """TLS here, or (when trusted) at the proxy in front of us (docs/deployment.md)."""
