@@ -121,6 +121,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> Report:
         "generator": (
             f"{BACKEND}, {args.workers} subscriber processes + 1 publisher, "
             + ("server on CPU 0, generator on CPU 1" if pin else "not pinned")
+            + "; latency: raw-socket subscribers with kernel receipt stamps (SO_TIMESTAMPNS)"
         ),
         "runs": args.runs,
         "servers": servers,

@@ -115,9 +115,19 @@ def split(total: int, parts: int) -> list[int]:
 
 
 def connect(
-    ctx: Ctx, server: ServerProc, count: int, plan: str, concurrency: int | None = None
+    ctx: Ctx,
+    server: ServerProc,
+    count: int,
+    plan: str,
+    concurrency: int | None = None,
+    *,
+    kstamp: bool = False,
 ) -> Run:
-    """Open ``count`` subscribed connections spread over the generator; times the whole storm."""
+    """Open ``count`` subscribed connections spread over the generator; times the whole storm.
+
+    ``kstamp``: kernel-stamped raw-socket subscribers (:mod:`bench.stampclient`) instead of
+    picows, for latency measurements.
+    """
     shares = split(count, len(ctx.gen.subscribers))
     args = [
         {
@@ -127,6 +137,7 @@ def connect(
             "count": share,
             "concurrency": concurrency or ctx.connect_concurrency,
             "wait_s": ctx.connect_timeout,
+            "kstamp": kstamp,
         }
         for i, share in enumerate(shares)
     ]

@@ -7,9 +7,10 @@ commands (:meth:`Generator.call`); every command runs to completion in the worke
 one dict. Each process has its own open-file limit, so 18,000 sockets spread over 4 workers
 stay far below it.
 
-Commands: ``connect`` (open and subscribe ``count`` connections), ``reset`` (zero the delivery
-counters, optionally record latencies), ``stats``, ``close`` (drop all connections),
-``publish`` (publisher only) and ``quit``.
+Commands: ``connect`` (open and subscribe ``count`` connections; ``kstamp`` selects the
+kernel-stamped transport of :mod:`bench.stampclient`), ``reset`` (zero the delivery counters,
+optionally record latencies, resample the real-time/monotonic clock offset), ``stats``,
+``close`` (drop all connections), ``publish`` (publisher only) and ``quit``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 
 from bench import httpclient
 from bench.protocol import Target, event_data, trigger_request
+from bench.stampclient import realtime_offset
 from bench.wsclient import Closer, Stats, Subscriber, connect
 
 __all__ = ["Generator", "channels_for"]
@@ -54,6 +56,7 @@ class _Worker:
         count: int,
         concurrency: int,
         wait_s: float,
+        kstamp: bool = False,
     ) -> dict[str, Any]:
         tgt = Target(**target)
         gate = asyncio.Semaphore(max(1, concurrency))
@@ -64,7 +67,7 @@ class _Worker:
             async with gate:
                 sub = Subscriber(self.stats, channels_for(plan, index), (tgt.key, tgt.secret))
                 try:
-                    self.closers.append(await connect(tgt.ws_url, sub, wait_s))
+                    self.closers.append(await connect(tgt.ws_url, sub, wait_s, kstamp))
                 except Exception as exc:  # OSError, TimeoutError, picows' WSError family
                     errors.append(f"{type(exc).__name__}: {exc}"[:200])
 
@@ -92,6 +95,11 @@ class _Worker:
         }
         if latencies and stats.latencies is not None:
             out["latencies"] = stats.latencies.tobytes()
+            out["user_latencies"] = stats.user_latencies.tobytes()
+            out["unstamped"] = stats.unstamped
+            out["merged"] = stats.merged
+            # A step of CLOCK_REALTIME since reset would shift every kernel stamp by as much.
+            out["clock_step_ns"] = realtime_offset() - stats.clock_offset
         return out
 
     async def close(self) -> dict[str, Any]:

@@ -6,9 +6,13 @@ ones), waits for every ``pusher_internal:subscription_succeeded``, and from then
 benchmark events (frames containing :data:`~bench.protocol.MARK`) into the worker's shared
 :class:`Stats`, optionally recording the latency embedded in each.
 
-Two transports feed it: picows (compiled, the default: the generator must not be the
-bottleneck) and aiohttp (a fallback so the benchmark and its smoke test run where picows is not
-installed; much slower, and the report says which one ran).
+Three transports feed it: picows (compiled, the default: the generator must not be the
+bottleneck), aiohttp (a fallback so the benchmark and its smoke test run where picows is not
+installed; much slower, and the report says which one ran) and, with ``connect(...,
+kstamp=True)``, :mod:`bench.stampclient`: raw sockets whose reads carry the kernel's arrival
+time, for the latency scenario. That transport passes each frame's arrival time (monotonic ns)
+to :meth:`Subscriber.feed`; the latency recorded is then the kernel's, and the user-space one
+(when the generator got round to the frame) is recorded next to it.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ from typing import Any
 
 import orjson
 
-from bench.protocol import MARK, channel_auth
+from bench.protocol import MARK, channel_auth, parse_sent_ns
+from bench.stampclient import connect_stamped, realtime_offset
 
 __all__ = ["BACKEND", "Stats", "Subscriber", "connect"]
 
@@ -41,20 +46,46 @@ Channel = tuple[str, str]  # (channel name, presence channel_data or "")
 
 
 class Stats:
-    """Counters shared by every subscriber of one generator process."""
+    """Counters shared by every subscriber of one generator process.
 
-    __slots__ = ("closed", "frames", "last_rx", "latencies")
+    ``latencies`` (ns, ``None`` unless recording) holds each benchmark frame's latency by its
+    receipt stamp: the kernel's arrival time when the transport provides one, else the
+    user-space time of :meth:`Subscriber.feed`. ``user_latencies`` always holds the latter.
+    ``clock_offset`` is ``CLOCK_REALTIME - CLOCK_MONOTONIC`` (ns) for converting kernel stamps,
+    sampled at every :meth:`reset`; ``unstamped`` counts reads that came without a stamp and
+    ``merged`` the benchmark frames that shared their read with a later one: a read carries the
+    stamp of its latest segment, so theirs may be late (exact if they came in one segment).
+    """
+
+    __slots__ = (
+        "clock_offset",
+        "closed",
+        "frames",
+        "last_rx",
+        "latencies",
+        "merged",
+        "unstamped",
+        "user_latencies",
+    )
 
     def __init__(self) -> None:
         self.frames = 0
         self.last_rx = 0
         self.closed = 0
+        self.unstamped = 0
+        self.merged = 0
         self.latencies: array[int] | None = None
+        self.user_latencies: array[int] = array("q")
+        self.clock_offset = realtime_offset()
 
     def reset(self, latency: bool) -> None:
         self.frames = 0
         self.last_rx = 0
+        self.unstamped = 0
+        self.merged = 0
         self.latencies = array("q") if latency else None
+        self.user_latencies = array("q")
+        self.clock_offset = realtime_offset()
 
 
 class Subscriber:
@@ -72,7 +103,8 @@ class Subscriber:
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.send: Callable[[bytes], None] = _unbound
 
-    def feed(self, payload: bytes) -> None:
+    def feed(self, payload: bytes, stamp: int = 0) -> None:
+        """One text message; ``stamp``: its kernel arrival time (monotonic ns), 0 if unknown."""
         if self.live:
             if MARK in payload:
                 stats = self.stats
@@ -80,9 +112,9 @@ class Subscriber:
                 now = time.monotonic_ns()
                 stats.last_rx = now
                 if stats.latencies is not None:
-                    start = payload.find(MARK) + 2
-                    sent = int(payload[start : payload.find(b"~", start)])
-                    stats.latencies.append(now - sent)
+                    sent = parse_sent_ns(payload)
+                    stats.latencies.append((stamp or now) - sent)
+                    stats.user_latencies.append(now - sent)
             elif b"pusher:ping" in payload:
                 self.send(_PONG)
             return
@@ -124,9 +156,18 @@ def _unbound(_: bytes) -> None:
 Closer = Callable[[], None]
 
 
-async def connect(url: str, sub: Subscriber, wait_s: float) -> Closer:
-    """Open the WebSocket for ``sub`` and wait until all its subscriptions succeeded."""
-    closer = await (_connect_picows(url, sub) if picows is not None else _connect_aiohttp(url, sub))
+async def connect(url: str, sub: Subscriber, wait_s: float, kstamp: bool = False) -> Closer:
+    """Open the WebSocket for ``sub`` and wait until all its subscriptions succeeded.
+
+    ``kstamp``: use the kernel-stamped raw-socket transport (:mod:`bench.stampclient`)
+    instead of picows / aiohttp.
+    """
+    if kstamp:
+        closer = await connect_stamped(url, sub)
+    elif picows is not None:
+        closer = await _connect_picows(url, sub)
+    else:
+        closer = await _connect_aiohttp(url, sub)
     try:
         await asyncio.wait_for(asyncio.shield(sub.ready), wait_s)
     except BaseException:

@@ -2,7 +2,8 @@
 
 It runs the real command (``python -m bench run --tiny``: 5 subscribers, one run, no CPU
 pinning, no soketi) in a subprocess, so the generator processes, the server start-up, the
-signing and the report all stay exercised and cannot rot. Timing numbers are not checked
+signing, the kernel-stamped subscribers of the latency scenario (bench/stampclient.py) and
+the report all stay exercised and cannot rot. Timing numbers are not checked
 (the machine may be shared); correctness is: every scenario reports, every trigger is
 accepted and every event reaches every subscriber.
 """
@@ -72,6 +73,11 @@ def test_every_scenario_runs_at_tiny_size(tmp_path: Path) -> None:
     assert all(v > 0 for v in medians("fanout", "deliveries_per_s"))
     assert all(v > 0 for v in medians("http", "triggers_per_s"))
     assert all(v > 0 for v in medians("latency", "p99_ms"))
+    # The latency scenario's subscribers are the kernel-stamped raw sockets: every read carried
+    # a stamp, and the kernel's arrival time never comes after the generator's receipt.
+    kernel, user = medians("latency", "p99_ms"), medians("latency", "p99_user_ms")
+    assert user and all(0 < k <= u + 0.01 for k, u in zip(kernel, user, strict=True))
+    assert medians("latency", "unstamped_reads") == [0]
     assert all(v > 0 for v in medians("connect-storm", "connect_seconds"))
     assert all(v > 0 for v in medians("idle-memory", "rss_after_mib"))
 
