@@ -159,3 +159,18 @@ async def test_bad_websocket_upgrades_are_refused(raw: Raw, headers: str, status
 async def test_plain_get_on_the_websocket_path_is_426(raw: Raw) -> None:
     raw.writer.write(f"GET /app/{APP_KEY} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
     assert (await raw.response())[0] == 426
+
+
+async def test_oversized_request_head_is_431_and_closed(raw: Raw) -> None:
+    filler = "".join(f"X-Filler-{i}: {'y' * 1000}\r\n" for i in range(80))  # 80 KB of headers
+    raw.writer.write(f"GET / HTTP/1.1\r\nHost: x\r\n{filler}\r\n".encode())
+    assert (await raw.response())[0] == 431
+    assert await raw.closed_by_server()
+
+
+async def test_upgrade_to_another_protocol_is_400(raw: Raw) -> None:
+    raw.writer.write(
+        f"GET /app/{APP_KEY} HTTP/1.1\r\nHost: x\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n".encode()
+    )
+    assert (await raw.response())[0] == 400

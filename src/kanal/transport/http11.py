@@ -29,6 +29,7 @@ __all__ = ["HttpConnection", "HttpServer", "Request", "Response"]
 log = logging.getLogger("kanal.http")
 
 _MAX_PIPELINED = 16  # requests parsed ahead of their responses before reading pauses
+MAX_HEAD_BYTES = 64 * 1024  # request line plus headers; more is refused with 431 (RFC 6585 §5)
 _REASONS = {status.value: status.phrase for status in HTTPStatus}
 
 
@@ -161,11 +162,21 @@ class HttpConnection(asyncio.Protocol):
 
     def on_url(self, url: bytes) -> None:
         self._url += url
+        self._count_head(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+        self._count_head(len(name) + len(value))
+
+    def _count_head(self, size: int) -> None:
+        self._size += size
+        if self._size > MAX_HEAD_BYTES:
+            self._fail(431, "Request header fields too large")
 
     def on_headers_complete(self) -> None:
+        self._size = 0  # from here on it counts the body
+        if self._rejected:
+            return
         headers: dict[str, str] = {}
         for name, value in self._headers:
             headers[name] = f"{headers[name]}, {value}" if name in headers else value

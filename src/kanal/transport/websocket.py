@@ -369,7 +369,11 @@ class WebSocketEndpoint:
 def _websocket_accept(request: Request) -> str | Response:
     """The ``Sec-WebSocket-Accept`` value, or the response refusing a bad upgrade."""
     headers = request.headers
-    if request.method != "GET" or "upgrade" not in headers.get("connection", "").lower():
+    if (
+        request.method != "GET"
+        or "upgrade" not in headers.get("connection", "").lower()
+        or headers.get("upgrade", "").strip().lower() != "websocket"
+    ):
         return Response(400, b"Not a WebSocket upgrade request")
     if headers.get("sec-websocket-version", "").strip() != "13":
         return Response(426, b"Unsupported WebSocket version (13 is supported)")
