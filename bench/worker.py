@@ -20,6 +20,7 @@ import contextlib
 import multiprocessing
 import os
 import time
+from collections.abc import Iterator
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -41,6 +42,20 @@ def channels_for(plan: str, index: int) -> list[tuple[str, str]]:
     if plan.startswith("public:"):
         return [(plan.removeprefix("public:"), "")]
     raise ValueError(f"unknown channel plan {plan!r}")
+
+
+@contextlib.contextmanager
+def _realtime() -> Iterator[None]:
+    """SCHED_FIFO for this process while the block runs, when the OS allows it."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
+    except (PermissionError, AttributeError, OSError):
+        yield
+        return
+    try:
+        yield
+    finally:
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
 
 
 class _Worker:
@@ -130,7 +145,12 @@ class _Worker:
                     data = event_data(size, seq, time.monotonic_ns())
                     return trigger_request(tgt, channels[seq % len(channels)], data)
 
-                result = await httpclient.paced(pool, build, rate, duration)
+                # The stamp is taken before the request is written; on the generator's busy
+                # core the publisher could wait for subscriber processes between the two and
+                # the wait would count as server latency. Real-time priority (paced mode only:
+                # it sleeps between requests) lets it write at once.
+                with _realtime():
+                    result = await httpclient.paced(pool, build, rate, duration)
             else:
                 requests = [trigger_request(tgt, chans, event_data(size)) for chans in channels]
                 result = await httpclient.closed_loop(pool, requests, duration)
