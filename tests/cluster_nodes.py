@@ -50,7 +50,7 @@ from kanal.protocol.webhooks import EVENT_TYPES
 from kanal.server import Server, build, serve
 from tests.conftest import APP_ID, APP_KEY, APP_SECRET, RunningServer, make_app
 from tests.redis_server import RedisProcess, delete_prefix
-from tests.wsclient import api_request
+from tests.wsclient import WsClient, api_request, data_of
 
 __all__ = [
     "FAST_HOOKS",
@@ -64,9 +64,11 @@ __all__ = [
     "cluster",
     "faulty_cluster",
     "free_port",
+    "member_events",
     "node_toml",
     "poll",
     "ready",
+    "roster_seen_by",
     "user_ids",
 ]
 
@@ -145,6 +147,35 @@ async def user_ids(node: RunningServer, channel: str) -> set[str]:
     response = await api_request(node, "GET", f"/apps/{APP_ID}/channels/{channel}/users")
     assert response.status == 200, (response.status, response.body)
     return {user["id"] for user in response.json()["users"]}
+
+
+# --- what a client was told ------------------------------------------------------------------
+
+
+def roster_seen_by(client: WsClient, channel: str) -> set[str]:
+    """The member list a client keeps (as pusher-js does): the subscription roster, then
+    every member_added / member_removed in arrival order."""
+    members: set[str] = set()
+    for frame in client.frames:
+        if frame.get("channel") != channel:
+            continue
+        if frame["event"] == "pusher_internal:subscription_succeeded":
+            members = set(data_of(frame)["presence"]["ids"])
+        elif frame["event"] == "pusher_internal:member_added":
+            members.add(data_of(frame)["user_id"])
+        elif frame["event"] == "pusher_internal:member_removed":
+            members.discard(data_of(frame)["user_id"])
+    return members
+
+
+def member_events(client: WsClient, channel: str) -> list[tuple[str, str]]:
+    """Every member_added / member_removed a client received: (added|removed, user_id)."""
+    return [
+        (frame["event"].rsplit("_", 1)[1], data_of(frame)["user_id"])
+        for frame in client.frames
+        if frame.get("channel") == channel
+        and frame["event"] in ("pusher_internal:member_added", "pusher_internal:member_removed")
+    ]
 
 
 # --- webhooks ----------------------------------------------------------------------------------

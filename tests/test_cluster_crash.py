@@ -23,6 +23,7 @@ from tests.cluster_nodes import (
     channel_names,
     cluster,
     poll,
+    roster_seen_by,
     user_ids,
 )
 from tests.conftest import RunningServer
@@ -285,22 +286,6 @@ async def test_paused_node_loses_its_lease_and_rebuilds(cluster: Cluster) -> Non
             - hooks.count("member_removed", ROOM, "dreamer")
             == 1
         ), hooks.events
-
-
-def roster_seen_by(client: WsClient, channel: str) -> set[str]:
-    """The member list a client keeps (as pusher-js does): the subscription roster, then
-    every member_added / member_removed in arrival order."""
-    members: set[str] = set()
-    for frame in client.frames:
-        if frame.get("channel") != channel:
-            continue
-        if frame["event"] == "pusher_internal:subscription_succeeded":
-            members = set(data_of(frame)["presence"]["ids"])
-        elif frame["event"] == "pusher_internal:member_added":
-            members.add(data_of(frame)["user_id"])
-        elif frame["event"] == "pusher_internal:member_removed":
-            members.discard(data_of(frame)["user_id"])
-    return members
 
 
 async def test_paused_node_members_still_see_themselves(cluster: Cluster) -> None:

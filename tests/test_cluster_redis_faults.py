@@ -27,8 +27,10 @@ from tests.cluster_nodes import (
     channel_names,
     cluster,
     faulty_cluster,
+    member_events,
     poll,
     ready,
+    roster_seen_by,
     user_ids,
 )
 from tests.conftest import RunningServer
@@ -154,15 +156,19 @@ async def test_nodes_survive_a_redis_outage_and_rebuild(
     assert any(m.startswith(EXPECTED_ERRORS[0]) for m in messages)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a member that leaves while Redis is down is announced only to its own "
-    "node's clients; Redis comes back empty, so no rebuild finds the departure and the "
-    "other nodes' clients keep the member in their lists for good",
-)
+async def settled(clients: list[WsClient], via: RunningServer) -> None:
+    """Every frame ``via`` sent or published to ``clients`` before now has arrived: a
+    sentinel event triggered through it comes after them."""
+    await trigger(via, ROOM, "sentinel", "{}")
+    for client in clients:
+        await client.expect("sentinel", ROOM)
+
+
 async def test_members_who_left_during_an_outage_are_removed_everywhere(
     faulty_cluster: tuple[Cluster, RedisProcess],
 ) -> None:
+    """Redis comes back empty, so no rebuild finds the departure; node A's reconciliation
+    with Redis tells its clients (once)."""
     cluster, redis = faulty_cluster
     a, b = await cluster.nodes(2)
     async with Clients() as clients:
@@ -170,6 +176,10 @@ async def test_members_who_left_during_an_outage_are_removed_everywhere(
         await on_a.join_presence(ROOM, "ua")
         await on_b.join_presence(ROOM, "ub")
         await leaver.join_presence(ROOM, "leaver")
+        for user in ("ub", "leaver"):
+            frame = await on_a.expect("pusher_internal:member_added", ROOM)
+            assert data_of(frame)["user_id"] == user
+        await on_b.expect("pusher_internal:member_added", ROOM)
         redis.stop()
         for node in (a, b):
             await poll(partial(ready, node), lambda answer: answer[0] == 503)
@@ -183,6 +193,87 @@ async def test_members_who_left_during_an_outage_are_removed_everywhere(
         # Both nodes have rebuilt; a few more maintenance rounds may pass, not more.
         frame = await on_a.expect("pusher_internal:member_removed", ROOM, within=2 * LEASE)
         assert data_of(frame) == {"user_id": "leaver"}
+        # Once, and nothing else: the reconciliation rounds end without another event.
+        await on_a.assert_silent("pusher_internal:member_", within=2 * LEASE)
+        await settled([on_a, on_b], b)
+        assert member_events(on_a, ROOM) == [("added", "ub"), ("added", "leaver"),
+                                             ("removed", "leaver")]  # fmt: skip
+        assert member_events(on_b, ROOM) == [("added", "leaver"), ("removed", "leaver")]
+        for client in (on_a, on_b):
+            assert roster_seen_by(client, ROOM) == {"ua", "ub"}
+
+
+async def test_members_who_joined_during_an_outage_are_added_everywhere(
+    faulty_cluster: tuple[Cluster, RedisProcess],
+) -> None:
+    """A member that joins on B while Redis is down is announced on B only; once Redis is
+    back, A's clients get member_added for it exactly once (from B's rebuild, or from A's
+    reconciliation if A was not subscribed yet), with its user_info."""
+    cluster, redis = faulty_cluster
+    a, b = await cluster.nodes(2)
+    async with Clients() as clients:
+        on_a, on_b = await clients.connect(a), await clients.connect(b)
+        await on_a.join_presence(ROOM, "ua")
+        await on_b.join_presence(ROOM, "ub")
+        await on_a.expect("pusher_internal:member_added", ROOM)
+        redis.stop()
+        for node in (a, b):
+            await poll(partial(ready, node), lambda answer: answer[0] == 503)
+        joiner = await clients.connect(b)
+        roster = await joiner.join_presence(ROOM, "joiner", {"late": True})
+        # B answers from its own view, which still shows A's member.
+        assert roster["hash"] == {"ub": None, "joiner": {"late": True}, "ua": None}
+        frame = await on_b.expect("pusher_internal:member_added", ROOM)
+        assert data_of(frame) == {"user_id": "joiner", "user_info": {"late": True}}
+        redis.start()
+        for node in (a, b):
+            await poll(partial(ready, node), lambda answer: answer[0] == 200, within=RECOVERY)
+            await poll(partial(user_ids, node, ROOM), lambda ids: ids == {"ua", "ub", "joiner"})
+        frame = await on_a.expect("pusher_internal:member_added", ROOM, within=2 * LEASE)
+        assert data_of(frame) == {"user_id": "joiner", "user_info": {"late": True}}
+        await on_a.assert_silent("pusher_internal:member_", within=2 * LEASE)
+        everyone = [on_a, on_b, joiner]
+        await settled(everyone, a)
+        assert member_events(on_a, ROOM) == [("added", "ub"), ("added", "joiner")]
+        assert member_events(on_b, ROOM) == [("added", "joiner")]
+        assert member_events(joiner, ROOM) == []
+        for client in everyone:
+            assert roster_seen_by(client, ROOM) == {"ua", "ub", "joiner"}
+
+
+async def test_webhooks_when_redis_came_back_empty(
+    faulty_cluster: tuple[Cluster, RedisProcess],
+) -> None:
+    """What docs/scaling.md promises: reconciliation sends client events only. The leave
+    during the outage is reported once (emitted by the node it happened on); the rebuild
+    reports the members that stayed as arriving again (Redis lost them), as it always did."""
+    cluster, redis = faulty_cluster
+    a = await cluster.node(hook="a")
+    b = await cluster.node(hook="b")
+    hooks = await cluster.hooks()
+    async with Clients() as clients:
+        on_a, on_b, leaver = [await clients.connect(node) for node in (a, b, b)]
+        await on_a.join_presence(ROOM, "ua")
+        await on_b.join_presence(ROOM, "ub")
+        await leaver.join_presence(ROOM, "leaver")
+        for user in ("ua", "ub", "leaver"):
+            await hooks.wait_for("member_added", ROOM, user)
+        redis.stop()
+        for node in (a, b):
+            await poll(partial(ready, node), lambda answer: answer[0] == 503)
+        await leaver.close()
+        await on_b.expect("pusher_internal:member_removed", ROOM)
+        redis.start()
+        for node in (a, b):
+            await poll(partial(ready, node), lambda answer: answer[0] == 200, within=RECOVERY)
+        frame = await on_a.expect("pusher_internal:member_removed", ROOM, within=3 * LEASE)
+        assert data_of(frame) == {"user_id": "leaver"}
+        await hooks.wait_for("member_removed", ROOM, "leaver", within=RECOVERY)
+        await hooks.settle(within=RECOVERY)
+        assert hooks.count("member_removed", ROOM) == 1  # (the leader sends every webhook)
+        for user in ("ua", "ub"):  # once at the join, once from the rebuild
+            assert hooks.count("member_added", ROOM, user) == 2, hooks.events
+        assert hooks.count("member_added", ROOM, "leaver") == 1
 
 
 async def test_node_starts_while_redis_is_down(

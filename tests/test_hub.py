@@ -88,16 +88,20 @@ class RecordingWebhooks:
 
 
 class Harness:
-    """A hub with a fake clock and a counting frame function."""
+    """A hub with a fake clock and a counting frame function; ``node`` prefixes its socket
+    ids, so that several harnesses can share one membership store as cluster nodes."""
 
-    def __init__(self, membership: Any = None, app: App = APP) -> None:
+    def __init__(
+        self, membership: Any = None, app: App = APP, broker: Any = None, node: str = ""
+    ) -> None:
         self.app = app
+        self.node = node
         self.now = 1000.0
         self.frame_calls = 0
         self.webhooks = RecordingWebhooks()
         self.hub = Hub(
             membership=membership or MemoryMembership(),
-            broker=MemoryBroker(),
+            broker=broker or MemoryBroker(),
             webhooks=self.webhooks,
             frame=self.frame,
             monotonic=lambda: self.now,
@@ -111,7 +115,7 @@ class Harness:
 
     async def connect(self) -> FakeConnection:
         self._next_id += 1
-        conn = FakeConnection(f"{self._next_id}.{self._next_id}")
+        conn = FakeConnection(f"{self.node}{self._next_id}.{self._next_id}")
         assert await self.hub.open(conn, self.app)
         return conn
 
@@ -441,12 +445,15 @@ class YieldingMembership:
     """MemoryMembership whose calls take a random number of loop turns before and after the
     atomic operation, like a networked store (Redis): the answer is right but arrives late."""
 
-    def __init__(self, rnd: random.Random) -> None:
-        self._inner = MemoryMembership()
+    def __init__(
+        self, rnd: random.Random, inner: MemoryMembership | None = None, turns: int = 3
+    ) -> None:
+        self._inner = inner or MemoryMembership()
         self._rnd = rnd
+        self._turns = turns
 
     async def _pause(self) -> None:
-        for _ in range(self._rnd.randint(0, 3)):
+        for _ in range(self._rnd.randint(0, self._turns)):
             await asyncio.sleep(0)
 
     async def join(
@@ -471,6 +478,12 @@ class YieldingMembership:
 
     async def users(self, app_id: str, channel: str) -> list[str]:
         return await self._inner.users(app_id, channel)
+
+    async def roster(self, app_id: str, channel: str) -> dict[str, Any]:
+        await self._pause()
+        result = await self._inner.roster(app_id, channel)
+        await self._pause()
+        return result
 
     async def sign_in(self, app_id: str, user_id: str, socket_id: str) -> bool:
         return await self._inner.sign_in(app_id, user_id, socket_id)

@@ -1,11 +1,19 @@
 """ClusterMaintainer: this node's lease, reaping dead nodes, and recovery from Redis outages.
 
-Ownership rule: the maintenance loop owns nothing but its timer. Every ``lease / 3`` seconds
-it (1) renews this node's lease, (2) rebuilds this node's entries in Redis when the lease was
-lost or Redis was away (from the hub's local state: the hub owns it), and (3) reaps nodes
-whose lease ran out. Whatever those steps change cluster-wide is announced through the hub,
-so member_removed / channel_vacated (and their webhooks) for a crashed node fire exactly
-once: the reap claim is atomic, so one live node announces each departure.
+Ownership rule: the maintenance loop owns nothing but its timer and when to reconcile.
+Every ``lease / 3`` seconds it (1) renews this node's lease, (2) rebuilds this node's entries
+in Redis when the lease was lost or Redis was away (from the hub's local state: the hub owns
+it), (3) reaps nodes whose lease ran out, and (4) for a few rounds after an outage, has the
+hub reconcile its presence subscribers' member lists with Redis. Whatever steps 2 and 3
+change cluster-wide is announced through the hub, so member_removed / channel_vacated (and
+their webhooks) for a crashed node fire exactly once: the reap claim is atomic, so one live
+node announces each departure.
+
+Why step 4: during an outage a leave or join is answered from the node's local fallback and
+announced only to its own clients, and pub/sub drops whatever is published while a node is
+not subscribed. When Redis comes back empty, nodes put back what they hold, so nothing
+reports a member who left meanwhile. Each node therefore compares, on the receiving side,
+what its clients were told with the roster in Redis (``Hub.reconcile_presence``).
 """
 
 from __future__ import annotations
@@ -18,13 +26,21 @@ from collections.abc import Callable
 from redis.exceptions import RedisError
 
 from kanal.adapters.redis import Arrival, Departure, NodeState, RedisMembership
-from kanal.adapters.resilient import ResilientMembership
+from kanal.adapters.resilient import ResilientBroker, ResilientMembership
 from kanal.config import App
 from kanal.hub import Hub
 
 __all__ = ["ClusterMaintainer"]
 
 log = logging.getLogger("kanal.cluster")
+
+# Rounds (once this node is rebuilt in Redis and subscribed again) at which the hub reconciles
+# presence after an outage: several, because every node puts its own members back at its own
+# next round, and members joined on a node that rebuilds later must still be picked up.
+RECONCILE_ROUNDS = 4
+# A member missing from Redis is removed only when missing at this many consecutive rounds:
+# the members of a node that has not rebuilt yet look absent for up to one round.
+REMOVAL_CONFIRMATIONS = 2
 
 
 class ClusterMaintainer:
@@ -39,6 +55,7 @@ class ClusterMaintainer:
         *,
         lease: float,
         wall: Callable[[], float],
+        broker: ResilientBroker | None = None,
     ) -> None:
         self._hub = hub
         self._membership = membership
@@ -48,8 +65,14 @@ class ClusterMaintainer:
         self._wall = wall
         self._task: asyncio.Task[None] | None = None
         self._closing = asyncio.Event()
+        self._broker = broker
+        self._subscriptions = 0  # the broker's count when last looked at
+        self._reconcile_rounds = 0  # rounds of reconciliation still due
+        self._restart_absences = False
 
     async def start(self) -> None:
+        if self._broker is not None:  # the first subscription is no recovery
+            self._subscriptions = self._broker.subscriptions
         await self.step()
         self._task = asyncio.create_task(self._run(), name="kanal-cluster-maintainer")
 
@@ -87,9 +110,34 @@ class ClusterMaintainer:
             alive = await self._redis.heartbeat(now)
             if not alive or self._membership.degraded:
                 await self._rebuild(now)
+                self._reconcile_soon()
             await self._announce_departures(await self._redis.reap_dead_nodes(now))
+            await self._reconcile()
         except RedisError as error:
             self._membership.fail(error)
+
+    def _reconcile_soon(self) -> None:
+        self._reconcile_rounds = RECONCILE_ROUNDS
+        self._restart_absences = True
+
+    async def _reconcile(self) -> None:
+        """Step 4; waits for the subscription, since events published before it is back
+        may be lost for this node too."""
+        if self._broker is not None:
+            if self._broker.subscriptions != self._subscriptions:  # it was lost meanwhile
+                self._subscriptions = self._broker.subscriptions
+                self._reconcile_soon()
+            if not self._broker.healthy:
+                return
+        if self._reconcile_rounds == 0 or self._membership.degraded:
+            return
+        self._reconcile_rounds -= 1
+        restart, self._restart_absences = self._restart_absences, False
+        sent = await self._hub.reconcile_presence(
+            self._redis.roster, confirmations=REMOVAL_CONFIRMATIONS, restart=restart
+        )
+        if sent:
+            log.info("presence reconciled with redis: %d member events sent", sent)
 
     async def _rebuild(self, now: float) -> None:
         # Flip first: writes from now on go to Redis, queued behind the rebuild, which reads

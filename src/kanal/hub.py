@@ -9,20 +9,27 @@ and the only producer of webhook events.
 Fan-out (DEVELOPERS.md, issue 2 item 9): an event is serialised to JSON once by its
 publisher; each node frames it once (``frame``) and hands the same bytes to every local
 subscriber. No JSON work happens per recipient.
+
+Presence: every local subscriber of a presence channel holds the same member list, the
+channel's announced roster (:mod:`kanal.presence_roster`); member events that would not
+change it are duplicates and are dropped, and :meth:`Hub.reconcile_presence` repairs it from
+the cluster's roster after a Redis outage.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from kanal.adapters.base import Broker, Envelope, JoinResult, LeaveResult, Membership
 from kanal.config import App
 from kanal.local_index import SocketIndex
 from kanal.metrics import Metrics
+from kanal.presence_roster import AnnouncedRosters, RosterReader
 from kanal.protocol import events
 from kanal.protocol import webhooks as hooks
 from kanal.protocol.channels import SERVER_TO_USER_PREFIX, channel_type
@@ -121,6 +128,7 @@ class Hub:
         self._channels: SocketIndex[Connection] = SocketIndex()
         self._users: SocketIndex[_Local] = SocketIndex()
         self._watchers: SocketIndex[_Local] = SocketIndex()
+        self._rosters = AnnouncedRosters()
         self._channel_locks: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = (
             weakref.WeakValueDictionary()
         )
@@ -242,8 +250,20 @@ class Hub:
             self._send(local, events.subscription_succeeded_frame(channel))
             return
         max_users = app.max_presence_members if kind.is_presence else 0
-        result = await self.membership.join(app.id, channel, socket_id, command.member, max_users)
+        roster = self._rosters.open(app.id, channel) if kind.is_presence else None
+        watching: contextlib.AbstractContextManager[set[str]] = (
+            roster.watch() if roster is not None else contextlib.nullcontext(set())
+        )
+        try:
+            with watching as touched:
+                result = await self.membership.join(
+                    app.id, channel, socket_id, command.member, max_users
+                )
+        except BaseException:  # a roster nobody holds would go stale
+            self._drop_unused_roster(app.id, channel)
+            raise
         if result.refused:
+            self._drop_unused_roster(app.id, channel)
             text = f"Presence channel member limit reached ({app.max_presence_members})"
             self._send(local, events.subscription_error_frame(channel, "LimitReached", text, 403))
             self._send(local, events.error_frame(None, text))
@@ -251,8 +271,15 @@ class Hub:
         already = channel in local.channels
         local.channels[channel] = command.member
         self._channels.add(app.id, channel, socket_id, local.conn)
+        members, added = result.presence, dict[str, Any]()
+        if roster is not None and members is not None and command.member is not None:
+            # The joiner and the channel's other local subscribers end up with one list.
+            members, added = roster.admit(members, command.member.user_id, touched)
         # CHANNELS.md §3.1 step 7: subscription_succeeded precedes every other frame.
-        self._send(local, events.subscription_succeeded_frame(channel, result.presence))
+        self._send(local, events.subscription_succeeded_frame(channel, members))
+        for user_id, user_info in added.items():  # local only; later copies are duplicates
+            frame = events.member_added_frame(channel, user_id, user_info)
+            self._fan_out(app.id, channel, frame, exclude=socket_id)
         if already:  # §3.1 step 3: idempotent re-subscribe, no events or webhooks
             return
         # CHANNELS.md §3.1 step 8: member_added, cache, subscription_count; webhooks in the
@@ -310,6 +337,7 @@ class Hub:
         if kind.is_server_to_user:
             return
         self._channels.remove(app.id, channel, socket_id)
+        self._drop_unused_roster(app.id, channel)
         result = await self.membership.leave(app.id, channel, socket_id)
         if result is not None:
             await self.announce_leave(app, channel, result, exclude=socket_id)
@@ -325,6 +353,36 @@ class Hub:
         await self._counter.changed(app, channel, channel_type(channel), result.subscription_count)
         if result.vacated:
             self._webhooks.emit(app, hooks.channel_vacated(channel))
+
+    def _drop_unused_roster(self, app_id: str, channel: str) -> None:
+        """Called under the channel lock when a subscriber left or a join was refused."""
+        if not self._channels.get(app_id, channel):
+            self._rosters.discard(app_id, channel)
+
+    async def reconcile_presence(
+        self, read: RosterReader | None = None, *, confirmations: int = 1, restart: bool = False
+    ) -> int:
+        """Send local presence subscribers the member events they missed (a Redis outage).
+
+        Each local presence channel's announced roster is compared with the store's roster
+        (``read``, by default the membership's; the cluster maintainer passes Redis itself,
+        never the local fallback) under the channel's lock, so no local join or leave runs
+        meanwhile; see :func:`kanal.protocol.presence.reconcile` for the rules and
+        ``confirmations``. ``restart`` forgets absences counted by earlier calls (what Redis
+        held before a new outage proves nothing now). The events go to this node's
+        subscribers only, never through the broker (each node reconciles its own), and
+        produce no webhook: those were emitted once, where the store answered first/last.
+        Returns how many member events were sent.
+        """
+        sent = await self._rosters.reconcile(
+            read or self.membership.roster,
+            self._channel_lock,
+            self._fan_out,
+            confirmations=confirmations,
+            restart=restart,
+        )
+        self.metrics.inc("kanal_presence_reconciled_total", sent)
+        return sent
 
     async def _relay(self, local: _Local, command: Relay) -> None:
         """CHANNELS.md §8: subscribed senders only; never echoed; ``user_id`` on presence."""
@@ -424,15 +482,7 @@ class Hub:
     def deliver(self, envelope: Envelope) -> None:
         """Carry out one broker envelope on this node. Frames once, sends the same bytes."""
         if envelope.kind == "channel":
-            subscribers = self._channels.get(envelope.app_id, envelope.target)
-            if not subscribers:
-                return
-            frame = self._frame(envelope.payload)
-            exclude = envelope.exclude
-            for socket_id, conn in subscribers.items():
-                if socket_id != exclude:
-                    conn.send(frame)
-            self.metrics.inc("kanal_deliveries_total", len(subscribers))
+            self._deliver_channel(envelope)
         elif envelope.kind == "user":
             self._deliver_user(envelope)
         elif envelope.kind == "terminate":
@@ -448,6 +498,32 @@ class Hub:
                 )
                 for local in watchers.values():
                     local.conn.send(frame)
+
+    def _deliver_channel(self, envelope: Envelope) -> None:
+        exclude = envelope.exclude
+        roster = self._rosters.get(envelope.app_id, envelope.target)
+        if roster is not None:  # a presence channel with local subscribers (or a join)
+            change = events.parse_member_event(envelope.payload)
+            if change is not None:
+                if not roster.apply(change.added, change.user_id, change.user_info):
+                    return  # every local subscriber already knows (a local join's echo too)
+                # Every local list equals the roster, the excluded joiner's too: a change
+                # of it is news to all of them.
+                exclude = None
+        self._fan_out(envelope.app_id, envelope.target, envelope.payload, exclude)
+
+    def _fan_out(
+        self, app_id: str, channel: str, payload: bytes, exclude: str | None = None
+    ) -> None:
+        """Frame once; the same bytes to every local subscriber of ``channel`` but one."""
+        subscribers = self._channels.get(app_id, channel)
+        if not subscribers or (len(subscribers) == 1 and exclude in subscribers):
+            return
+        frame = self._frame(payload)
+        for socket_id, conn in subscribers.items():
+            if socket_id != exclude:
+                conn.send(frame)
+        self.metrics.inc("kanal_deliveries_total", len(subscribers))
 
     def _deliver_user(self, envelope: Envelope) -> None:
         """USERS.md §3: every connection signed in as the user, subscribed or not."""

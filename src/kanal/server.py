@@ -141,6 +141,7 @@ class _Cluster:
             apps.by_id,
             lease=self.config.scaling.node_lease,
             wall=time.time,
+            broker=self.broker,
         )
 
 
@@ -215,6 +216,10 @@ def _register_gauges(hub: Hub) -> None:
     metrics.gauge("kanal_channels", lambda: hub.channel_count, "Channels with local subscribers")
     metrics.describe("kanal_deliveries_total", "Frames handed to local subscribers")
     metrics.describe("kanal_messages_received_total", "Text frames received from clients")
+    metrics.describe(
+        "kanal_presence_reconciled_total",
+        "Presence member events sent to local subscribers by reconciliation with Redis",
+    )
 
 
 async def _tick(hub: Hub) -> None:

@@ -113,14 +113,19 @@ async def test_roster_shows_the_earliest_remaining_connection_of_each_user(
     cluster: Cluster,
 ) -> None:
     a, b = cluster.node("a"), cluster.node("b")
+    assert await a.roster(APP, "presence-room") == {}
     await a.join(APP, "presence-room", "1.1", ALICE, 0)
     await b.join(APP, "presence-room", "2.1", ALICE_2, 0)
     third = Member("alice", {"name": "Alice", "tab": 3})
     joined = await a.join(APP, "presence-room", "1.2", third, 0)
     assert joined.presence == {"alice": ALICE.user_info}
+    assert await b.roster(APP, "presence-room") == joined.presence
     await a.leave(APP, "presence-room", "1.1")
     joined = await b.join(APP, "presence-room", "2.2", CAROL, 0)
     assert joined.presence == {"alice": ALICE_2.user_info, "carol": CAROL.user_info}
+    assert await a.roster(APP, "presence-room") == joined.presence
+    await a.join(APP, "chat", "1.3", None, 0)
+    assert await a.roster(APP, "chat") == {}  # not a presence channel
 
 
 async def test_max_users_refuses_a_new_user_and_records_nothing(cluster: Cluster) -> None:
@@ -391,6 +396,7 @@ async def _observe(node: Membership) -> object:
     return (
         await node.channels(APP, ""),
         {c: sorted(await node.users(APP, c)) for c in ("presence-a", "presence-b")},
+        {c: await node.roster(APP, c) for c in ("presence-a", "presence-b")},
         await node.online(APP, ["alice", "bob"]),
     )
 

@@ -120,6 +120,11 @@ class Membership(Protocol):
         """Distinct user ids present in a presence channel."""
         ...
 
+    async def roster(self, app_id: str, channel: str) -> dict[str, Any]:
+        """A presence channel's members as a joiner would get them: user_id -> user_info of
+        that user's earliest connection (empty if nobody is there)."""
+        ...
+
     async def sign_in(self, app_id: str, user_id: str, socket_id: str) -> bool:
         """Record a signed-in connection; true iff the user was offline before (USERS.md §4)."""
         ...

@@ -118,6 +118,10 @@ class MemoryMembership:
         state = self._channels.get((app_id, channel))
         return list(state.users) if state else []
 
+    async def roster(self, app_id: str, channel: str) -> dict[str, Any]:
+        state = self._channels.get((app_id, channel))
+        return state.roster() if state else {}
+
     async def sign_in(self, app_id: str, user_id: str, socket_id: str) -> bool:
         sockets = self._users.setdefault((app_id, user_id), set())
         first = not sockets

@@ -210,6 +210,9 @@ class RedisBroker:
         self._outage_logged = False
         self.last_error = ""
         self.failures = 0  # failed attempts in the current outage
+        # Subscriptions established so far: a change tells the cluster maintainer that
+        # envelopes may have been lost meanwhile, even if the outage fell between two looks.
+        self.subscriptions = 0
 
     @property
     def healthy(self) -> bool:
@@ -304,6 +307,7 @@ class RedisBroker:
             log.info("Redis pub/sub restored after %d failed attempts", self.failures)
         self._outage_logged = False
         self.failures = 0
+        self.subscriptions += 1
         self._down.clear()
         self._up.set()
         self._attempted.set()

@@ -239,6 +239,7 @@ class RedisMembership:
         self._sign_in, self._sign_out = reg(lua.SIGN_IN), reg(lua.SIGN_OUT)
         self._add_conn, self._remove_conn = reg(lua.ADD_CONNECTION), reg(lua.REMOVE_CONNECTION)
         self._channels, self._reap = reg(lua.CHANNELS), reg(lua.REAP)
+        self._roster = reg(lua.ROSTER)
         self._rebuild = reg(lua.REBUILD)
         self._heartbeat, self._claim = reg(lua.HEARTBEAT), reg(lua.CLAIM)
 
@@ -328,6 +329,11 @@ class RedisMembership:
     async def users(self, app_id: str, channel: str) -> list[str]:
         names = await self._client.hkeys(f"{self._base(app_id)}u:{channel}")
         return [_text(name) for name in names]
+
+    async def roster(self, app_id: str, channel: str) -> dict[str, Any]:
+        base = self._base(app_id)
+        flat = await self._roster(keys=[f"{base}u:{channel}"], args=[base, channel])
+        return {_text(flat[i]): orjson.loads(flat[i + 1]) for i in range(0, len(flat) - 1, 2)}
 
     # --- signed-in users (USERS.md) -----------------------------------------------------
 

@@ -33,6 +33,7 @@ __all__ = [
     "REAP",
     "REBUILD",
     "REMOVE_CONNECTION",
+    "ROSTER",
     "SIGN_IN",
     "SIGN_OUT",
 ]
@@ -187,27 +188,47 @@ local function remove_entry(base, own, entry, out)
 end
 """
 
+# Appends user_id, user_info_json per presence user of a channel (the user_info of its
+# earliest socket); used by JOIN and ROSTER.
+_APPEND_ROSTER = r"""
+local function append_roster(base, channel, out)
+  local skey = base .. 's:' .. channel
+  local users = redis.call('HGETALL', base .. 'u:' .. channel)
+  for i = 1, #users, 2 do
+    local first = string.match(users[i + 1], '^[^ ]+')
+    local v = redis.call('HGET', skey, first) or ''
+    local at = string.find(v, '\0', 1, true)
+    table.insert(out, users[i])
+    table.insert(out, at and string.sub(v, 1, at - 1) or 'null')
+  end
+end
+"""
+
 # KEYS: own.  ARGV: base, channel, socket_id, member value, max_users, want_roster.
 # Reply: refused, occupied, user_added, count[, 1, user_id, user_info_json, ...]; the roster
 # part is present iff the channel has presence users (user_info of each user's earliest socket).
 JOIN = (
     _HELPERS
+    + _APPEND_ROSTER
     + r"""
 local base, channel, sid, value = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local reply = join_one(base, KEYS[1], channel, sid, value, tonumber(ARGV[5]))
 if reply[1] == 1 or ARGV[6] ~= '1' then return reply end
-local skey, ukey = base .. 's:' .. channel, base .. 'u:' .. channel
-local users = redis.call('HGETALL', ukey)
-if #users == 0 then return reply end
+if redis.call('HLEN', base .. 'u:' .. channel) == 0 then return reply end
 table.insert(reply, 1)
-for i = 1, #users, 2 do
-  local first = string.match(users[i + 1], '^[^ ]+')
-  local v = redis.call('HGET', skey, first) or ''
-  local at = string.find(v, NUL, 1, true)
-  table.insert(reply, users[i])
-  table.insert(reply, at and string.sub(v, 1, at - 1) or 'null')
-end
+append_roster(base, channel, reply)
 return reply
+"""
+)
+
+# KEYS: the channel's presence users hash.  ARGV: base, channel.
+# Reply: user_id, user_info_json, ... (one read of a consistent snapshot).
+ROSTER = (
+    _APPEND_ROSTER
+    + r"""
+local out = {}
+append_roster(ARGV[1], ARGV[2], out)
+return out
 """
 )
 

@@ -9,14 +9,15 @@ calls :meth:`ResilientMembership.recovered`.
 
 While degraded, first/last answers are local to this node, so occupancy and presence events
 (and webhooks) may be repeated or missed across the cluster until Redis returns; the rebuild
-announces what changed (docs/scaling.md, "Redis outages").
+announces what changed, and each node then reconciles its presence subscribers' member lists
+with Redis (docs/scaling.md, "Redis outages").
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Iterable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from redis.exceptions import RedisError
 
@@ -102,6 +103,10 @@ class ResilientMembership:
         ok, result = await self._primary(lambda: self.primary.users(app_id, channel))
         return result if ok and result is not None else await self.local.users(app_id, channel)
 
+    async def roster(self, app_id: str, channel: str) -> dict[str, Any]:
+        ok, result = await self._primary(lambda: self.primary.roster(app_id, channel))
+        return result if ok and result is not None else await self.local.roster(app_id, channel)
+
     async def sign_in(self, app_id: str, user_id: str, socket_id: str) -> bool:
         ok, first = await self._primary(lambda: self.primary.sign_in(app_id, user_id, socket_id))
         local = await self.local.sign_in(app_id, user_id, socket_id)
@@ -160,6 +165,16 @@ class ResilientBroker:
     def attach(self, deliver: Callable[[Envelope], None]) -> None:
         self._deliver = deliver
         self.primary.attach(deliver)
+
+    @property
+    def healthy(self) -> bool:
+        """True while this node's subscription is up (it receives the other nodes' events)."""
+        return self.primary.healthy
+
+    @property
+    def subscriptions(self) -> int:
+        """How many times the subscription was established (see RedisBroker)."""
+        return self.primary.subscriptions
 
     def status(self) -> tuple[bool, str]:
         if self.primary.healthy:

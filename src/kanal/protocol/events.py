@@ -23,6 +23,7 @@ __all__ = [
     "ClientEvent",
     "ClientMessage",
     "Ignored",
+    "MemberEvent",
     "Ping",
     "Pong",
     "Signin",
@@ -35,6 +36,7 @@ __all__ = [
     "member_added_frame",
     "member_removed_frame",
     "parse_client_message",
+    "parse_member_event",
     "ping_frame",
     "pong_frame",
     "signin_success_frame",
@@ -246,6 +248,40 @@ def member_added_frame(channel: str, user_id: str, user_info: Any) -> bytes:
 def member_removed_frame(channel: str, user_id: str) -> bytes:
     """``{"event":"pusher_internal:member_removed","channel":"presence-r","data":"{\\"user_id\\":\\"3\\"}"}``"""
     return _frame("pusher_internal:member_removed", _json_text({"user_id": user_id}), channel)
+
+
+@dataclass(frozen=True, slots=True)
+class MemberEvent:
+    """The change a ``member_added`` (``added``) or ``member_removed`` frame announces."""
+
+    added: bool
+    user_id: str
+    user_info: Any = None
+
+
+# Both member frames start like this (see _frame); no other frame can: the HTTP API refuses
+# reserved event names and client events start with ``client-``.
+_MEMBER_FRAME_START = b'{"event":"pusher_internal:member_'
+
+
+def parse_member_event(payload: bytes) -> MemberEvent | None:
+    """Read back a frame written by :func:`member_added_frame` / :func:`member_removed_frame`;
+    ``None`` for any other payload. Costs one ``startswith`` for every other frame."""
+    if not payload.startswith(_MEMBER_FRAME_START):
+        return None
+    try:
+        envelope = orjson.loads(payload)
+        data = orjson.loads(envelope["data"])
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return None
+    user_id = data.get("user_id") if isinstance(data, dict) else None
+    if not isinstance(user_id, str):
+        return None
+    if envelope.get("event") == "pusher_internal:member_added":
+        return MemberEvent(True, user_id, data.get("user_info"))
+    if envelope.get("event") == "pusher_internal:member_removed":
+        return MemberEvent(False, user_id)
+    return None
 
 
 def subscription_count_frame(channel: str, count: int) -> bytes:
