@@ -35,12 +35,16 @@ async def test_metrics_count_connections_deliveries_and_requests(
         await trigger(kanal_server, "news", "headline", "{}")
         for client in subscribers:
             await client.expect_next("headline", channel="news")
+        # an excluded socket_id (HTTP_API.md §3) is not a delivery
+        await trigger(kanal_server, "news", "second", "{}", socket_id=subscribers[0].socket_id)
+        for client in subscribers[1:]:
+            await client.expect_next("second", channel="news")
         values = await scrape(kanal_server)
     assert values["kanal_connections"] == 3
     assert values["kanal_channels"] == 1
-    assert values["kanal_deliveries_total"] == 3
+    assert values["kanal_deliveries_total"] == 3 + 2
     assert values["kanal_connections_opened_total"] == 3
-    assert values['kanal_http_requests_total{endpoint="events",status="200"}'] == 1
+    assert values['kanal_http_requests_total{endpoint="events",status="200"}'] == 2
 
 
 def test_render_format() -> None:

@@ -523,7 +523,8 @@ class Hub:
         for socket_id, conn in subscribers.items():
             if socket_id != exclude:
                 conn.send(frame)
-        self.metrics.inc("kanal_deliveries_total", len(subscribers))
+        sent = len(subscribers) - (exclude in subscribers)
+        self.metrics.inc("kanal_deliveries_total", sent)
 
     def _deliver_user(self, envelope: Envelope) -> None:
         """USERS.md §3: every connection signed in as the user, subscribed or not."""
