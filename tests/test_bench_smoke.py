@@ -11,7 +11,9 @@ accepted and every event reaches every subscriber.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +33,26 @@ SCENARIOS = (
 )
 
 
+def _bench(command: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run the benchmark in its own process group: on a timeout the whole group (its
+    servers and generator processes, not only the orchestrator) is killed."""
+    with subprocess.Popen(
+        command,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    ) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise
+    return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
+
+
 def _run_bench(out: Path) -> tuple[str, dict[str, Any]]:
     command = [
         sys.executable, "-m", "bench", "run", "--tiny", "--runs", "1", "--servers", "kanal",
@@ -38,9 +60,7 @@ def _run_bench(out: Path) -> tuple[str, dict[str, Any]]:
         # Shared CI machines: neither a busy neighbour nor a busy generator fails the smoke test.
         "--max-foreign", "1000", "--saturation", "1000",
     ]  # fmt: skip
-    done = subprocess.run(
-        command, cwd=REPO, capture_output=True, text=True, timeout=150, check=False
-    )
+    done = _bench(command, timeout=150)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done.stdout, json.loads(out.read_text())
 
@@ -91,9 +111,7 @@ def test_cluster_mode_server_runs_at_tiny_size(tmp_path: Path) -> None:
         "kanal-redis", "--scenarios", "fanout", "--no-pin", "--workers", "2", "--out", str(out),
         "--max-foreign", "1000", "--saturation", "1000",
     ]  # fmt: skip
-    done = subprocess.run(
-        command, cwd=REPO, capture_output=True, text=True, timeout=120, check=False
-    )
+    done = _bench(command, timeout=120)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     results = json.loads(out.read_text())
     delivered = [
