@@ -11,22 +11,7 @@ from hypothesis import strategies as st
 
 from kanal.transport import frames
 from kanal.transport.frames import FrameError, FrameReader
-
-
-def client_frame(
-    opcode: int, payload: bytes, *, fin: bool = True, mask: bytes = b"\x1f\x2e\x3d\x4c"
-) -> bytes:
-    """A masked client frame, built independently of the module under test."""
-    first = (0x80 if fin else 0) | opcode
-    length = len(payload)
-    if length < 126:
-        head = bytes((first, 0x80 | length))
-    elif length < 65536:
-        head = bytes((first, 0x80 | 126)) + struct.pack("!H", length)
-    else:
-        head = bytes((first, 0x80 | 127)) + struct.pack("!Q", length)
-    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    return head + mask + masked
+from tests.wsclient import client_frame
 
 
 def test_accept_key_matches_rfc_6455_example() -> None:

@@ -436,20 +436,29 @@ async def trigger(
 # --- a hand-rolled WebSocket client (for misbehaving peers) -----------------------------------
 
 
-def client_frame(opcode: int, payload: bytes, *, masked: bool = True) -> bytes:
-    """A final client frame, masked with a random key as RFC 6455 §5.3 requires."""
+def client_frame(
+    opcode: int,
+    payload: bytes,
+    *,
+    masked: bool = True,
+    fin: bool = True,
+    mask: bytes | None = None,
+) -> bytes:
+    """A client frame, masked (with ``mask``, else a random key) as RFC 6455 §5.3 requires;
+    built independently of kanal's own framing code."""
     length = len(payload)
+    first = (0x80 if fin else 0) | opcode
     mask_bit = 0x80 if masked else 0
     if length < 126:
-        header = bytes((0x80 | opcode, mask_bit | length))
+        header = bytes((first, mask_bit | length))
     elif length < 65536:
-        header = bytes((0x80 | opcode, mask_bit | 126)) + struct.pack("!H", length)
+        header = bytes((first, mask_bit | 126)) + struct.pack("!H", length)
     else:
-        header = bytes((0x80 | opcode, mask_bit | 127)) + struct.pack("!Q", length)
+        header = bytes((first, mask_bit | 127)) + struct.pack("!Q", length)
     if not masked:
         return header + payload
-    mask = os.urandom(4)
-    return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    key = os.urandom(4) if mask is None else mask
+    return header + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
 
 
 class RawWebSocket:

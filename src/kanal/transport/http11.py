@@ -48,7 +48,7 @@ class Request:
     @property
     def query(self) -> dict[str, str]:
         """Decoded query parameters; the last of a repeated name wins."""
-        return dict(parse_qsl(self.query_string, keep_blank_values=True))
+        return dict(self.query_items)
 
     @property
     def query_items(self) -> list[tuple[str, str]]:
