@@ -30,6 +30,7 @@ from kanal.config import Config
 from kanal.hub import Hub, NullWebhooks, WebhookSink
 from kanal.metrics import Metrics
 from kanal.protocol.errors import CloseCode
+from kanal.service import ChannelsApi
 from kanal.settings import is_default_credentials
 from kanal.transport.frames import text_frame
 from kanal.transport.http import HttpApi
@@ -68,6 +69,7 @@ class Server:
 
     config: Config
     hub: Hub
+    service: ChannelsApi
     listener: Listener
     readiness: Readiness
     starters: list[Callable[[], Awaitable[None]]]
@@ -194,9 +196,11 @@ def build(config: Config) -> Server:
         trust_proxy_headers=settings.trust_proxy_headers,
         coalesce_writes=settings.coalesce_writes,
     )
+    service = ChannelsApi(hub)
     http = HttpApi(
-        hub,
+        service,
         apps,
+        hub.metrics,
         path_prefix=settings.path_prefix,
         max_request_bytes=settings.max_request_bytes,
         expose_signature_hint=settings.expose_signature_hint,
@@ -208,7 +212,7 @@ def build(config: Config) -> Server:
         max_request_bytes=settings.max_request_bytes,
         shutdown_timeout=settings.shutdown_timeout,
     )
-    return Server(config, hub, listener, readiness, starters, closers)
+    return Server(config, hub, service, listener, readiness, starters, closers)
 
 
 def _freeze_startup_heap() -> None:
