@@ -118,6 +118,16 @@ def test_check_config_applies_env_and_flags(
     assert 'host = "::"' in out and "port = 7400" in out
 
 
+def test_check_config_without_a_file_reads_kanal_config_or_the_environment(
+    config_file: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["check-config"], {"KANAL_CONFIG": config_file}) == 0
+    assert "port = 7100" in capsys.readouterr().out
+    assert main(["check-config"], {"KANAL_PORT": "7300", "KANAL_APP_KEY": "env-key"}) == 0
+    out = capsys.readouterr().out
+    assert "port = 7300" in out and 'key = "env-key"' in out
+
+
 def test_check_config_error_names_key_and_file(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -62,9 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(handler=_serve)
 
     check = commands.add_parser(
-        "check-config", help="validate a config file and print the effective config"
+        "check-config", help="validate the configuration and print the effective config"
     )
-    check.add_argument("config", metavar="FILE", help="TOML config file")
+    check.add_argument(
+        "config",
+        metavar="FILE",
+        nargs="?",
+        help="TOML config file (default: $KANAL_CONFIG, else the environment and flags alone)",
+    )
     _add_setting_flags(check)
     check.set_defaults(handler=_check_config)
 
@@ -113,18 +118,27 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
     return {row.dest: given[row.dest] for row in SETTINGS if row.flag and row.dest in given}
 
 
+def _config_file(args: argparse.Namespace, environ: Mapping[str, str]) -> str | None:
+    """The file given on the command line, else ``$KANAL_CONFIG``, else none (env only)."""
+    path: str | None = args.config or environ.get("KANAL_CONFIG") or None
+    return path
+
+
 def _serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    config = load_config(
-        args.config or environ.get("KANAL_CONFIG") or None, environ, _overrides(args)
-    )
+    config = load_config(_config_file(args, environ), environ, _overrides(args))
     from kanal import server  # late: the CLI must work (check-config, sign) without it
 
-    server.run(config)
+    try:
+        server.run(config)
+    except server.StartupError as exc:
+        print(f"kanal: error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
 def _check_config(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    sys.stdout.write(dump_config(load_config(args.config, environ, _overrides(args))))
+    config = load_config(_config_file(args, environ), environ, _overrides(args))
+    sys.stdout.write(dump_config(config))
     return 0
 
 

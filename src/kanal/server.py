@@ -12,7 +12,9 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import signal
+import ssl
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -26,7 +28,7 @@ from kanal.adapters.resilient import ResilientBroker, ResilientMembership
 from kanal.apps import StaticAppStore
 from kanal.cluster import ClusterMaintainer
 from kanal.cluster_webhooks import RedisWebhookQueue
-from kanal.config import Config
+from kanal.config import Config, ServerSettings
 from kanal.hub import Hub, NullWebhooks, WebhookSink
 from kanal.metrics import Metrics
 from kanal.protocol.errors import CloseCode
@@ -34,12 +36,12 @@ from kanal.service import ChannelsApi
 from kanal.settings import is_default_credentials
 from kanal.transport.frames import text_frame
 from kanal.transport.http import HttpApi
-from kanal.transport.listener import Listener
+from kanal.transport.listener import Listener, probe_bind, tls_context
 from kanal.transport.websocket import WebSocketEndpoint
 from kanal.webhooks import WebhookDispatcher
 from kanal.workers import supervise
 
-__all__ = ["Server", "build", "run"]
+__all__ = ["Server", "StartupError", "build", "run", "serve"]
 
 log = logging.getLogger("kanal")
 
@@ -241,34 +243,78 @@ async def _tick(hub: Hub) -> None:
         hub.tick()
 
 
+class StartupError(Exception):
+    """The node cannot start (address in use, unusable TLS files): one line for the operator,
+    printed by the CLI without a traceback."""
+
+
+def _tls(settings: ServerSettings) -> ssl.SSLContext | None:
+    try:
+        return tls_context(settings.tls_cert_file, settings.tls_key_file)
+    except OSError as exc:
+        files = ", ".join(f for f in (settings.tls_cert_file, settings.tls_key_file) if f)
+        raise StartupError(f"cannot load the TLS certificate/key ({files}): {_why(exc)}") from None
+
+
+def _why(exc: OSError) -> str:
+    if isinstance(exc, ssl.SSLError):
+        return str(exc.reason or exc)
+    # uvloop's bind errors carry errno but a long message of their own: say it the C way.
+    return os.strerror(exc.errno) if exc.errno else str(exc)
+
+
+def _listen_error(settings: ServerSettings, exc: OSError) -> StartupError:
+    return StartupError(f"cannot listen on {settings.host}:{settings.port}: {_why(exc)}")
+
+
 async def serve(
     server: Server, stop: asyncio.Event, started: Callable[[int], None] | None = None
 ) -> None:
-    """Serve until ``stop`` is set, then shut down gracefully."""
+    """Serve until ``stop`` is set, then shut down gracefully.
+
+    Raises:
+        StartupError: the TLS files cannot be loaded or the address cannot be bound; whatever
+            had started is closed again first.
+    """
     settings = server.config.server
-    for start in server.starters:
-        await start()
-    port = await server.listener.start(
-        settings.host,
-        settings.port,
-        reuse_port=settings.workers > 1,
-        tls_cert_file=settings.tls_cert_file,
-        tls_key_file=settings.tls_key_file,
-    )
-    log.info("kanal listening on %s:%s", settings.host, port)
-    _freeze_startup_heap()
-    if started is not None:
-        started(port)
-    ticker = asyncio.ensure_future(_tick(server.hub))
+    ticker: asyncio.Future[None] | None = None
     try:
+        tls = _tls(settings)
+        for start in server.starters:
+            await start()
+        try:
+            port = await server.listener.start(
+                settings.host, settings.port, reuse_port=settings.workers > 1, tls=tls
+            )
+        except OSError as exc:
+            raise _listen_error(settings, exc) from None
+        log.info("kanal listening on %s:%s", settings.host, port)
+        _freeze_startup_heap()
+        if started is not None:
+            started(port)
+        ticker = asyncio.ensure_future(_tick(server.hub))
         await stop.wait()
     finally:
         server.readiness.draining = True
-        ticker.cancel()
+        if ticker is not None:
+            ticker.cancel()
         server.hub.close_all(CloseCode.RECONNECT, "Generic reconnect immediately")
         await server.listener.stop()
         for closer in server.closers:
             await closer()
+
+
+def check_listen(settings: ServerSettings) -> None:
+    """Before forking workers: fail once, in the parent, when no worker could start.
+
+    Raises:
+        StartupError: as :func:`serve` would in every worker.
+    """
+    _tls(settings)
+    try:
+        probe_bind(settings.host, settings.port)
+    except OSError as exc:
+        raise _listen_error(settings, exc) from None
 
 
 def run(config: Config) -> None:
@@ -280,6 +326,7 @@ def run(config: Config) -> None:
     )
     _warn_default_credentials(config)
     if config.server.workers > 1:
+        check_listen(config.server)
         raise SystemExit(supervise(config.server.workers, lambda _index: _run_node(config)))
     _run_node(config)
 

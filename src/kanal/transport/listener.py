@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import ssl
 
 from kanal.transport.http import HttpApi
@@ -23,6 +24,32 @@ __all__ = ["HTTP_IDLE_TIMEOUT", "LISTEN_BACKLOG", "Listener"]
 LISTEN_BACKLOG = 65535
 #: seconds a keep-alive HTTP connection may stay idle (or take to send one request)
 HTTP_IDLE_TIMEOUT = 60.0
+
+
+def tls_context(cert_file: str, key_file: str) -> ssl.SSLContext | None:
+    """A server TLS context from PEM files, or ``None`` without a certificate.
+
+    Raises:
+        OSError: a file is missing or unreadable, or (``ssl.SSLError``) not a valid PEM
+            certificate or key.
+    """
+    if not cert_file:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert_file, key_file or None)
+    return context
+
+
+def probe_bind(host: str, port: int) -> None:
+    """Bind and release ``host:port`` with SO_REUSEPORT, as each worker will.
+
+    Raises:
+        OSError: the address cannot be bound.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        probe.bind((host, port))
 
 
 class Listener:
@@ -59,14 +86,13 @@ class Listener:
         port: int,
         *,
         reuse_port: bool = False,
-        tls_cert_file: str = "",
-        tls_key_file: str = "",
+        tls: ssl.SSLContext | None = None,
     ) -> int:
-        """Bind and serve (TLS when a certificate is given); returns the bound port."""
-        context: ssl.SSLContext | None = None
-        if tls_cert_file:
-            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            context.load_cert_chain(tls_cert_file, tls_key_file)
+        """Bind and serve (TLS when a context is given); returns the bound port.
+
+        Raises:
+            OSError: the address cannot be bound (in use, not local, no permission).
+        """
         # A reconnect storm (every pusher-js client after a 4200 close) arrives at once: with
         # a backlog of 128 the kernel drops SYNs and clients retry for seconds.
         self._server = await asyncio.get_running_loop().create_server(
@@ -74,7 +100,7 @@ class Listener:
             host,
             port,
             reuse_port=reuse_port or None,
-            ssl=context,
+            ssl=tls,
             backlog=LISTEN_BACKLOG,
         )
         self.port = self._server.sockets[0].getsockname()[1]

@@ -1,0 +1,76 @@
+"""`kanal serve` that cannot start says why in one line and exits 1, without a traceback:
+the port is taken, the address is not this machine's, a TLS file is missing or not PEM."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+TIMEOUT = 30  # a wrong behaviour here is a server that starts (and serves until killed)
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    """A port on 127.0.0.1 held by a listening socket for the test's duration."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        yield holder.getsockname()[1]
+
+
+def serve(*args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "kanal", "serve", "--host", "127.0.0.1", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT, check=False)
+
+
+def error_line(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("kanal: error:")]
+    assert len(errors) == 1, result.stderr
+    return errors[0]
+
+
+def test_port_in_use(taken_port: int) -> None:
+    line = error_line(serve("--port", str(taken_port)))
+    assert line == f"kanal: error: cannot listen on 127.0.0.1:{taken_port}: Address already in use"
+
+
+def test_port_in_use_with_workers_fails_once_in_the_parent(taken_port: int) -> None:
+    # The check runs before any worker (or Redis connection): the Redis URL is never used.
+    redis = ("--adapter", "redis", "--redis-url", "redis://127.0.0.1:1/0")
+    result = serve("--port", str(taken_port), "--workers", "2", *redis)
+    assert "Address already in use" in error_line(result)
+    assert "started worker" not in result.stderr
+
+
+def test_address_that_is_not_local() -> None:
+    # 192.0.2.1 is TEST-NET-1 (RFC 5737): never assigned to this machine.
+    command = [sys.executable, "-m", "kanal", "serve", "--host", "192.0.2.1", "--port", "0"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT, check=False)
+    line = error_line(result)
+    assert line == "kanal: error: cannot listen on 192.0.2.1:0: Cannot assign requested address"
+
+
+def test_missing_tls_file(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.pem"
+    args = ("--port", "0", "--tls-cert-file", str(missing), "--tls-key-file", str(missing))
+    line = error_line(serve(*args))
+    assert line == (
+        f"kanal: error: cannot load the TLS certificate/key ({missing}, {missing}): "
+        "No such file or directory"
+    )
+
+
+def test_tls_file_that_is_not_pem(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    line = error_line(
+        serve("--port", "0", "--tls-cert-file", str(junk), "--tls-key-file", str(junk))
+    )
+    assert line.startswith(f"kanal: error: cannot load the TLS certificate/key ({junk}, {junk}): ")
