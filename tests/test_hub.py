@@ -25,7 +25,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-import kanal.subscription_count
+import kanal.hub.subscription_count
 from kanal.adapters.base import CachedEvent, ChannelCounts, JoinResult, LeaveResult
 from kanal.adapters.memory import MemoryBroker, MemoryMembership
 from kanal.config import App
@@ -318,7 +318,7 @@ async def test_member_added_and_server_to_user_are_framed_once() -> None:
 async def test_subscription_count_throttle_sends_the_last_count(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(kanal.subscription_count, "THROTTLE_SECONDS", 0.05)
+    monkeypatch.setattr(kanal.hub.subscription_count, "THROTTLE_SECONDS", 0.05)
     h = Harness()
     observer = await h.connect()
     await h.subscribe(observer, "crowd")

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from kanal.adapters.base import Envelope, JoinResult
 from kanal.adapters.memory import MemoryMembership
-from kanal.presence_roster import AnnouncedRoster
+from kanal.hub.rosters import AnnouncedRoster
 from kanal.protocol import events
 from kanal.protocol.presence import Member, joiner_roster, reconcile
 from tests.test_hub import ROOM, FakeConnection, Harness, View, YieldingMembership, decode

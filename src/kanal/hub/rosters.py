@@ -137,8 +137,11 @@ class AnnouncedRosters:
         restart: bool,
     ) -> int:
         """For :meth:`kanal.hub.Hub.reconcile_presence`: compare every roster with the
-        store's (``read``) under the hub's channel lock and ``send`` the member frames the
-        subscribers are missing; returns how many were sent."""
+        store's (``read``) under the hub's channel lock, so no local join or leave runs
+        meanwhile, and ``send`` the member frames the subscribers are missing; returns how
+        many were sent. See :func:`kanal.protocol.presence.reconcile` for the rules and
+        ``confirmations``; ``restart`` forgets absences counted by earlier calls (what Redis
+        held before a new outage proves nothing now)."""
         channels, sent = self.channels(), 0
         # A batch of channels at a time: many channels cost a few round trips each, not one
         # each, and do not hold up the lease renewal that follows.

@@ -6,14 +6,17 @@ signed in as which user, is recorded here and nowhere else. The hub carries out 
 cluster seam (:class:`~kanal.adapters.base.Membership`, :class:`~kanal.adapters.base.Broker`),
 and the only producer of webhook events.
 
-Fan-out (DEVELOPERS.md, issue 2 item 9): an event is serialised to JSON once by its
-publisher; each node frames it once (``frame``) and hands the same bytes to every local
-subscriber. No JSON work happens per recipient.
+The modules beside this one hold parts of the hub's state and change only through it
+(:mod:`kanal.hub` lists them).
+
+Fan-out (docs/design.md, "Fan-out"): an event is serialised to JSON once by its publisher;
+each node frames it once (``frame``) and hands the same bytes to every local subscriber. No
+JSON work happens per recipient.
 
 Presence: every local subscriber of a presence channel holds the same member list, the
-channel's announced roster (:mod:`kanal.presence_roster`); member events that would not
-change it are duplicates and are dropped, and :meth:`Hub.reconcile_presence` repairs it from
-the cluster's roster after a Redis outage.
+channel's announced roster (:mod:`kanal.hub.rosters`); member events that would not change it
+are duplicates and are dropped, and :meth:`Hub.reconcile_presence` repairs it from the
+cluster's roster after a Redis outage.
 """
 
 from __future__ import annotations
@@ -22,14 +25,17 @@ import asyncio
 import contextlib
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from kanal.adapters.base import Broker, Envelope, JoinResult, LeaveResult, Membership
 from kanal.config import App
-from kanal.local_index import SocketIndex
+from kanal.hub.announce import Announcer, NullWebhooks, WebhookSink
+from kanal.hub.cache import ChannelCache
+from kanal.hub.connection import Connection, Local
+from kanal.hub.index import SocketIndex
+from kanal.hub.rosters import AnnouncedRosters, RosterReader
+from kanal.hub.users import Users
 from kanal.metrics import Metrics
-from kanal.presence_roster import AnnouncedRosters, RosterReader
 from kanal.protocol import events
 from kanal.protocol import webhooks as hooks
 from kanal.protocol.channels import SERVER_TO_USER_PREFIX, channel_type
@@ -44,51 +50,10 @@ from kanal.protocol.session import (
     Relay,
     Send,
     Session,
-    SignedInUser,
     SignIn,
 )
-from kanal.subscription_count import SubscriptionCounter
 
 __all__ = ["Connection", "Hub", "NullWebhooks", "WebhookSink"]
-
-
-class Connection(Protocol):
-    """What a transport gives the hub for one WebSocket connection."""
-
-    socket_id: str
-
-    def send(self, frame: bytes) -> None:
-        """Queue an already framed message; never blocks, never raises."""
-
-    def probe(self) -> None:
-        """Send a WebSocket Ping control frame (PROTOCOL.md §5.2)."""
-
-    def close(self, code: int, reason: str) -> None:
-        """Start closing; the transport calls :meth:`Hub.closed` once it is done."""
-
-
-class WebhookSink(Protocol):
-    """Receives every webhook event at the moment its cluster-wide transition is known."""
-
-    def emit(self, app: App, event: hooks.WebhookEvent) -> None: ...
-
-
-class NullWebhooks:
-    """A sink for deployments (and tests) without webhook delivery."""
-
-    def emit(self, app: App, event: hooks.WebhookEvent) -> None:
-        return None
-
-
-@dataclass(slots=True, eq=False)
-class _Local:
-    conn: Connection
-    session: Session
-    channels: dict[str, Member | None] = field(default_factory=dict)
-    user: SignedInUser | None = None
-
-
-_CACHE_MISS_WINDOW = 5.0  # WEBHOOKS.md §4: at most one cache_miss per channel per 5 s
 
 
 class Hub:
@@ -119,20 +84,18 @@ class Hub:
         self.membership = membership
         self.metrics = metrics if metrics is not None else Metrics()
         self._broker = broker
-        self._webhooks = webhooks
+        self._announce = Announcer(broker, webhooks, monotonic)
+        self._cache = ChannelCache(membership, self._announce.emit, wall)
         self._frame = frame
         self._now = monotonic
-        self._wall = wall
         self._max_connections = max_connections
-        self._locals: dict[str, _Local] = {}
+        self._locals: dict[str, Local] = {}
         self._channels: SocketIndex[Connection] = SocketIndex()
-        self._users: SocketIndex[_Local] = SocketIndex()
-        self._watchers: SocketIndex[_Local] = SocketIndex()
+        self._users = Users(membership, broker, frame, self.refuse)
         self._rosters = AnnouncedRosters()
         self._channel_locks: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = (
             weakref.WeakValueDictionary()
         )
-        self._counter = SubscriptionCounter(self._publish_count, monotonic)
         broker.attach(self.deliver)
 
     # --- connection lifecycle -----------------------------------------------------------
@@ -159,7 +122,7 @@ class Hub:
             self.refuse(conn, CloseCode.OVER_QUOTA, "Application is over connection quota")
             return False
         session = Session(app, conn.socket_id, self._now())
-        self._locals[conn.socket_id] = _Local(conn, session)
+        self._locals[conn.socket_id] = Local(conn, session)
         self.metrics.inc("kanal_connections_opened_total")
         conn.send(self._frame(session.established().payload))
         return True
@@ -201,7 +164,7 @@ class Hub:
         for channel in list(local.channels):
             await self._leave(local, channel)
         if local.user is not None:
-            await self._sign_out(local)
+            await self._users.sign_out(local)
         await self.membership.remove_connection(app.id, socket_id)
 
     def close_all(self, code: int, reason: str) -> None:
@@ -211,7 +174,7 @@ class Hub:
 
     # --- commands -----------------------------------------------------------------------
 
-    async def _execute(self, local: _Local, command: Command) -> None:
+    async def _execute(self, local: Local, command: Command) -> None:
         if isinstance(command, Send):
             self._send(local, command.payload)
         elif isinstance(command, Join):
@@ -221,11 +184,11 @@ class Hub:
         elif isinstance(command, Relay):
             await self._relay(local, command)
         elif isinstance(command, SignIn):
-            await self._sign_in(local, command.user)
+            await self._users.sign_in(local, command.user)
         elif isinstance(command, Close):
             self.refuse(local.conn, command.code, command.reason)
 
-    def _send(self, local: _Local, payload: bytes) -> None:
+    def _send(self, local: Local, payload: bytes) -> None:
         local.conn.send(self._frame(payload))
 
     def _channel_lock(self, app_id: str, channel: str) -> asyncio.Lock:
@@ -237,11 +200,11 @@ class Hub:
             lock = self._channel_locks[(app_id, channel)] = asyncio.Lock()
         return lock
 
-    async def _join(self, local: _Local, command: Join) -> None:
+    async def _join(self, local: Local, command: Join) -> None:
         async with self._channel_lock(local.session.app.id, command.channel):
             await self._join_locked(local, command)
 
-    async def _join_locked(self, local: _Local, command: Join) -> None:
+    async def _join_locked(self, local: Local, command: Join) -> None:
         """CHANNELS.md §3.1 steps 3 and 5-8."""
         app, channel, socket_id = local.session.app, command.channel, local.conn.socket_id
         kind = command.channel_type
@@ -284,20 +247,10 @@ class Hub:
             return
         # CHANNELS.md §3.1 step 8: member_added, cache, subscription_count; webhooks in the
         # order channel_occupied, member_added, cache_miss, subscription_count.
-        await self._announce_presence_join(app, channel, result, command.member, socket_id)
+        await self._announce.joined(app, channel, result, command.member, socket_id)
         if kind.cache:
-            await self._send_cache(local, channel)
-        await self._counter.changed(app, channel, kind, result.subscription_count)
-
-    async def _announce_presence_join(
-        self, app: App, channel: str, result: JoinResult, member: Member | None, exclude: str | None
-    ) -> None:
-        if result.occupied:
-            self._webhooks.emit(app, hooks.channel_occupied(channel))
-        if result.user_added and member is not None:
-            frame = events.member_added_frame(channel, member.user_id, member.user_info)
-            await self._publish(app.id, channel, frame, exclude=exclude)
-            self._webhooks.emit(app, hooks.member_added(channel, member.user_id))
+            self._send(local, await self._cache.replay(app, channel))
+        await self._announce.count_changed(app, channel, kind, result.subscription_count)
 
     async def announce_join(
         self, app: App, channel: str, result: JoinResult, socket_id: str
@@ -307,27 +260,16 @@ class Hub:
         member = local.channels.get(channel) if local is not None else None
         # To the member's own connection too: after a lost lease the reaper's member_removed
         # about it may have reached it, and only this puts it back in its own member list.
-        await self._announce_presence_join(app, channel, result, member, exclude=None)
-        await self._counter.changed(app, channel, channel_type(channel), result.subscription_count)
+        await self._announce.joined(app, channel, result, member, exclude=None)
+        await self._announce.count_changed(
+            app, channel, channel_type(channel), result.subscription_count
+        )
 
-    async def _send_cache(self, local: _Local, channel: str) -> None:
-        """CHANNELS.md §5: replay the cached event, or ``pusher:cache_miss`` + webhook."""
-        app = local.session.app
-        cached = await self.membership.cache_get(app.id, channel, self._wall())
-        if cached is not None:
-            self._send(local, events.channel_event_frame(cached.event, channel, cached.data))
-            return
-        self._send(local, events.cache_miss_frame(channel))
-        if await self.membership.claim_cache_miss(
-            app.id, channel, _CACHE_MISS_WINDOW, self._wall()
-        ):
-            self._webhooks.emit(app, hooks.cache_miss(channel))
-
-    async def _leave(self, local: _Local, channel: str) -> None:
+    async def _leave(self, local: Local, channel: str) -> None:
         async with self._channel_lock(local.session.app.id, channel):
             await self._leave_locked(local, channel)
 
-    async def _leave_locked(self, local: _Local, channel: str) -> None:
+    async def _leave_locked(self, local: Local, channel: str) -> None:
         """CHANNELS.md §3.5; unknown channels are ignored silently (PROTOCOL.md §7.3)."""
         if channel not in local.channels:
             return
@@ -346,13 +288,7 @@ class Hub:
         self, app: App, channel: str, result: LeaveResult, exclude: str | None = None
     ) -> None:
         """CHANNELS.md §3.5 side effects of a leave, also for a dead node's connections."""
-        if result.user_removed is not None:
-            frame = events.member_removed_frame(channel, result.user_removed)
-            await self._publish(app.id, channel, frame, exclude=exclude)
-            self._webhooks.emit(app, hooks.member_removed(channel, result.user_removed))
-        await self._counter.changed(app, channel, channel_type(channel), result.subscription_count)
-        if result.vacated:
-            self._webhooks.emit(app, hooks.channel_vacated(channel))
+        await self._announce.left(app, channel, result, exclude)
 
     def _drop_unused_roster(self, app_id: str, channel: str) -> None:
         """Called under the channel lock when a subscriber left or a join was refused."""
@@ -362,18 +298,11 @@ class Hub:
     async def reconcile_presence(
         self, read: RosterReader | None = None, *, confirmations: int = 1, restart: bool = False
     ) -> int:
-        """Send local presence subscribers the member events they missed (a Redis outage).
-
-        Each local presence channel's announced roster is compared with the store's roster
-        (``read``, by default the membership's; the cluster maintainer passes Redis itself,
-        never the local fallback) under the channel's lock, so no local join or leave runs
-        meanwhile; see :func:`kanal.protocol.presence.reconcile` for the rules and
-        ``confirmations``. ``restart`` forgets absences counted by earlier calls (what Redis
-        held before a new outage proves nothing now). The events go to this node's
-        subscribers only, never through the broker (each node reconciles its own), and
-        produce no webhook: those were emitted once, where the store answered first/last.
-        Returns how many member events were sent.
-        """
+        """Send local presence subscribers the member events they missed (a Redis outage),
+        comparing each announced roster with the store's (``read``; the cluster maintainer
+        passes Redis itself) under the channel's lock: :meth:`AnnouncedRosters.reconcile`.
+        Local only, never through the broker, and no webhooks (those were emitted once,
+        where the store answered first/last). Returns how many member events were sent."""
         sent = await self._rosters.reconcile(
             read or self.membership.roster,
             self._channel_lock,
@@ -384,7 +313,7 @@ class Hub:
         self.metrics.inc("kanal_presence_reconciled_total", sent)
         return sent
 
-    async def _relay(self, local: _Local, command: Relay) -> None:
+    async def _relay(self, local: Local, command: Relay) -> None:
         """CHANNELS.md §8: subscribed senders only; never echoed; ``user_id`` on presence."""
         app, channel = local.session.app, command.channel
         if channel not in local.channels:
@@ -396,69 +325,15 @@ class Hub:
         member = local.channels[channel]
         user_id = member.user_id if member is not None else None
         frame = events.channel_event_frame(command.event, channel, command.data, user_id)
-        await self._publish(app.id, channel, frame, exclude=local.conn.socket_id)
-        self._webhooks.emit(
+        await self._announce.publish(app.id, channel, frame, exclude=local.conn.socket_id)
+        self._announce.emit(
             app,
             hooks.client_event(channel, command.event, command.data, local.conn.socket_id, user_id),
         )
 
-    async def _publish(
-        self, app_id: str, channel: str, payload: bytes, exclude: str | None = None
-    ) -> None:
-        await self._broker.publish(Envelope(app_id, "channel", channel, payload, exclude))
-
-    async def _publish_count(self, app: App, channel: str, count: int) -> None:
-        """CHANNELS.md §6: ``pusher_internal:subscription_count`` to every subscriber."""
-        await self._publish(app.id, channel, events.subscription_count_frame(channel, count))
-        self._webhooks.emit(app, hooks.subscription_count(channel, count))
-
-    # --- users (USERS.md) ---------------------------------------------------------------
-
-    async def _sign_in(self, local: _Local, user: SignedInUser) -> None:
-        app, socket_id = local.session.app, local.conn.socket_id
-        if local.user is not None:  # same id signing in again: replace the watchlist
-            self._unwatch(local)
-        else:
-            self._users.add(app.id, user.user_id, socket_id, local)
-        local.user = user
-        first = await self.membership.sign_in(app.id, user.user_id, socket_id)
-        if first:
-            await self.announce_presence_of_user(app, user.user_id, online=True)
-        if not app.enable_watchlist_events:
-            return
-        for watched in user.watchlist:
-            self._watchers.add(app.id, watched, socket_id, local)
-        # USERS.md §4 initial status [choice]: omit an empty list, send nothing if both are.
-        online = await self.membership.online(app.id, user.watchlist)
-        lists = (
-            ("online", [u for u in user.watchlist if u in online]),
-            ("offline", [u for u in user.watchlist if u not in online]),
-        )
-        status = [(name, ids) for name, ids in lists if ids]
-        if status:
-            self._send(local, events.watchlist_events_frame(status))
-
-    def _unwatch(self, local: _Local) -> None:
-        if local.user is None:
-            return
-        app_id = local.session.app.id
-        for watched in local.user.watchlist:
-            self._watchers.remove(app_id, watched, local.conn.socket_id)
-
-    async def _sign_out(self, local: _Local) -> None:
-        assert local.user is not None
-        app, user_id, socket_id = local.session.app, local.user.user_id, local.conn.socket_id
-        self._unwatch(local)
-        self._users.remove(app.id, user_id, socket_id)
-        last = await self.membership.sign_out(app.id, user_id, socket_id)
-        if last:
-            await self.announce_presence_of_user(app, user_id, online=False)
-
     async def announce_presence_of_user(self, app: App, user_id: str, *, online: bool) -> None:
         """USERS.md §4: a user's first sign-in (online) or last sign-out (offline)."""
-        if app.enable_watchlist_events:
-            kind = "online" if online else "offline"
-            await self._broker.publish(Envelope(app.id, kind, user_id))
+        await self._users.announce(app, user_id, online=online)
 
     def local_state(
         self,
@@ -483,21 +358,8 @@ class Hub:
         """Carry out one broker envelope on this node. Frames once, sends the same bytes."""
         if envelope.kind == "channel":
             self._deliver_channel(envelope)
-        elif envelope.kind == "user":
-            self._deliver_user(envelope)
-        elif envelope.kind == "terminate":
-            for local in list(self._users.get(envelope.app_id, envelope.target).values()):
-                self.refuse(
-                    local.conn, CloseCode.UNAUTHORIZED, "Connection terminated by the application"
-                )
-        elif envelope.kind in ("online", "offline"):
-            watchers = self._watchers.get(envelope.app_id, envelope.target)
-            if watchers:
-                frame = self._frame(
-                    events.watchlist_events_frame([(envelope.kind, [envelope.target])])
-                )
-                for local in watchers.values():
-                    local.conn.send(frame)
+        else:
+            self._users.deliver(envelope)
 
     def _deliver_channel(self, envelope: Envelope) -> None:
         exclude = envelope.exclude
@@ -526,17 +388,7 @@ class Hub:
         sent = len(subscribers) - (exclude in subscribers)
         self.metrics.inc("kanal_deliveries_total", sent)
 
-    def _deliver_user(self, envelope: Envelope) -> None:
-        """USERS.md §3: every connection signed in as the user, subscribed or not."""
-        sockets = self._users.get(envelope.app_id, envelope.target)
-        if not sockets:
-            return
-        frame = self._frame(envelope.payload)
-        for socket_id, local in sockets.items():
-            if socket_id != envelope.exclude:
-                local.conn.send(frame)
-
-    # --- used by the HTTP API -----------------------------------------------------------
+    # --- used by kanal.service ------------------------------------------------------------
 
     async def publish_event(
         self, app: App, channel: str, name: str, data: str, socket_id: str | None
@@ -545,17 +397,15 @@ class Hub:
         payload = events.channel_event_frame(name, channel, data)
         if channel.startswith(SERVER_TO_USER_PREFIX):
             user_id = channel[len(SERVER_TO_USER_PREFIX) :]
-            await self._broker.publish(Envelope(app.id, "user", user_id, payload, socket_id))
+            await self._users.publish(app, user_id, payload, socket_id)
             return
         if channel_type(channel).cache:
-            await self.membership.cache_put(
-                app.id, channel, name, data, app.cache_ttl, self._wall()
-            )
-        await self._publish(app.id, channel, payload, exclude=socket_id)
+            await self._cache.remember(app, channel, name, data)
+        await self._announce.publish(app.id, channel, payload, exclude=socket_id)
 
     async def terminate_user(self, app: App, user_id: str) -> None:
         """USERS.md §5: close every connection signed in as ``user_id``, on every node."""
-        await self._broker.publish(Envelope(app.id, "terminate", user_id))
+        await self._users.terminate(app, user_id)
 
     def is_subscribed(self, socket_id: str, channel: str) -> bool:
         local = self._locals.get(socket_id)
