@@ -1,38 +1,75 @@
-"""Architecture rules enforced by scanning imports (DEVELOPERS.md, STYLE.md rules 1 and 8)."""
+"""The layering of kanal, enforced by scanning imports (docs/design.md, "Layers").
+
+Each rule names a part of the tree and what it must not import, with the reason. The rules:
+- ``kanal.protocol`` is pure: no I/O, clock, randomness, network library, or any other layer;
+- only ``kanal.transport`` touches sockets, TLS and the HTTP/WebSocket libraries;
+- the service and the hub know no transport (and not the composition root);
+- the adapters (the cluster seam) know neither the hub, the service nor a transport;
+- ``transport/frames.py`` is sans-I/O like the protocol.
+"""
 
 from __future__ import annotations
 
 import ast
+from dataclasses import dataclass
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parent.parent / "src" / "kanal"
 
-# kanal.protocol is pure: no I/O, clock, randomness or network library (STYLE.md rule 1).
-FORBIDDEN_IN_PROTOCOL = {
+NETWORK = {"socket", "ssl", "selectors", "httptools", "aiohttp", "websockets", "http.client"}
+COMPOSITION = {"kanal.server", "kanal.cli", "kanal.workers"}
+PROTOCOL_FORBIDDEN = {
+    *NETWORK,
+    *COMPOSITION,
     "asyncio",
-    "socket",
-    "ssl",
-    "selectors",
     "time",
     "random",
     "secrets",
     "threading",
     "subprocess",
-    "aiohttp",
     "uvloop",
     "redis",
-    "websockets",
     "urllib.request",
     "http",
     "kanal.hub",
+    "kanal.service",
     "kanal.adapters",
     "kanal.transport",
-    "kanal.server",
     "kanal.webhooks",
+    "kanal.cluster",
 }
-NETWORK_LIBRARIES = {"aiohttp", "httptools"}
-# The WebSocket framing is sans-I/O like kanal.protocol, so it is tested by feeding it bytes.
-FORBIDDEN_IN_FRAMES = {"asyncio", "socket", "ssl", "selectors", "uvloop", *NETWORK_LIBRARIES}
+
+
+@dataclass(frozen=True)
+class Rule:
+    where: str  # a package ("protocol/") or a module ("service.py") under src/kanal
+    forbidden: frozenset[str]
+    why: str
+
+    def files(self) -> list[Path]:
+        target = SRC / self.where
+        return sorted(target.rglob("*.py")) if self.where.endswith("/") else [target]
+
+
+RULES = [
+    Rule("protocol/", frozenset(PROTOCOL_FORBIDDEN), "kanal.protocol must stay pure"),
+    Rule("hub/", frozenset({*NETWORK, *COMPOSITION, "kanal.transport"}), "the hub owns no I/O"),
+    Rule(
+        "service.py",
+        frozenset({*NETWORK, *COMPOSITION, "kanal.transport"}),
+        "the service must not know HTTP or any transport",
+    ),
+    Rule(
+        "adapters/",
+        frozenset({*COMPOSITION, "kanal.hub", "kanal.service", "kanal.transport"}),
+        "the cluster seam knows nothing above it",
+    ),
+    Rule(
+        "transport/frames.py",
+        frozenset({*NETWORK, "asyncio", "uvloop"}),
+        "the WebSocket framing is sans-I/O, tested by feeding it bytes",
+    ),
+]
 
 
 def _imports(path: Path) -> set[str]:
@@ -46,36 +83,41 @@ def _imports(path: Path) -> set[str]:
     return names
 
 
-def _violations(names: set[str], forbidden: set[str]) -> set[str]:
+def _violations(names: set[str], forbidden: frozenset[str] | set[str]) -> set[str]:
     return {n for n in names if any(n == f or n.startswith(f + ".") for f in forbidden)}
 
 
-def test_protocol_package_imports_no_io() -> None:
-    files = sorted((SRC / "protocol").glob("*.py"))
-    assert files, "kanal.protocol has no modules?"
-    for path in files:
-        bad = _violations(_imports(path), FORBIDDEN_IN_PROTOCOL)
-        assert not bad, f"{path.name} imports {sorted(bad)}: kanal.protocol must stay pure"
+def test_every_layer_rule_holds() -> None:
+    problems = []
+    for rule in RULES:
+        files = rule.files()
+        assert files and all(path.exists() for path in files), f"{rule.where} has no modules?"
+        for path in files:
+            bad = _violations(_imports(path), rule.forbidden)
+            if bad:
+                where = path.relative_to(SRC)
+                problems.append(f"{where} imports {sorted(bad)}: {rule.why}")
+    assert not problems, "\n".join(problems)
 
 
-def test_only_transport_imports_the_network_library() -> None:
-    allowed = {"transport"}
+def test_only_transport_touches_sockets_and_network_libraries() -> None:
+    problems = []
     for path in sorted(SRC.rglob("*.py")):
         relative = path.relative_to(SRC)
-        if relative.parts[0] in allowed:
+        if relative.parts[0] == "transport":
             continue
-        bad = _violations(_imports(path), NETWORK_LIBRARIES)
-        assert not bad, f"{relative} imports {sorted(bad)}: only kanal.transport may"
+        bad = _violations(_imports(path), NETWORK)
+        if bad:
+            problems.append(f"{relative} imports {sorted(bad)}: only kanal.transport may")
+    assert not problems, "\n".join(problems)
 
 
-def test_websocket_framing_is_sans_io() -> None:
-    bad = _violations(_imports(SRC / "transport" / "frames.py"), FORBIDDEN_IN_FRAMES)
-    assert not bad, f"transport/frames.py imports {sorted(bad)}: it must stay sans-I/O"
-
-
-def test_layering_check_detects_a_violation() -> None:
-    # Guard against a check that cannot fail.
-    assert _violations({"asyncio.tasks", "orjson"}, FORBIDDEN_IN_PROTOCOL) == {"asyncio.tasks"}
+def test_the_checks_can_fail() -> None:
+    # Guard against rules that cannot fail.
+    assert _violations({"asyncio.tasks", "orjson"}, PROTOCOL_FORBIDDEN) == {"asyncio.tasks"}
+    hub_rule = next(rule for rule in RULES if rule.where == "hub/")
+    assert _violations({"kanal.transport.http"}, hub_rule.forbidden) == {"kanal.transport.http"}
+    assert _violations({"kanal.hubris"}, hub_rule.forbidden) == set()
 
 
 def test_every_module_declares_all() -> None:

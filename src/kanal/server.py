@@ -12,9 +12,7 @@ import asyncio
 import contextlib
 import gc
 import logging
-import os
 import signal
-import ssl
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -36,7 +34,7 @@ from kanal.service import ChannelsApi
 from kanal.settings import is_default_credentials
 from kanal.transport.frames import text_frame
 from kanal.transport.http import HttpApi
-from kanal.transport.listener import Listener, probe_bind, tls_context
+from kanal.transport.listener import Listener, ListenError, probe_bind, tls_context
 from kanal.transport.websocket import WebSocketEndpoint
 from kanal.webhooks import WebhookDispatcher
 from kanal.workers import supervise
@@ -248,25 +246,6 @@ class StartupError(Exception):
     printed by the CLI without a traceback."""
 
 
-def _tls(settings: ServerSettings) -> ssl.SSLContext | None:
-    try:
-        return tls_context(settings.tls_cert_file, settings.tls_key_file)
-    except OSError as exc:
-        files = ", ".join(f for f in (settings.tls_cert_file, settings.tls_key_file) if f)
-        raise StartupError(f"cannot load the TLS certificate/key ({files}): {_why(exc)}") from None
-
-
-def _why(exc: OSError) -> str:
-    if isinstance(exc, ssl.SSLError):
-        return str(exc.reason or exc)
-    # uvloop's bind errors carry errno but a long message of their own: say it the C way.
-    return os.strerror(exc.errno) if exc.errno else str(exc)
-
-
-def _listen_error(settings: ServerSettings, exc: OSError) -> StartupError:
-    return StartupError(f"cannot listen on {settings.host}:{settings.port}: {_why(exc)}")
-
-
 async def serve(
     server: Server, stop: asyncio.Event, started: Callable[[int], None] | None = None
 ) -> None:
@@ -279,15 +258,18 @@ async def serve(
     settings = server.config.server
     ticker: asyncio.Future[None] | None = None
     try:
-        tls = _tls(settings)
         for start in server.starters:
             await start()
         try:
             port = await server.listener.start(
-                settings.host, settings.port, reuse_port=settings.workers > 1, tls=tls
+                settings.host,
+                settings.port,
+                reuse_port=settings.workers > 1,
+                tls_cert_file=settings.tls_cert_file,
+                tls_key_file=settings.tls_key_file,
             )
-        except OSError as exc:
-            raise _listen_error(settings, exc) from None
+        except ListenError as exc:
+            raise StartupError(str(exc)) from None
         log.info("kanal listening on %s:%s", settings.host, port)
         _freeze_startup_heap()
         if started is not None:
@@ -310,11 +292,11 @@ def check_listen(settings: ServerSettings) -> None:
     Raises:
         StartupError: as :func:`serve` would in every worker.
     """
-    _tls(settings)
     try:
+        tls_context(settings.tls_cert_file, settings.tls_key_file)
         probe_bind(settings.host, settings.port)
-    except OSError as exc:
-        raise _listen_error(settings, exc) from None
+    except ListenError as exc:
+        raise StartupError(str(exc)) from None
 
 
 def run(config: Config) -> None:

@@ -74,7 +74,7 @@ caller instead, who decides.
 from __future__ import annotations
 
 import os
-import socket
+import platform
 
 import redis.asyncio as aredis
 from redis.asyncio.retry import Retry
@@ -111,7 +111,7 @@ __all__ = [
 
 def default_node_id() -> str:
     """``host:pid``: readable in ``leases``; uniqueness comes from the lease id's suffix."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    return f"{platform.node()}:{os.getpid()}"
 
 
 def webhook_queue_client(url: str) -> aredis.Redis:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import ssl
 
@@ -18,7 +19,14 @@ from kanal.transport.http import HttpApi
 from kanal.transport.http11 import HttpServer, Request, Response
 from kanal.transport.websocket import WebSocketEndpoint
 
-__all__ = ["HTTP_IDLE_TIMEOUT", "LISTEN_BACKLOG", "Listener"]
+__all__ = [
+    "HTTP_IDLE_TIMEOUT",
+    "LISTEN_BACKLOG",
+    "ListenError",
+    "Listener",
+    "probe_bind",
+    "tls_context",
+]
 
 #: capped by the kernel at net.core.somaxconn
 LISTEN_BACKLOG = 65535
@@ -26,30 +34,52 @@ LISTEN_BACKLOG = 65535
 HTTP_IDLE_TIMEOUT = 60.0
 
 
+class ListenError(Exception):
+    """The listener cannot start (unusable TLS files, an address that cannot be bound); the
+    message is one line for the operator."""
+
+
+def _why(exc: OSError) -> str:
+    if isinstance(exc, ssl.SSLError):
+        return str(exc.reason or exc)
+    # uvloop's bind errors carry errno but a long message of their own: say it the C way.
+    return os.strerror(exc.errno) if exc.errno else str(exc)
+
+
 def tls_context(cert_file: str, key_file: str) -> ssl.SSLContext | None:
     """A server TLS context from PEM files, or ``None`` without a certificate.
 
     Raises:
-        OSError: a file is missing or unreadable, or (``ssl.SSLError``) not a valid PEM
-            certificate or key.
+        ListenError: a file is missing or unreadable, or not a PEM certificate or key.
     """
     if not cert_file:
         return None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert_file, key_file or None)
+    try:
+        context.load_cert_chain(cert_file, key_file or None)
+    except OSError as exc:
+        files = ", ".join(f for f in (cert_file, key_file) if f)
+        raise ListenError(f"cannot load the TLS certificate/key ({files}): {_why(exc)}") from None
     return context
+
+
+def _bind_error(host: str, port: int, exc: OSError) -> ListenError:
+    return ListenError(f"cannot listen on {host}:{port}: {_why(exc)}")
 
 
 def probe_bind(host: str, port: int) -> None:
     """Bind and release ``host:port`` with SO_REUSEPORT, as each worker will.
 
     Raises:
-        OSError: the address cannot be bound.
+        ListenError: the address cannot be bound.
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        probe.bind((host, port))
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise _bind_error(host, port, exc) from None
 
 
 class Listener:
@@ -86,23 +116,28 @@ class Listener:
         port: int,
         *,
         reuse_port: bool = False,
-        tls: ssl.SSLContext | None = None,
+        tls_cert_file: str = "",
+        tls_key_file: str = "",
     ) -> int:
-        """Bind and serve (TLS when a context is given); returns the bound port.
+        """Bind and serve (TLS when a certificate is given); returns the bound port.
 
         Raises:
-            OSError: the address cannot be bound (in use, not local, no permission).
+            ListenError: the TLS files are unusable or the address cannot be bound.
         """
+        tls = tls_context(tls_cert_file, tls_key_file)
         # A reconnect storm (every pusher-js client after a 4200 close) arrives at once: with
         # a backlog of 128 the kernel drops SYNs and clients retry for seconds.
-        self._server = await asyncio.get_running_loop().create_server(
-            self._connections.protocol,
-            host,
-            port,
-            reuse_port=reuse_port or None,
-            ssl=tls,
-            backlog=LISTEN_BACKLOG,
-        )
+        try:
+            self._server = await asyncio.get_running_loop().create_server(
+                self._connections.protocol,
+                host,
+                port,
+                reuse_port=reuse_port or None,
+                ssl=tls,
+                backlog=LISTEN_BACKLOG,
+            )
+        except OSError as exc:
+            raise _bind_error(host, port, exc) from None
         self.port = self._server.sockets[0].getsockname()[1]
         return self.port
 
