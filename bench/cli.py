@@ -2,7 +2,7 @@
 
 With two or more cores the server is pinned to core 0 and every generator process to core 1
 (``--no-pin`` turns that off; the smoke test does). Each scenario runs against kanal, then
-against soketi if ``--soketi-dir`` (default ``../shared/peers/soketi`` next to this repo) holds
+against soketi if ``--soketi-dir`` (default ``$KANAL_SOKETI_DIR``) holds
 an installed soketi. The results go to ``bench/results/<date>.json`` and a Markdown table to
 stdout.
 """
@@ -35,7 +35,8 @@ from bench.wsclient import BACKEND
 __all__ = ["main", "run"]
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_SOKETI = REPO.parent / "shared" / "peers" / "soketi"
+# A soketi 1.6.1 install of your own (a folder with start.sh); soketi is never vendored here.
+DEFAULT_SOKETI = Path(os.environ.get("KANAL_SOKETI_DIR", "/nonexistent"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--soketi-dir",
         type=Path,
         default=DEFAULT_SOKETI if DEFAULT_SOKETI.is_dir() else None,
-        help="an installed soketi peer folder with start.sh (default: ../shared/peers/soketi)",
+        help="an installed soketi peer folder with start.sh (default: $KANAL_SOKETI_DIR)",
     )
     run_p.add_argument("--duration", type=float, default=5.0, help="seconds per window")
     run_p.add_argument("--workers", type=int, default=4, help="subscriber processes")

@@ -185,7 +185,7 @@ def member_events(client: WsClient, channel: str) -> list[tuple[str, str]]:
 class HookReceiver:
     """One HTTP server receiving every node's webhooks, at ``/hook/<node name>``.
 
-    Every request is validated with the official Python SDK (WEBHOOKS.md §6); ``events``
+    Every request is validated with the official Python SDK (webhooks.md §6); ``events``
     holds (node name, event) in arrival order.
     """
 

@@ -1,4 +1,4 @@
-"""A page reload that lands on another node sends no webhooks (WEBHOOKS.md §4, cluster).
+"""A page reload that lands on another node sends no webhooks (webhooks.md §4, cluster).
 
 Node A sees the user's last connection leave (member_removed, channel_vacated are held in
 Redis); node B sees the new connection join within the grace period, which cancels both.

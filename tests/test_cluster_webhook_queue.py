@@ -1,4 +1,4 @@
-"""Tests for kanal.cluster_webhooks: the cluster's webhook queue in Redis (WEBHOOKS.md §4-5).
+"""Tests for kanal.cluster_webhooks: the cluster's webhook queue in Redis (webhooks.md §4-5).
 
 Two or three queues ("nodes", each with its own Redis client and dispatcher) share one Redis
 under a unique prefix and post to one real aiohttp receiver. Waiting is always on a condition
@@ -34,7 +34,7 @@ from tests.redis_server import RedisProcess, delete_prefix
 
 pytestmark = pytest.mark.redis
 
-KEY = "278d425bdf160c739803"  # WEBHOOKS.md §7 credentials
+KEY = "278d425bdf160c739803"  # webhooks.md §7 credentials
 SECRET = "7ad3773142a6692b25b8"
 WAIT = 10.0  # upper bound on any positive wait; the happy path takes milliseconds
 GRACE = 0.4
@@ -351,7 +351,7 @@ async def test_an_entry_given_up_by_one_endpoint_is_acknowledged_after_both(
     assert receiver.events() == [client_event(1).to_json()]
 
 
-# --- the grace period across nodes (WEBHOOKS.md §4) --------------------------------------------
+# --- the grace period across nodes (webhooks.md §4) --------------------------------------------
 
 
 async def test_vacated_then_occupied_on_another_node_within_grace_sends_nothing(

@@ -1,4 +1,4 @@
-"""The HTTP API (HTTP_API.md) through the official ``pusher`` 3.3.4 Python SDK, plus raw signed
+"""The HTTP API (http-api.md) through the official ``pusher`` 3.3.4 Python SDK, plus raw signed
 requests for the error statuses and a Hypothesis fuzz that must never produce a 5xx."""
 
 from __future__ import annotations
@@ -170,7 +170,7 @@ async def test_duplicate_channels_are_delivered_once(
 
 
 async def test_percent_encoded_query_values_are_signed_decoded(kanal_server: RunningServer) -> None:
-    """HTTP_API.md §2.3 / H5: PHP and Ruby send ``info=user_count%2Csubscription_count``."""
+    """http-api.md §2.3 / H5: PHP and Ruby send ``info=user_count%2Csubscription_count``."""
     path = "/apps/1/channels/presence-room"
     query = sign_request(
         method="GET",
@@ -272,7 +272,7 @@ async def test_users_info(kanal_server: RunningServer, clients: Clients) -> None
         await call(client.users_info, "news")
 
 
-# --- users (§8, USERS.md §3, §5) --------------------------------------------------------------
+# --- users (§8, users.md §3, §5) --------------------------------------------------------------
 
 
 async def test_terminate_user_connections(kanal_server: RunningServer, clients: Clients) -> None:

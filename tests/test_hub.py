@@ -1,7 +1,7 @@
 """The hub with the memory adapters and recording fake connections (no sockets).
 
-Covers PROTOCOL.md §3 (cleanup exactly once), §8 (ordering: subscription_succeeded first),
-CHANNELS.md §4 (member_added / member_removed exactly once per user, also under
+Covers protocol.md §3 (cleanup exactly once), §8 (ordering: subscription_succeeded first),
+channels.md §4 (member_added / member_removed exactly once per user, also under
 interleavings) and the frame-once fan-out (the same bytes object for every subscriber).
 """
 
@@ -191,7 +191,7 @@ async def test_presence_joiner_gets_the_roster_and_others_get_member_added() -> 
         "pusher_internal:subscription_succeeded",
         "pusher_internal:member_added",
     ]
-    # No subscription_count on presence channels (CHANNELS.md §6).
+    # No subscription_count on presence channels (channels.md §6).
     assert "pusher_internal:subscription_count" not in alice.on(ROOM) + bob.on(ROOM)
 
 
@@ -243,7 +243,7 @@ async def test_receive_after_close_is_ignored() -> None:
     assert await h.hub.membership.counts(h.app.id, "news") == ChannelCounts(0, 0)
 
 
-# --- heartbeats through the hub (PROTOCOL.md §5.2) ----------------------------------------------
+# --- heartbeats through the hub (protocol.md §5.2) ----------------------------------------------
 
 
 async def test_tick_probes_then_closes_with_4201() -> None:
@@ -312,7 +312,7 @@ async def test_member_added_and_server_to_user_are_framed_once() -> None:
     assert all(tab.frames[-1] is tabs[0].frames[-1] for tab in tabs)
 
 
-# --- subscription_count throttle (CHANNELS.md §6) ---------------------------------------------
+# --- subscription_count throttle (channels.md §6) ---------------------------------------------
 
 
 async def test_subscription_count_throttle_sends_the_last_count(
@@ -341,7 +341,7 @@ async def test_subscription_count_throttle_sends_the_last_count(
     assert len(counts()) < 105  # throttled above 100
 
 
-# --- presence exactly once (CHANNELS.md §4.3-4.4) -----------------------------------------------
+# --- presence exactly once (channels.md §4.3-4.4) -----------------------------------------------
 
 
 class View:

@@ -35,7 +35,7 @@ async def test_metrics_count_connections_deliveries_and_requests(
         await trigger(kanal_server, "news", "headline", "{}")
         for client in subscribers:
             await client.expect_next("headline", channel="news")
-        # an excluded socket_id (HTTP_API.md §3) is not a delivery
+        # an excluded socket_id (http-api.md §3) is not a delivery
         await trigger(kanal_server, "news", "second", "{}", socket_id=subscribers[0].socket_id)
         for client in subscribers[1:]:
             await client.expect_next("second", channel="news")

@@ -1,4 +1,4 @@
-"""TLS served directly, and TLS terminated by a trusted proxy (PROTOCOL.md §1.2 step 5)."""
+"""TLS served directly, and TLS terminated by a trusted proxy (protocol.md §1.2 step 5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests for kanal.protocol.webhook_grace: the pure grace-period rules (WEBHOOKS.md §4)."""
+"""Tests for kanal.protocol.webhook_grace: the pure grace-period rules (webhooks.md §4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests for kanal.webhooks against a real aiohttp receiver on 127.0.0.1 (WEBHOOKS.md).
+"""Tests for kanal.webhooks against a real aiohttp receiver on 127.0.0.1 (webhooks.md).
 
 The receiver records every request (raw header bytes included) and answers from a per-path
 script: a status code, or ``"hang"`` (wait until the test, or teardown, opens that path's gate).
@@ -37,7 +37,7 @@ from kanal.webhooks import State, WebhookDispatcher, wants
 if TYPE_CHECKING:  # checked by mypy; importing the hub at run time is not this file's business
     from kanal.hub import WebhookSink
 
-# WEBHOOKS.md §7 credentials and vectors.
+# webhooks.md §7 credentials and vectors.
 KEY = "278d425bdf160c739803"
 SECRET = "7ad3773142a6692b25b8"
 VECTOR_TIME = 1327078148.132
@@ -206,7 +206,7 @@ ALL_EVENTS = [
     hooks.subscription_count("my-channel", 3),
 ]
 
-# WEBHOOKS.md §3 examples, in the order they arrive: removals wait out the grace period.
+# webhooks.md §3 examples, in the order they arrive: removals wait out the grace period.
 EXPECTED = [
     {"name": "channel_occupied", "channel": "my-channel"},
     {"name": "member_added", "channel": "presence-your_channel_name", "user_id": "a_user_id"},

@@ -1,7 +1,7 @@
 """Webhooks end to end: a real kanal with ``[[apps.webhooks]]`` and a real HTTP receiver.
 
-Every request is checked with the official Python SDK's ``validate_webhook`` (WEBHOOKS.md §6);
-the hub's transitions (CHANNELS.md §3) drive the events.
+Every request is checked with the official Python SDK's ``validate_webhook`` (webhooks.md §6);
+the hub's transitions (channels.md §3) drive the events.
 """
 
 from __future__ import annotations
@@ -148,7 +148,7 @@ async def test_webhooks_for_triggered_events_are_not_sent(
 async def test_a_hanging_webhook_receiver_does_not_slow_message_delivery(
     start_server: StartServer,
 ) -> None:
-    """WEBHOOKS.md §5: webhook work never blocks WebSocket or HTTP API handling."""
+    """webhooks.md §5: webhook work never blocks WebSocket or HTTP API handling."""
     release = asyncio.Event()
     arrived = asyncio.Event()
 

@@ -1,5 +1,5 @@
 """WebSocket transport against a real server: handshake, refusals, heartbeats, bad input
-(PROTOCOL.md §1-7, LIMITS.md §2-3). Channel behaviour is in test_websocket_channels.py, users
+(protocol.md §1-7, limits.md §2-3). Channel behaviour is in test_websocket_channels.py, users
 in test_websocket_users.py."""
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def fast_tick(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 async def assert_refused(client: WsClient, code: int, message: str) -> None:
-    """PROTOCOL.md §1.2 "How to refuse": pusher:error first, then close with the same code."""
+    """protocol.md §1.2 "How to refuse": pusher:error first, then close with the same code."""
     first = await client.next_frame()
     assert first == {"event": "pusher:error", "data": {"code": code, "message": message}}
     assert await client.expect_closed() == code

@@ -1,5 +1,5 @@
 """Channel behaviour over real WebSockets: public, private, encrypted, cache channels,
-subscription_count, client events, multi-app isolation (CHANNELS.md; PROTOCOL.md §4, §7-8).
+subscription_count, client events, multi-app isolation (channels.md; protocol.md §4, §7-8).
 Presence channels are in test_websocket_presence.py."""
 
 from __future__ import annotations
@@ -170,7 +170,7 @@ async def test_encrypted_channel_subscribes_but_refuses_client_events(
     await receiver.expect_next("pusher:pong")  # nothing was relayed
 
 
-# --- cache channels (CHANNELS.md §5) ----------------------------------------------------------
+# --- cache channels (channels.md §5) ----------------------------------------------------------
 
 
 async def test_cache_miss_right_after_subscription_succeeded(
@@ -230,7 +230,7 @@ async def test_cache_expires_after_its_ttl(start_server: StartServer, clients: C
     await late.expect_next("pusher:cache_miss", "cache-flash")
 
 
-# --- subscription_count (CHANNELS.md §6) ------------------------------------------------------
+# --- subscription_count (channels.md §6) ------------------------------------------------------
 
 
 async def expect_count(client: WsClient, channel: str, count: int) -> None:
@@ -301,7 +301,7 @@ async def test_no_subscription_count_when_the_app_disables_it(
     await a.expect_next("pusher:pong")
 
 
-# --- client events (CHANNELS.md §8) -----------------------------------------------------------
+# --- client events (channels.md §8) -----------------------------------------------------------
 
 
 async def pair(server: RunningServer, clients: Clients, channel: str) -> tuple[WsClient, WsClient]:

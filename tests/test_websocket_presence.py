@@ -1,4 +1,4 @@
-"""Presence channels over real WebSockets (CHANNELS.md §3.2, §4; PROTOCOL.md §4.5-4.6)."""
+"""Presence channels over real WebSockets (channels.md §3.2, §4; protocol.md §4.5-4.6)."""
 
 from __future__ import annotations
 

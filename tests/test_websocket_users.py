@@ -1,5 +1,5 @@
 """Users over real WebSockets: sign-in, #server-to-user, terminate_connections, watchlists,
-authorized connections (USERS.md)."""
+authorized connections (users.md)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ async def to_user(
     )
 
 
-# --- sign-in (USERS.md §2) --------------------------------------------------------------------
+# --- sign-in (users.md §2) --------------------------------------------------------------------
 
 
 async def test_signin_success_echoes_the_exact_user_data(
@@ -92,7 +92,7 @@ async def test_signin_as_another_user_is_refused(
     assert error["data"]["message"] == "Connection is already signed in as a different user"
 
 
-# --- #server-to-user (USERS.md §3) ------------------------------------------------------------
+# --- #server-to-user (users.md §3) ------------------------------------------------------------
 
 
 async def test_server_to_user_subscription(kanal_server: RunningServer, clients: Clients) -> None:
@@ -139,7 +139,7 @@ async def test_server_to_user_reaches_every_connection_of_the_user(
     await subscribed.expect_next("sentinel")  # the excluded event never arrived
 
 
-# --- terminate_connections (USERS.md §5) ------------------------------------------------------
+# --- terminate_connections (users.md §5) ------------------------------------------------------
 
 
 async def test_terminate_closes_signed_in_connections_only(
@@ -174,7 +174,7 @@ async def test_terminate_closes_signed_in_connections_only(
     assert users.json() == {"users": [{"id": "bad"}]}
 
 
-# --- watchlist (USERS.md §4) ------------------------------------------------------------------
+# --- watchlist (users.md §4) ------------------------------------------------------------------
 
 
 def watchlist_events(frame: dict[str, object]) -> list[tuple[str, list[str]]]:
@@ -236,7 +236,7 @@ async def test_watchlist_over_the_limit_is_truncated_with_4302(
     assert watchlist_events(await watcher.next_frame()) == [("online", ["a"])]
 
 
-# --- authorized connections (USERS.md §6) -----------------------------------------------------
+# --- authorized connections (users.md §6) -----------------------------------------------------
 
 
 async def test_unauthorized_connections_are_closed_after_the_timeout(

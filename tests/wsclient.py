@@ -58,7 +58,7 @@ class ConnectionClosed(Exception):
 
 
 def data_of(frame: Frame) -> Any:
-    """``data`` of a server frame, JSON-decoded when it is a string (PROTOCOL.md §2.1)."""
+    """``data`` of a server frame, JSON-decoded when it is a string (protocol.md §2.1)."""
     data = frame.get("data")
     return orjson.loads(data) if isinstance(data, str) else data
 

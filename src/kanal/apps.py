@@ -1,7 +1,7 @@
 """AppStore: finds the application a request or connection belongs to.
 
 Ownership rule: the set of apps is configuration, loaded once; this module only indexes it
-by key (WebSocket, PROTOCOL.md §1.1) and by id (HTTP API, HTTP_API.md §1).
+by key (WebSocket, protocol.md §1.1) and by id (HTTP API, http-api.md §1).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ owned by :class:`kanal.cluster_webhooks.RedisWebhookQueue`, which writes the str
 docstring has the key layout and the reasons for a single leader.
 
 At most one node leads. It submits entries to its :class:`~kanal.webhooks.WebhookDispatcher`
-in stream order, which keeps per-channel order (WEBHOOKS.md §5), and acknowledges an entry
+in stream order, which keeps per-channel order (webhooks.md §5), and acknowledges an entry
 (``XACK`` + ``XDEL``) only once every endpoint delivered it or definitively dropped it. Entries
 another consumer left pending (a leader that died, or one that left and handed them over) are
 claimed and delivered before any new entry is read. A leader steps down before its lease can
@@ -297,7 +297,7 @@ class WebhookLeader:
             task.cancel()  # the term check ends a loop whose cancellation got lost
         self._work = []
 
-    # --- promoting due holds (WEBHOOKS.md §4) --------------------------------------------------
+    # --- promoting due holds (webhooks.md §4) --------------------------------------------------
 
     async def _promote(self, term: int) -> None:
         retry = Retry("releasing held webhook events", self._stats)

@@ -3,8 +3,8 @@
 Ownership rule: in cluster mode :class:`RedisWebhookQueue` is the hub's
 :class:`~kanal.hub.WebhookSink` and, with the :class:`~kanal.cluster_webhook_leader.WebhookLeader`
 it owns, the only user of the ``P{wh}:*`` keys below. The cluster-wide grace period
-(WEBHOOKS.md §4) is decided by the Lua scripts of :mod:`kanal.adapters.redis_webhook_scripts`;
-the HTTP side (batches, signatures, retries, per-endpoint queues, WEBHOOKS.md §2, §5) stays
+(webhooks.md §4) is decided by the Lua scripts of :mod:`kanal.adapters.redis_webhook_scripts`;
+the HTTP side (batches, signatures, retries, per-endpoint queues, webhooks.md §2, §5) stays
 with the node-local :class:`~kanal.webhooks.WebhookDispatcher`, fed through
 :meth:`~kanal.webhooks.WebhookDispatcher.submit`, which skips that dispatcher's own grace
 period. The queue owns the dispatcher's lifecycle (``start`` / ``close``).
@@ -18,7 +18,7 @@ holds to the stream, reads the stream through a consumer group and submits the e
 dispatcher; an entry is acknowledged (``XACK`` + ``XDEL``) only once every endpoint delivered it
 or definitively dropped it (retry window over, queue overflow).
 
-Why one leader rather than every node consuming: WEBHOOKS.md §5 asks for per-channel order,
+Why one leader rather than every node consuming: webhooks.md §5 asks for per-channel order,
 and §4's strict alternation (occupied, vacated, occupied, …) must survive retries. With several
 consumers, a ``channel_vacated`` read by node A and the next ``channel_occupied`` read by node
 B race each other to the endpoint. One consumer with one FIFO worker per endpoint keeps the
@@ -116,7 +116,7 @@ class RedisWebhookQueue:
             ``shutdown_timeout``, ``request_timeout`` (for the default ``claim_idle``).
         dispatcher: the node-local sender; started and closed by this queue.
         apps: app by id, for entries read from the stream.
-        wall: Unix time in seconds, the ``time_ms`` of emitted events (WEBHOOKS.md §2).
+        wall: Unix time in seconds, the ``time_ms`` of emitted events (webhooks.md §2).
         lease: the leader lease in seconds; a dead leader is replaced once it expired.
         claim_idle: seconds an entry must have been idle before the leader takes it from
             another consumer (default ``2 × request_timeout + 5``).

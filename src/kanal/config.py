@@ -4,7 +4,7 @@ Ownership rule: this module only *describes* settings. Reading TOML, environment
 and command-line flags happens in :mod:`kanal.settings` (one table drives all three and the
 docs); nothing here opens files, sockets or reads the clock.
 
-Names follow ``../spec/LIMITS.md`` in snake_case; each default is the spec's.
+Names follow limits.md in snake_case; each default is the documented one.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class WebhookTarget:
-    """One ``[[apps.webhooks]]`` entry (WEBHOOKS.md §1)."""
+    """One ``[[apps.webhooks]]`` entry (webhooks.md §1)."""
 
     url: str
     event_types: tuple[str, ...]
@@ -34,7 +34,7 @@ class WebhookTarget:
 
 @dataclass(frozen=True, slots=True)
 class App:
-    """One application: credentials, feature switches and limits (LIMITS.md §1)."""
+    """One application: credentials, feature switches and limits (limits.md §1)."""
 
     id: str
     key: str
@@ -94,7 +94,7 @@ class ServerSettings:
 
 @dataclass(frozen=True, slots=True)
 class WebhookSettings:
-    """``[webhooks]``: delivery behaviour shared by every target (WEBHOOKS.md §4-5)."""
+    """``[webhooks]``: delivery behaviour shared by every target (webhooks.md §4-5)."""
 
     grace_period: float = 3.0
     batch_window: float = 0.05

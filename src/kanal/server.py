@@ -90,7 +90,7 @@ def _webhook_sink(
     scaling = config.scaling
     if scaling.adapter != "redis":
         return dispatcher, [dispatcher.start], [dispatcher.close]
-    # WEBHOOKS.md in a cluster: one shared stream, one sender (docs/scaling.md). The queue
+    # webhooks.md in a cluster: one shared stream, one sender (docs/scaling.md). The queue
     # starts and closes the dispatcher itself.
     client = webhook_queue_client(scaling.redis_url)
     queue = RedisWebhookQueue(

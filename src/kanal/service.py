@@ -9,7 +9,7 @@ reads counts from the cluster's membership store, and returns the JSON-ready ans
 :class:`~kanal.protocol.errors.ApiError`, which knows its HTTP status. Nothing here knows about
 requests, signatures, paths or status lines: authentication is the caller's job.
 
-The answers' shapes follow docs/reference/http-api.md §3-§6 and §8.
+The answers' shapes follow http-api.md §3-§6 and §8.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ JsonObject = dict[str, Any]
 
 
 class RateLimiter:
-    """Per-app token buckets for the optional request-rate limits (docs/reference/limits.md §4).
+    """Per-app token buckets for the optional request-rate limits (limits.md §4).
 
     A bucket holds up to ``rate`` tokens and refills at ``rate`` per second, so a burst of one
     second's worth is allowed and the long-run rate is capped.
@@ -54,7 +54,7 @@ class RateLimiter:
 
 def count_attributes(channel: str, counts: ChannelCounts, info: frozenset[str]) -> JsonObject:
     """The requested counts that apply to ``channel``: ``user_count`` on presence channels only,
-    ``subscription_count`` on any (docs/reference/http-api.md §3, §5.1)."""
+    ``subscription_count`` on any (http-api.md §3, §5.1)."""
     out: JsonObject = {}
     if api.USER_COUNT in info and channel_type(channel).is_presence:
         out[api.USER_COUNT] = counts.user_count
@@ -97,7 +97,7 @@ class ChannelsApi:
 
     async def trigger(self, app: App, event: api.TriggerEvent) -> Any:
         """Publish one event to each of its channels; ``{"channels": {...}}`` when the event
-        asked for ``info``, else ``{}`` (docs/reference/http-api.md §3)."""
+        asked for ``info``, else ``{}`` (http-api.md §3)."""
         self.admit(app, write=True)
         await self._publish(app, event)
         if not event.info:
@@ -106,7 +106,7 @@ class ChannelsApi:
 
     async def trigger_batch(self, app: App, events: Sequence[api.TriggerEvent]) -> Any:
         """Publish a batch in array order; ``{"batch": [...]}`` with one info object per event
-        when any event asked for ``info``, else ``{}`` (docs/reference/http-api.md §4)."""
+        when any event asked for ``info``, else ``{}`` (http-api.md §4)."""
         self.admit(app, write=True)
         for event in events:
             await self._publish(app, event)
@@ -116,13 +116,13 @@ class ChannelsApi:
 
     async def send_to_user(self, app: App, user_id: str, name: str, data: str) -> None:
         """Deliver an event to every connection signed in as ``user_id`` (the SDKs'
-        ``send_to_user``, a trigger on ``#server-to-user-{user_id}``; docs/reference/users.md
+        ``send_to_user``, a trigger on ``#server-to-user-{user_id}``; users.md
         §4)."""
         channel = SERVER_TO_USER_PREFIX + api.parse_user_id(user_id)
         await self.trigger(app, api.trigger_event(app, name=name, channels=[channel], data=data))
 
     async def terminate_user_connections(self, app: App, user_id: str) -> Any:
-        """Close every connection of ``user_id`` on every node (docs/reference/users.md §5)."""
+        """Close every connection of ``user_id`` on every node (users.md §5)."""
         self.admit(app, write=True)
         await self._hub.terminate_user(app, api.parse_user_id(user_id))
         return {}
@@ -165,7 +165,7 @@ class ChannelsApi:
         return out
 
     async def users(self, app: App, channel: str) -> Any:
-        """The user ids subscribed to a presence channel (docs/reference/http-api.md §6)."""
+        """The user ids subscribed to a presence channel (http-api.md §6)."""
         self.admit(app, write=False)
         user_ids = await self._hub.membership.users(app.id, channel)
         return {"users": [{"id": user_id} for user_id in user_ids]}

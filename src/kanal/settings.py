@@ -53,7 +53,7 @@ Kind = Literal["str", "id", "int", "float", "bool", "strs", "headers"]
 Check = Callable[[Any], str | None]
 Layer = dict[str, tuple[Any, str]]  # field name -> (value, where it came from)
 
-WEBHOOK_EVENT_TYPES = EVENT_TYPES  # the seven names of WEBHOOKS.md §3
+WEBHOOK_EVENT_TYPES = EVENT_TYPES  # the seven names of webhooks.md §3
 #: The development app used when the file defines no ``[[apps]]``; its credentials are public.
 DEV_APP: Mapping[str, object] = MappingProxyType(
     {"id": "1", "key": "app-key", "secret": "app-secret", "enable_client_messages": True}
@@ -120,7 +120,7 @@ def _event_types(value: tuple[str, ...]) -> str | None:
 
 
 def _headers(value: tuple[tuple[str, str], ...]) -> str | None:
-    # The signature headers must be exactly what kanal computes (WEBHOOKS.md §2).
+    # The signature headers must be exactly what kanal computes (webhooks.md §2).
     if any(name.lower() in _RESERVED_HEADERS for name, _ in value):
         return "cannot set Content-Type, X-Pusher-Key or X-Pusher-Signature"
     return None

@@ -7,7 +7,7 @@ Routing and the grace period live in :mod:`kanal.webhooks`, the request format i
 
 One worker per endpoint means a slow or dead endpoint only ever delays its own webhooks, and a
 batch is retried before any later batch of the same endpoint is sent, which keeps per-endpoint
-(hence per-channel) order (WEBHOOKS.md §5).
+(hence per-channel) order (webhooks.md §5).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: Headers kanal sets itself; an endpoint's custom headers can never replace them
-#: (WEBHOOKS.md §2), nor the framing headers aiohttp computes.
+#: (webhooks.md §2), nor the framing headers aiohttp computes.
 RESERVED_HEADERS = frozenset(
     {"content-type", "x-pusher-key", "x-pusher-signature", "content-length", "transfer-encoding"}
 )
@@ -72,7 +72,7 @@ class WebhookStats:
 @dataclass(frozen=True, slots=True)
 class Backoff:
     """Retry delays: ``min(cap, base * 2**n)`` scaled by a random factor in ``1 ± jitter``
-    (WEBHOOKS.md §5: 1 s, 2 s, 4 s, … capped at 60 s)."""
+    (webhooks.md §5: 1 s, 2 s, 4 s, … capped at 60 s)."""
 
     base: float = 1.0
     cap: float = 60.0
@@ -89,7 +89,7 @@ class Entry:
 
     ``created_ms``: when the event was created elsewhere (the cluster queue,
     :mod:`kanal.cluster_webhooks`), the Unix time in ms its request body carries as
-    ``time_ms`` (WEBHOOKS.md §2: keep the creation time); ``None`` means "when the batch is
+    ``time_ms`` (webhooks.md §2: keep the creation time); ``None`` means "when the batch is
     made". ``done``: called once the event's fate at this endpoint is final, delivered (2xx)
     or dropped (retry window over, queue overflow); never when :meth:`TargetSender.stop`
     abandons it.
@@ -104,7 +104,7 @@ class Entry:
 
 @dataclass(frozen=True, slots=True)
 class _Batch:
-    """One request: the same bytes and signature on every attempt (WEBHOOKS.md §5)."""
+    """One request: the same bytes and signature on every attempt (webhooks.md §5)."""
 
     body: bytes
     headers: dict[str, str]
@@ -113,7 +113,7 @@ class _Batch:
 
 
 def request_headers(app: App, target: WebhookTarget, signature: str) -> dict[str, str]:
-    """Custom headers first, then the three WEBHOOKS.md §2 headers, which always win.
+    """Custom headers first, then the three webhooks.md §2 headers, which always win.
 
     ``Content-Type`` is exactly ``application/json``: pusher-http-node rejects a charset.
     The names keep this capitalisation on the wire (pusher-http-php looks them up verbatim).
@@ -257,7 +257,7 @@ class TargetSender:
             _finish(finished)
 
     async def _next_batch(self) -> _Batch:
-        """WEBHOOKS.md §2: one event per request, or for batching apps, what arrives within
+        """webhooks.md §2: one event per request, or for batching apps, what arrives within
         ``batch_window`` of the first one, at most ``max_batch_size``, in occurrence order."""
         first = self._queue[0]
         limit = self._settings.max_batch_size if first.app.batch_webhooks else 1
@@ -287,7 +287,7 @@ class TargetSender:
                 await asyncio.wait_for(self._wakeup.wait(), remaining)
 
     async def _deliver(self, client: WebhookClient, batch: _Batch) -> None:
-        """WEBHOOKS.md §5: retry with back-off until the deadline, then drop and log."""
+        """webhooks.md §5: retry with back-off until the deadline, then drop and log."""
         failures = 0
         while True:
             problem = await self._attempt(client, batch)

@@ -2,7 +2,7 @@
 
 Ownership rule: :class:`WebhookDispatcher` is the hub's :class:`~kanal.hub.WebhookSink` and the
 only owner of webhook timing and routing. It decides *which* endpoints get an event
-(:func:`wants`, WEBHOOKS.md §1) and *when* (the grace period, §4, whose rules are the pure
+(:func:`wants`, webhooks.md §1) and *when* (the grace period, §4, whose rules are the pure
 :mod:`kanal.protocol.webhook_grace`); each endpoint's queue, batches, HTTP and retries belong to
 its :class:`~kanal.webhook_delivery.TargetSender` (§2, §5).
 
@@ -50,7 +50,7 @@ class State(enum.Enum):
 
 
 def wants(target: WebhookTarget, event: WebhookEvent) -> bool:
-    """WEBHOOKS.md §1: the endpoint lists the event's name and its channel filters match."""
+    """webhooks.md §1: the endpoint lists the event's name and its channel filters match."""
     return (
         event.name in target.event_types
         and event.channel.startswith(target.filter_channel_prefix)
@@ -81,7 +81,7 @@ class _Countdown:
 
 
 class WebhookDispatcher:
-    """Delivers the hub's webhook events (WEBHOOKS.md).
+    """Delivers the hub's webhook events (webhooks.md).
 
     Args:
         settings: the ``[webhooks]`` section.
@@ -171,7 +171,7 @@ class WebhookDispatcher:
         :mod:`kanal.cluster_webhooks`, which applies the grace period in Redis.
 
         ``created`` is the Unix time the event was created: its requests carry it as
-        ``time_ms`` and its retry window runs from it (WEBHOOKS.md §2, §5). ``on_done`` is
+        ``time_ms`` and its retry window runs from it (webhooks.md §2, §5). ``on_done`` is
         called once every matching endpoint has delivered or dropped the event (at once when
         none matches), never when ``close`` abandons it. Returns false, without calling
         ``on_done``, when the dispatcher is closed. Never blocks.

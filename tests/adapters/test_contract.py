@@ -180,7 +180,7 @@ async def test_channels_lists_occupied_channels_by_prefix(cluster: Cluster) -> N
     assert await a.channels(OTHER_APP, "") == {"private-z": ChannelCounts(1, 0)}
 
 
-# --- signed-in users (USERS.md §4) ----------------------------------------------------
+# --- signed-in users (users.md §4) ----------------------------------------------------
 
 
 async def test_sign_in_and_out_answer_first_and_last(cluster: Cluster) -> None:
@@ -207,7 +207,7 @@ async def test_online(cluster: Cluster) -> None:
     assert await a.online(APP, ["alice", "bob"]) == {"alice"}
 
 
-# --- cache channels (CHANNELS.md §5) --------------------------------------------------
+# --- cache channels (channels.md §5) --------------------------------------------------
 
 
 async def test_cache_put_get_ttl_and_expiry(cluster: Cluster) -> None:

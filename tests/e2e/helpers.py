@@ -26,7 +26,7 @@ T = TypeVar("T")
 # closed-while-connected path); watching this long for a new socket proves it gave up.
 NO_RECONNECT_WINDOW = 1.5
 
-# 32 bytes, base64 (ENCRYPTION.md §6 vector).
+# 32 bytes, base64 (encryption.md §6 vector).
 MASTER_KEY = "YWJjZGVmZ2hpamtsbW5vcHFyc3R1dnd4eXowMTIzNDU="
 
 
@@ -60,7 +60,7 @@ async def signed_request(
     key: str = APP_KEY,
     secret: str = APP_SECRET,
 ) -> tuple[int, str]:
-    """A correctly signed HTTP API request (HTTP_API.md §2) for what the SDK cannot send;
+    """A correctly signed HTTP API request (http-api.md §2) for what the SDK cannot send;
     returns (status, body text)."""
     raw = b"" if body is None else json.dumps(body).encode()
     query = sign_request(
@@ -148,6 +148,6 @@ async def wait_until(
 
 
 async def subscription_count(api: Any, channel: str) -> int:
-    """The server's count of connections subscribed to ``channel`` (HTTP_API.md §5.2)."""
+    """The server's count of connections subscribed to ``channel`` (http-api.md §5.2)."""
     info = await call(api.channel_info, channel, ["subscription_count"])
     return int(info.get("subscription_count", 0))

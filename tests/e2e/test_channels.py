@@ -17,7 +17,7 @@ from .jsclient import JsDriver, Record
 
 
 async def test_public_and_private_delivery(kanal_server: RunningServer, js: JsDriver) -> None:
-    """CHANNELS.md §1, §3.2, §7, PROTOCOL.md §4.11: a public channel needs no auth, a private
+    """channels.md §1, §3.2, §7, protocol.md §4.11: a public channel needs no auth, a private
     one a valid signature; Python SDK triggers reach both with the data string intact."""
     api = sdk(kanal_server)
     await connect(js, kanal_server, "a", frames=True)
@@ -42,7 +42,7 @@ async def test_public_and_private_delivery(kanal_server: RunningServer, js: JsDr
 
 
 async def test_private_encrypted(kanal_server: RunningServer, js: JsDriver) -> None:
-    """ENCRYPTION.md §1-§5: the Python SDK encrypts with the master key, the server forwards
+    """encryption.md §1-§5: the Python SDK encrypts with the master key, the server forwards
     the ciphertext untouched, pusher-js (given the shared secret by its auth handler)
     decrypts it."""
     api = sdk(kanal_server, encryption_master_key_base64=MASTER_KEY)
@@ -68,7 +68,7 @@ CACHE_CHANNELS = [
 
 @pytest.mark.parametrize("channel", CACHE_CHANNELS)
 async def test_cache_channels(kanal_server: RunningServer, js: JsDriver, channel: str) -> None:
-    """CHANNELS.md §5, PROTOCOL.md §4.9, §8.2: the first subscriber of an empty cache channel
+    """channels.md §5, protocol.md §4.9, §8.2: the first subscriber of an empty cache channel
     gets ``pusher:cache_miss`` right after subscription_succeeded; after a Python SDK trigger
     a new subscriber gets the last event replayed (decrypted by pusher-js on the encrypted
     variant), and no cache_miss."""
@@ -84,7 +84,7 @@ async def test_cache_channels(kanal_server: RunningServer, js: JsDriver, channel
     ok = await js.subscribe("a", channel, presence=member("u-a"))
     miss = await js.wait_for(client="a", type="event", event="pusher:cache_miss")
     assert miss["channel"] == channel and miss["seq"] > ok["seq"]
-    # data exactly "{}" (pusher-websocket-java on encrypted channels, ENCRYPTION.md §4)
+    # data exactly "{}" (pusher-websocket-java on encrypted channels, encryption.md §4)
     assert [f["data"] for f in frames_in(js, "a", "pusher:cache_miss")] == ["{}"]
 
     await call(api.trigger, channel, "price", {"v": 1})
@@ -101,7 +101,7 @@ async def test_cache_channels(kanal_server: RunningServer, js: JsDriver, channel
 
 
 async def test_subscription_count(start_server: StartServer, js: JsDriver) -> None:
-    """CHANNELS.md §6, PROTOCOL.md §4.7: with enable_subscription_count every subscriber of a
+    """channels.md §6, protocol.md §4.7: with enable_subscription_count every subscriber of a
     non-presence channel gets ``pusher:subscription_count`` with the number of subscribed
     connections as clients join, unsubscribe and disconnect; presence channels get none."""
     server = await start_server(apps=[make_app(enable_subscription_count=True)])
@@ -119,7 +119,7 @@ async def test_subscription_count(start_server: StartServer, js: JsDriver) -> No
     ok = await js.subscribe("a", "counted")
     await counts("a", 1, since)
     first = events(js, "a", "pusher:subscription_count", since=since)[0]
-    assert first["seq"] > ok["seq"], "subscription_succeeded comes first (PROTOCOL.md §8)"
+    assert first["seq"] > ok["seq"], "subscription_succeeded comes first (protocol.md §8)"
 
     since = js.mark()
     await js.subscribe("b", "counted")
@@ -143,7 +143,7 @@ async def test_subscription_count(start_server: StartServer, js: JsDriver) -> No
     await counts("a", 1, since)
 
     # Never sent on presence channels (members events instead), nor by default on
-    # private-encrypted- ones (ENCRYPTION.md §4).
+    # private-encrypted- ones (encryption.md §4).
     await js.subscribe("a", "presence-room", presence={"user_id": "1", "user_info": None})
     await js.subscribe("c", "presence-room", presence={"user_id": "2", "user_info": None})
     await connect(js, server, "e1", master_key=MASTER_KEY)
@@ -159,7 +159,7 @@ async def test_subscription_count(start_server: StartServer, js: JsDriver) -> No
 
 
 async def test_channel_name_rules(kanal_server: RunningServer, js: JsDriver) -> None:
-    """CHANNELS.md §2, §3.4, LIMITS.md §3: names outside ``[-a-zA-Z0-9_=@,.;]`` or longer than
+    """channels.md §2, §3.4, limits.md §3: names outside ``[-a-zA-Z0-9_=@,.;]`` or longer than
     164 characters fail with ``pusher:subscription_error`` (InvalidChannel, 400) followed by
     ``pusher:error`` code null; the connection stays usable and 164 characters is fine."""
     await connect(js, kanal_server, "a", frames=True)
@@ -173,7 +173,7 @@ async def test_channel_name_rules(kanal_server: RunningServer, js: JsDriver) -> 
         msg = await js.wait_for(client="a", type="message", event="pusher:error", since=since)
         assert msg["data"]["code"] is None
         assert msg["seq"] > err["seq"], "channel-scoped error comes first (§3.4)"
-    # On the wire the channel-scoped error's data is a JSON string (PROTOCOL.md §2.1, §4.8).
+    # On the wire the channel-scoped error's data is a JSON string (protocol.md §2.1, §4.8).
     wire = frames_in(js, "a", "pusher:subscription_error")
     assert len(wire) == 5 and all(isinstance(f["data"], str) for f in wire)
     await js.subscribe("a", ok_name)
@@ -182,7 +182,7 @@ async def test_channel_name_rules(kanal_server: RunningServer, js: JsDriver) -> 
 
 
 async def test_refusing_auth_endpoint(kanal_server: RunningServer, js: JsDriver) -> None:
-    """AUTH.md §4.1: an auth endpoint answering 403 makes pusher-js raise
+    """auth.md §4.1: an auth endpoint answering 403 makes pusher-js raise
     ``pusher:subscription_error`` with status 403 and never send the subscribe; other
     channels on the same connection are unaffected."""
     await connect(js, kanal_server, "a", frames=True)
@@ -204,7 +204,7 @@ async def test_refusing_auth_endpoint(kanal_server: RunningServer, js: JsDriver)
 async def test_bad_channel_signature(
     kanal_server: RunningServer, js: JsDriver, override: dict[str, Any], message: str
 ) -> None:
-    """AUTH.md §3.1, CHANNELS.md §3.4: a subscription signed with the wrong secret (or carrying
+    """auth.md §3.1, channels.md §3.4: a subscription signed with the wrong secret (or carrying
     the wrong key) is refused by the server: ``pusher:subscription_error`` (AuthError, 401)
     then ``pusher:error`` code null with the hosted text; the connection stays open."""
     await connect(js, kanal_server, "a")
@@ -226,7 +226,7 @@ async def test_bad_channel_signature(
 
 
 async def test_cache_expiry_and_cold_publish(start_server: StartServer, js: JsDriver) -> None:
-    """CHANNELS.md §5, HTTP_API.md §5.2: an event published while nobody is subscribed is
+    """channels.md §5, http-api.md §5.2: an event published while nobody is subscribed is
     still cached and replayed to the first subscriber; after ``cache_ttl`` the entry is gone
     (``cache: null``) and a new subscriber gets ``pusher:cache_miss``."""
     server = await start_server(apps=[make_app(cache_ttl=1)])
@@ -252,7 +252,7 @@ async def test_cache_expiry_and_cold_publish(start_server: StartServer, js: JsDr
 async def test_subscription_count_throttled_above_100(
     start_server: StartServer, js: JsDriver
 ) -> None:
-    """CHANNELS.md §6 (throttling): above 100 subscribers the count goes out at most once
+    """channels.md §6 (throttling): above 100 subscribers the count goes out at most once
     every 5 s while subscriptions keep changing, and the last count of a window is still
     delivered."""
     server = await start_server(apps=[make_app(enable_subscription_count=True)])
@@ -282,7 +282,7 @@ async def test_subscription_count_throttled_above_100(
 
 
 async def test_cache_order_and_excluded_publish(start_server: StartServer, js: JsDriver) -> None:
-    """CHANNELS.md §3.1 step 8, §5, PROTOCOL.md §8: on a cache channel the joiner sees
+    """channels.md §3.1 step 8, §5, protocol.md §8: on a cache channel the joiner sees
     subscription_succeeded, then the cache answer, then subscription_count; an HTTP event
     whose ``socket_id`` excluded the only subscriber is still what gets cached."""
     server = await start_server(apps=[make_app(enable_subscription_count=True)])

@@ -25,7 +25,7 @@ async def _error_after(js: JsDriver, client: str, since: int) -> Record:
 
 
 async def test_private_relay_not_echoed(kanal_server: RunningServer, js: JsDriver) -> None:
-    """CHANNELS.md §8.1-§8.2, PROTOCOL.md §2.1 rule 4, §4.12: a client event on a private
+    """channels.md §8.1-§8.2, protocol.md §2.1 rule 4, §4.12: a client event on a private
     channel reaches every other subscriber (data as a JSON string, no user_id), never the
     sender; it also works on private-cache- channels and is never cached there."""
     api = sdk(kanal_server)
@@ -58,7 +58,7 @@ async def test_private_relay_not_echoed(kanal_server: RunningServer, js: JsDrive
 
 
 async def test_presence_relay_carries_user_id(kanal_server: RunningServer, js: JsDriver) -> None:
-    """CHANNELS.md §8.2: on presence channels the relayed event carries the sender's member
+    """channels.md §8.2: on presence channels the relayed event carries the sender's member
     ``user_id`` (pusher-js ``metadata.user_id``), whatever the payload claims; the sender's
     other connection (same user) receives it, the sending connection does not."""
     for client in ("a", "a2", "b"):
@@ -109,7 +109,7 @@ async def _assert_rejected(
 async def test_rejected_on_public_channels(
     kanal_server: RunningServer, js: JsDriver, channel: str
 ) -> None:
-    """CHANNELS.md §1 table, §8.1 rule 3, LIMITS.md §3: client events on public and cache-
+    """channels.md §1 table, §8.1 rule 3, limits.md §3: client events on public and cache-
     channels are rejected with a non-fatal ``pusher:error`` (pusher-js sends them; the
     server refuses)."""
     for client in ("a", "b"):
@@ -119,7 +119,7 @@ async def test_rejected_on_public_channels(
 
 
 async def test_rejected_on_encrypted_channels(kanal_server: RunningServer, js: JsDriver) -> None:
-    """ENCRYPTION.md §4-§5, CHANNELS.md §8.1 rule 3: pusher-js refuses client events on
+    """encryption.md §4-§5, channels.md §8.1 rule 3: pusher-js refuses client events on
     private-encrypted- channels itself; sent raw, the server rejects them too."""
     channel = "private-encrypted-room"
     for client in ("a", "b"):
@@ -133,7 +133,7 @@ async def test_rejected_on_encrypted_channels(kanal_server: RunningServer, js: J
 
 
 async def test_rejected_when_not_subscribed(kanal_server: RunningServer, js: JsDriver) -> None:
-    """CHANNELS.md §8.1 rule 2: a client event on a channel the sender is not subscribed to
+    """channels.md §8.1 rule 2: a client event on a channel the sender is not subscribed to
     is rejected (pusher:error) and not relayed."""
     for client in ("a", "b"):
         await connect(js, kanal_server, client)
@@ -142,7 +142,7 @@ async def test_rejected_when_not_subscribed(kanal_server: RunningServer, js: JsD
 
 
 async def test_rejected_when_app_disables_them(start_server: StartServer, js: JsDriver) -> None:
-    """CHANNELS.md §8.1 rule 1: with enable_client_messages=False every client event is
+    """channels.md §8.1 rule 1: with enable_client_messages=False every client event is
     rejected with ``pusher:error``; the connection stays open."""
     server = await start_server(apps=[make_app(enable_client_messages=False)])
     for client in ("a", "b"):
@@ -154,7 +154,7 @@ async def test_rejected_when_app_disables_them(start_server: StartServer, js: Js
 
 
 async def test_rate_limit(kanal_server: RunningServer, js: JsDriver) -> None:
-    """CHANNELS.md §8.1 rule 6, PROTOCOL.md §6.2, LIMITS.md §3: of a burst of 20 client
+    """channels.md §8.1 rule 6, protocol.md §6.2, limits.md §3: of a burst of 20 client
     events from one connection about 10 are relayed (in order), each excess one gets
     ``pusher:error`` code 4301 ("Client event rejected due to rate limit"); the connection is
     never closed."""
@@ -188,7 +188,7 @@ async def test_rate_limit(kanal_server: RunningServer, js: JsDriver) -> None:
 
 
 async def test_size_limits(kanal_server: RunningServer, js: JsDriver) -> None:
-    """CHANNELS.md §8.1 rules 4-5, LIMITS.md §1, §3: a client event whose name is over 200
+    """channels.md §8.1 rules 4-5, limits.md §1, §3: a client event whose name is over 200
     characters, or whose compact-JSON data is over 10240 bytes, is rejected (non-fatal
     ``pusher:error``); at the limits it is relayed."""
     for client in ("a", "b"):

@@ -14,7 +14,7 @@ EVENTS = 20
 
 
 async def test_fanout_in_order_exactly_once(kanal_server: RunningServer, js: JsDriver) -> None:
-    """CHANNELS.md §7, PROTOCOL.md §8 item 4: 50 pusher-js clients on one channel each receive
+    """channels.md §7, protocol.md §8 item 4: 50 pusher-js clients on one channel each receive
     a burst of 20 Python SDK events exactly once and in publish order."""
     api = sdk(kanal_server)
     names = [f"c{i:02d}" for i in range(CLIENTS)]

@@ -30,7 +30,7 @@ def member(user_id: str) -> dict[str, Any]:
 
 
 async def test_trigger_to_several_channels(kanal_server: RunningServer, js: JsDriver) -> None:
-    """HTTP_API.md §3, CHANNELS.md §7: one trigger naming several channels delivers once per
+    """http-api.md §3, channels.md §7: one trigger naming several channels delivers once per
     channel to each subscriber of each channel, and nowhere else."""
     api = sdk(kanal_server)
     await connect(js, kanal_server, "a")
@@ -53,7 +53,7 @@ async def test_trigger_to_several_channels(kanal_server: RunningServer, js: JsDr
 
 
 async def test_socket_id_exclusion(kanal_server: RunningServer, js: JsDriver) -> None:
-    """HTTP_API.md §3-§4, CHANNELS.md §7: the connection whose socket id (pusher-js's
+    """http-api.md §3-§4, channels.md §7: the connection whose socket id (pusher-js's
     ``connection.socket_id``) is passed receives nothing, on every listed channel and in a
     batch; others receive the event."""
     api = sdk(kanal_server)
@@ -78,7 +78,7 @@ async def test_socket_id_exclusion(kanal_server: RunningServer, js: JsDriver) ->
 
 
 async def test_trigger_with_info(kanal_server: RunningServer, js: JsDriver) -> None:
-    """HTTP_API.md §3-§4: ``info=user_count,subscription_count`` on /events answers per
+    """http-api.md §3-§4: ``info=user_count,subscription_count`` on /events answers per
     channel (user_count only for presence: distinct users; subscription_count:
     connections); /batch_events answers per event, ``{}`` for events without info."""
     for client, user in (("a", "alice"), ("a2", "alice"), ("b", "bob")):
@@ -119,7 +119,7 @@ async def test_trigger_with_info(kanal_server: RunningServer, js: JsDriver) -> N
 
 
 async def test_trigger_batch(kanal_server: RunningServer, js: JsDriver) -> None:
-    """HTTP_API.md §4: Python SDK ``trigger_batch`` publishes every event, in array order."""
+    """http-api.md §4: Python SDK ``trigger_batch`` publishes every event, in array order."""
     api = sdk(kanal_server)
     await connect(js, kanal_server, "a")
     await js.subscribe("a", "one")
@@ -139,7 +139,7 @@ async def test_trigger_batch(kanal_server: RunningServer, js: JsDriver) -> None:
 
 
 async def test_channel_queries(kanal_server: RunningServer, js: JsDriver) -> None:
-    """HTTP_API.md §5.1, §5.2, §6, USERS.md §3: channels_info / channel_info / users_info
+    """http-api.md §5.1, §5.2, §6, users.md §3: channels_info / channel_info / users_info
     through the Python SDK match what the pusher-js clients did (occupied channels only,
     distinct presence users, connection counts, cache entry); #server-to-user channels are
     never listed; a channel reads unoccupied once its subscribers are gone."""
@@ -177,7 +177,7 @@ async def test_channel_queries(kanal_server: RunningServer, js: JsDriver) -> Non
 
     users = await call(api.users_info, "presence-room")
     assert sorted(u["id"] for u in users["users"]) == ["alice", "bob"]
-    # Attributes / endpoints that do not apply → 400 (HTTP_API.md §5.1, §5.2, §6).
+    # Attributes / endpoints that do not apply → 400 (http-api.md §5.1, §5.2, §6).
     with pytest.raises(PusherBadRequest):
         await call(api.users_info, "news")
     with pytest.raises(PusherBadRequest):
@@ -200,7 +200,7 @@ async def test_channel_queries(kanal_server: RunningServer, js: JsDriver) -> Non
 
 
 async def test_wrong_credentials(kanal_server: RunningServer, js: JsDriver) -> None:
-    """HTTP_API.md §2.3-§2.4, §7: a wrong secret fails signature verification → 401, which
+    """http-api.md §2.3-§2.4, §7: a wrong secret fails signature verification → 401, which
     the SDK raises as PusherBadAuth; nothing is published. An unknown app id → 404."""
     await connect(js, kanal_server, "a")
     await js.subscribe("a", "news")
@@ -216,7 +216,7 @@ async def test_wrong_credentials(kanal_server: RunningServer, js: JsDriver) -> N
 
 
 async def test_payload_too_large(kanal_server: RunningServer, js: JsDriver) -> None:
-    """HTTP_API.md §3-§4, LIMITS.md §1: event data of 10240 bytes is accepted and delivered;
+    """http-api.md §3-§4, limits.md §1: event data of 10240 bytes is accepted and delivered;
     10241 bytes → 413 (single trigger through the SDK; batch sent raw, since the SDK refuses
     such a batch itself) and nothing is published."""
     api = sdk(kanal_server)
@@ -247,7 +247,7 @@ async def test_payload_too_large(kanal_server: RunningServer, js: JsDriver) -> N
 
 
 async def test_rejected_publishes(kanal_server: RunningServer, js: JsDriver) -> None:
-    """HTTP_API.md §3-§4, LIMITS.md §4: the SDK lets these through, the server answers 400 and
+    """http-api.md §3-§4, limits.md §4: the SDK lets these through, the server answers 400 and
     publishes nothing: an event name in the reserved ``pusher:`` / ``pusher_internal:``
     namespaces (pusher-js would treat it as protocol), and a batch of more than 10 events."""
     api = sdk(kanal_server)

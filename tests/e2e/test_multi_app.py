@@ -11,8 +11,8 @@ APP2 = {"id": "2", "key": "second-key", "secret": "second-secret"}
 
 
 async def test_apps_are_isolated(start_server: StartServer, js: JsDriver) -> None:
-    """HTTP_API.md §1 (app resolution by id, auth_key must match), PROTOCOL.md §1.2 (app by
-    key), CHANNELS.md §7 ("every subscribed connection of that app"): HTTP triggers, client
+    """http-api.md §1 (app resolution by id, auth_key must match), protocol.md §1.2 (app by
+    key), channels.md §7 ("every subscribed connection of that app"): HTTP triggers, client
     events, presence member lists and channel listings of one app never show up in the
     other, even with identical channel names and user ids."""
     server = await start_server(apps=[make_app(), make_app(**APP2)])
@@ -72,7 +72,7 @@ async def test_apps_are_isolated(start_server: StartServer, js: JsDriver) -> Non
 
 
 async def test_users_are_isolated(start_server: StartServer, js: JsDriver) -> None:
-    """USERS.md §1, §3-§5 with two apps: the same user id signed in on both apps is two
+    """users.md §1, §3-§5 with two apps: the same user id signed in on both apps is two
     different users: send_to_user, watchlist online status, terminate_user_connections and
     per-app connection quotas never cross apps."""
     server = await start_server(

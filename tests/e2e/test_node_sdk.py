@@ -52,7 +52,7 @@ async def node_sdk(server: RunningServer, *calls: list[Any]) -> list[dict[str, A
 
 
 async def test_node_sdk_trigger(kanal_server: RunningServer, js: JsDriver) -> None:
-    """HTTP_API.md §2.5 (Node column), §3, §5.1, §8, USERS.md §3, §5: the Node SDK's
+    """http-api.md §2.5 (Node column), §3, §5.1, §8, users.md §3, §5: the Node SDK's
     trigger (with ``info`` and ``socket_id``), a GET without body_md5, sendToUser and
     terminateUserConnections all work; pusher-js receives the compact-JSON data."""
     a_id = await connect(js, kanal_server, "a")

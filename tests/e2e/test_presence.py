@@ -19,7 +19,7 @@ def member(user_id: Any, info: Any = None) -> dict[str, Any]:
 
 
 async def test_members_lifecycle(kanal_server: RunningServer, js: JsDriver) -> None:
-    """CHANNELS.md §4.1-§4.4, PROTOCOL.md §4.5-§4.6: pusher-js sees the member list and
+    """channels.md §4.1-§4.4, protocol.md §4.5-§4.6: pusher-js sees the member list and
     ``me``; member_added goes to the others only; a user's second connection is counted once
     and adds no member; member_removed comes only when the user's last connection leaves."""
     api = sdk(kanal_server)
@@ -74,7 +74,7 @@ async def test_members_lifecycle(kanal_server: RunningServer, js: JsDriver) -> N
 
 
 async def test_numeric_user_id_is_a_string(kanal_server: RunningServer, js: JsDriver) -> None:
-    """CHANNELS.md §4.1 (user_id normalisation), PROTOCOL.md §4.5-§4.6: a numeric
+    """channels.md §4.1 (user_id normalisation), protocol.md §4.5-§4.6: a numeric
     ``user_id`` in channel_data (as Node's SDK signs it) is sent back as a string in the
     member list and in member_added / member_removed."""
     await connect(js, kanal_server, "a", frames=True)
@@ -92,7 +92,7 @@ async def test_numeric_user_id_is_a_string(kanal_server: RunningServer, js: JsDr
 
 
 async def test_signed_in_user_as_member(kanal_server: RunningServer, js: JsDriver) -> None:
-    """CHANNELS.md §3.2, §4.5, USERS.md §1: a signed-in connection may join a presence channel
+    """channels.md §3.2, §4.5, users.md §1: a signed-in connection may join a presence channel
     with no channel_data; it becomes a member with its sign-in id and user_info. channel_data
     given by the authorizer overrides the sign-in identity."""
     await connect(js, kanal_server, "a", frames=True)
@@ -118,7 +118,7 @@ async def test_signed_in_user_as_member(kanal_server: RunningServer, js: JsDrive
 
 
 async def test_member_limit(start_server: StartServer, js: JsDriver) -> None:
-    """CHANNELS.md §4.6, §3.4: with max_presence_members=2 a third distinct user is refused
+    """channels.md §4.6, §3.4: with max_presence_members=2 a third distinct user is refused
     (``pusher:subscription_error`` type LimitReached, then ``pusher:error``); another
     connection of a present user is still accepted."""
     server = await start_server(apps=[make_app(max_presence_members=2)])
@@ -149,7 +149,7 @@ async def test_member_limit(start_server: StartServer, js: JsDriver) -> None:
 
 
 async def test_user_info_size_limit(kanal_server: RunningServer, js: JsDriver) -> None:
-    """CHANNELS.md §4.6, LIMITS.md §1: user_info up to 1024 bytes of compact JSON is accepted,
+    """channels.md §4.6, limits.md §1: user_info up to 1024 bytes of compact JSON is accepted,
     1025 bytes is refused with ``pusher:subscription_error`` (LimitReached) and ``pusher:error``;
     likewise a user_id over 128 characters."""
     await connect(js, kanal_server, "a")
@@ -176,7 +176,7 @@ async def test_user_info_size_limit(kanal_server: RunningServer, js: JsDriver) -
 
 
 async def test_unsubscribe_and_rejoin(kanal_server: RunningServer, js: JsDriver) -> None:
-    """CHANNELS.md §3.5, §4.3-§4.4: ``pusher.unsubscribe`` (no disconnect) removes the member
+    """channels.md §3.5, §4.3-§4.4: ``pusher.unsubscribe`` (no disconnect) removes the member
     (member_removed to the others); subscribing again re-adds it with a fresh member list."""
     await connect(js, kanal_server, "a")
     await connect(js, kanal_server, "b")

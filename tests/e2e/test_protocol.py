@@ -30,7 +30,7 @@ SOCKET_ID = re.compile(r"^\d+\.\d+$")
 
 
 async def test_connection_established(kanal_server: RunningServer, js: JsDriver) -> None:
-    """PROTOCOL.md §1.3, §4.1: the first frame is ``pusher:connection_established`` with a
+    """protocol.md §1.3, §4.1: the first frame is ``pusher:connection_established`` with a
     JSON-string ``data`` carrying a ``<digits>.<digits>`` socket id and activity_timeout 120;
     pusher-js reports the same socket id."""
     socket_id = await connect(js, kanal_server, "a", frames=True)
@@ -61,7 +61,7 @@ async def _refused(js: JsDriver, client: str, code: int, message: str, since: in
 
 
 async def test_unknown_key_refused(kanal_server: RunningServer, js: JsDriver) -> None:
-    """PROTOCOL.md §1.2 step 3, §6: an unknown key gets ``pusher:error`` 4001 and close 4001;
+    """protocol.md §1.2 step 3, §6: an unknown key gets ``pusher:error`` 4001 and close 4001;
     pusher-js goes to ``disconnected`` and never reconnects."""
     since = js.mark()
     await connect(js, kanal_server, "a", key="no-such-key", wait=False, frames=True)
@@ -70,19 +70,19 @@ async def test_unknown_key_refused(kanal_server: RunningServer, js: JsDriver) ->
 
 
 async def test_disabled_app_refused(start_server: StartServer, js: JsDriver) -> None:
-    """PROTOCOL.md §1.2 step 4, §6.2, HTTP_API.md §7: a disabled app refuses connections with
+    """protocol.md §1.2 step 4, §6.2, http-api.md §7: a disabled app refuses connections with
     4003 (pusher-js gives up) and HTTP API calls with 403."""
     server = await start_server(apps=[make_app(enabled=False)])
     since = js.mark()
     await connect(js, server, "a", wait=False, frames=True)
     await _refused(js, "a", 4003, "Application disabled", since)
     await assert_gave_up(js, "a", since=since)
-    with pytest.raises(PusherForbidden):  # HTTP_API.md §7: app disabled → 403
+    with pytest.raises(PusherForbidden):  # http-api.md §7: app disabled → 403
         await call(sdk(server).trigger, "news", "ev", {})
 
 
 async def test_over_connection_quota(start_server: StartServer, js: JsDriver) -> None:
-    """PROTOCOL.md §1.2 step 7, §6.2, LIMITS.md §2: with ``max_connections=1`` the second
+    """protocol.md §1.2 step 7, §6.2, limits.md §2: with ``max_connections=1`` the second
     pusher-js client is refused with 4004 and stays disconnected; the first is unaffected,
     and its slot is free again once it has gone."""
     server = await start_server(apps=[make_app(max_connections=1)])
@@ -104,7 +104,7 @@ async def test_over_connection_quota(start_server: StartServer, js: JsDriver) ->
 
 
 async def test_ping_pong(kanal_server: RunningServer, js: JsDriver) -> None:
-    """PROTOCOL.md §4.2, §7.1: ``pusher:ping`` → ``pusher:pong`` whatever form ``data`` takes
+    """protocol.md §4.2, §7.1: ``pusher:ping`` → ``pusher:pong`` whatever form ``data`` takes
     (object as pusher-js sends it, absent as pusher-websocket-java sends it, or a string)."""
     await connect(js, kanal_server, "a", frames=True)
     pong = await roundtrip(js, "a")
@@ -144,7 +144,7 @@ def _assert_never_dropped(js: JsDriver, client: str, socket_id: str) -> None:
 
 
 async def test_heartbeat_keeps_responsive_client(start_server: StartServer, js: JsDriver) -> None:
-    """PROTOCOL.md §4.1-§4.2, §5: with activity_timeout=1 and pong_timeout=1 the handshake
+    """protocol.md §4.1-§4.2, §5: with activity_timeout=1 and pong_timeout=1 the handshake
     says 1 s. (1) Stock pusher-js then pings after each second of silence and gets its pong.
     (2) A pusher-js whose own timer is longer (as clients that ignore the server's value)
     gets the server's ``pusher:ping`` probe each idle second and answers ``pusher:pong``.
@@ -171,7 +171,7 @@ async def test_heartbeat_keeps_responsive_client(start_server: StartServer, js: 
 
 
 async def test_malformed_input_is_not_fatal(kanal_server: RunningServer, js: JsDriver) -> None:
-    """PROTOCOL.md §2.2, §4.3: invalid JSON or a frame without a string ``event`` gets
+    """protocol.md §2.2, §4.3: invalid JSON or a frame without a string ``event`` gets
     ``pusher:error`` (code null, data an object), as does a subscribe without a channel, and
     the connection stays open; unknown
     ``pusher:`` events and events that are neither ``pusher:`` nor ``client-`` are ignored."""
@@ -186,7 +186,7 @@ async def test_malformed_input_is_not_fatal(kanal_server: RunningServer, js: JsD
     # pusher:error data is an object on the wire (§2.1 rule 1)
     assert all(isinstance(f["data"], dict) for f in frames_in(js, "a", "pusher:error"))
 
-    # CHANNELS.md §3.1 step 1: a subscribe without data.channel.
+    # channels.md §3.1 step 1: a subscribe without data.channel.
     since = js.mark()
     await js.send_raw("a", "pusher:subscribe", {"auth": ""})
     err = await js.wait_for(client="a", type="message", event="pusher:error", since=since)
@@ -205,7 +205,7 @@ async def test_malformed_input_is_not_fatal(kanal_server: RunningServer, js: JsD
 
 
 async def test_path_prefix(start_server: StartServer, js: JsDriver) -> None:
-    """PROTOCOL.md §1.1-§1.2 step 1, CLIENT_CONFIG.md §1 (``wsPath``): under a configured
+    """protocol.md §1.1-§1.2 step 1, client-config.md §1 (``wsPath``): under a configured
     mount prefix pusher-js connects with ``wsPath``; without it the upgrade is on an unknown
     path and is refused with close 4005 (not an HTTP 404, which pusher-js would retry
     forever), so pusher-js gives up."""
@@ -221,8 +221,8 @@ async def test_path_prefix(start_server: StartServer, js: JsDriver) -> None:
 
 
 async def test_reconnect_after_network_drop(kanal_server: RunningServer, js: JsDriver) -> None:
-    """PROTOCOL.md §3 (cleanup on close), §6.1 (abnormal close → pusher-js reconnects after
-    ~1 s), USERS.md §2 (sign-in re-run after reconnect), CHANNELS.md §4.3-§4.4: after its
+    """protocol.md §3 (cleanup on close), §6.1 (abnormal close → pusher-js reconnects after
+    ~1 s), users.md §2 (sign-in re-run after reconnect), channels.md §4.3-§4.4: after its
     socket drops, pusher-js reconnects with a new socket id, re-subscribes and signs in again;
     the server cleaned up the old connection (member_removed, then member_added) and
     delivers channel and server-to-user events to the new one."""

@@ -24,7 +24,7 @@ from .jsclient import JsDriver, Record
 
 
 async def test_signin_success(kanal_server: RunningServer, js: JsDriver) -> None:
-    """USERS.md §2, PROTOCOL.md §4.4, AUTH.md §3.2: pusher.signin() → ``pusher:signin_success``
+    """users.md §2, protocol.md §4.4, auth.md §3.2: pusher.signin() → ``pusher:signin_success``
     echoing the exact user_data string; pusher-js then subscribes to
     ``#server-to-user-<id>`` (auth "") and the server accepts it."""
     await connect(js, kanal_server, "a", frames=True)
@@ -45,7 +45,7 @@ async def test_signin_success(kanal_server: RunningServer, js: JsDriver) -> None
 
 
 async def test_signin_failures(kanal_server: RunningServer, js: JsDriver) -> None:
-    """USERS.md §2 steps 2-3, AUTH.md §4.2, LIMITS.md §3: a sign-in signed with the wrong
+    """users.md §2 steps 2-3, auth.md §4.2, limits.md §3: a sign-in signed with the wrong
     secret gets ``pusher:error`` (code null, "Invalid signature…") and the connection stays
     open and unauthenticated; a refusing user-auth endpoint (403) yields pusher-js's
     ``signin_error`` and nothing is sent."""
@@ -66,7 +66,7 @@ async def test_signin_failures(kanal_server: RunningServer, js: JsDriver) -> Non
 
 
 async def test_send_to_user(kanal_server: RunningServer, js: JsDriver) -> None:
-    """USERS.md §3, CHANNELS.md §7: Python SDK ``send_to_user`` reaches every connection
+    """users.md §3, channels.md §7: Python SDK ``send_to_user`` reaches every connection
     signed in as that user, and nobody else (not even a presence member with that id)."""
     api = sdk(kanal_server)
     for client in ("a1", "a2", "b", "p"):
@@ -99,7 +99,7 @@ async def _terminated(js: JsDriver, client: str, since: int) -> Record:
 
 
 async def test_terminate_user_connections(kanal_server: RunningServer, js: JsDriver) -> None:
-    """USERS.md §5, HTTP_API.md §8, PROTOCOL.md §6: Python SDK
+    """users.md §5, http-api.md §8, protocol.md §6: Python SDK
     ``terminate_user_connections`` closes every connection signed in as the user with
     ``pusher:error`` 4009 + close 4009 (pusher-js stays disconnected), while a presence-only
     member with the same user_id stays connected and keeps the user in the channel."""
@@ -133,7 +133,7 @@ async def test_terminate_user_connections(kanal_server: RunningServer, js: JsDri
 
 
 async def test_watchlist(start_server: StartServer, js: JsDriver) -> None:
-    """USERS.md §4, PROTOCOL.md §4.10: with enable_watchlist_events, signing in with a
+    """users.md §4, protocol.md §4.10: with enable_watchlist_events, signing in with a
     watchlist yields the initial online/offline status; watched users coming online (first
     signed-in connection) and going offline (last one closed) are reported once."""
     server = await start_server(apps=[make_app(enable_watchlist_events=True)])
@@ -148,7 +148,7 @@ async def test_watchlist(start_server: StartServer, js: JsDriver) -> None:
     assert online["user_ids"] == ["u1"]
     assert sorted(offline["user_ids"]) == ["u2", "u3"]
     signed = js.records(client="w", type="signin_success")[0]
-    assert signed["seq"] < online["seq"], "signin_success first (PROTOCOL.md §8)"
+    assert signed["seq"] < online["seq"], "signin_success first (protocol.md §8)"
 
     since = js.mark()
     await js.signin("u2", {"id": "u2"})
@@ -182,7 +182,7 @@ async def test_watchlist(start_server: StartServer, js: JsDriver) -> None:
 
 
 async def test_authorized_connections(start_server: StartServer, js: JsDriver) -> None:
-    """USERS.md §6, PROTOCOL.md §6.2: with enable_user_authentication and a 1 s timeout, a
+    """users.md §6, protocol.md §6.2: with enable_user_authentication and a 1 s timeout, a
     connection that neither signs in nor successfully subscribes to a private/presence channel gets
     ``pusher:error`` 4009 + close 4009 and pusher-js stays disconnected; a signed-in one and
     one with a private subscription stay connected."""
@@ -210,7 +210,7 @@ async def test_authorized_connections(start_server: StartServer, js: JsDriver) -
 
 
 async def test_watchlist_limit(start_server: StartServer, js: JsDriver) -> None:
-    """USERS.md §4, PROTOCOL.md §6.2, LIMITS.md §3: a watchlist over 100 ids is truncated to
+    """users.md §4, protocol.md §6.2, limits.md §3: a watchlist over 100 ids is truncated to
     the first 100; ``signin_success`` comes first, then ``pusher:error`` 4302 (no close)."""
     server = await start_server(apps=[make_app(enable_watchlist_events=True)])
     await connect(js, server, "w", frames=True)
@@ -230,7 +230,7 @@ async def test_watchlist_limit(start_server: StartServer, js: JsDriver) -> None:
 
 
 async def test_server_to_user_channel_is_private(kanal_server: RunningServer, js: JsDriver) -> None:
-    """USERS.md §3, CHANNELS.md §1-§3.2, §8.1: only a connection signed in as X may subscribe
+    """users.md §3, channels.md §1-§3.2, §8.1: only a connection signed in as X may subscribe
     to ``#server-to-user-X`` (pusher-js only ever sends its own; others are sent raw and get
     ``pusher:subscription_error`` + ``pusher:error``), such connections receive nothing sent
     to X, and client events on these channels are rejected."""
@@ -263,14 +263,14 @@ async def test_server_to_user_channel_is_private(kanal_server: RunningServer, js
 
 
 def _signin_frame(socket_id: str, user_data: str) -> dict[str, str]:
-    """A ``pusher:signin`` ``data`` signed per AUTH.md §2 (stdlib HMAC, independent of kanal)."""
+    """A ``pusher:signin`` ``data`` signed per auth.md §2 (stdlib HMAC, independent of kanal)."""
     message = f"{socket_id}::user::{user_data}".encode()
     sig = hmac.new(APP_SECRET.encode(), message, hashlib.sha256).hexdigest()
     return {"auth": f"{APP_KEY}:{sig}", "user_data": user_data}
 
 
 async def test_signin_validation(kanal_server: RunningServer, js: JsDriver) -> None:
-    """USERS.md §2 steps 1-5, LIMITS.md §3 (frames pusher-js would not send, sent raw): a
+    """users.md §2 steps 1-5, limits.md §3 (frames pusher-js would not send, sent raw): a
     missing field, an ``auth`` without a colon, correctly signed user_data without a string
     ``id``, and a second sign-in as a different user all get ``pusher:error`` code null and
     leave the connection open; signing in again as the same user succeeds."""

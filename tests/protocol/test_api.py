@@ -1,4 +1,4 @@
-"""Tests for kanal.protocol.api: HTTP API bodies and queries (HTTP_API.md §3-6, §8)."""
+"""Tests for kanal.protocol.api: HTTP API bodies and queries (http-api.md §3-6, §8)."""
 
 from __future__ import annotations
 
@@ -146,7 +146,7 @@ def test_utf8_size_is_what_counts() -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# POST /apps/{id}/events: every rejection (LIMITS.md §4)
+# POST /apps/{id}/events: every rejection (limits.md §4)
 
 TRIGGER_ERRORS: list[tuple[str, bytes, App, int]] = [
     ("empty body", b"", APP, 400),
@@ -296,7 +296,7 @@ def test_batch_rejections(body: bytes, app: App, status: int) -> None:
 
 @pytest.mark.parametrize("bad_index", [0, 1, 2])
 def test_batch_is_validated_as_a_whole(bad_index: int) -> None:
-    """One bad event rejects the request, wherever it is (HTTP_API.md §4)."""
+    """One bad event rejects the request, wherever it is (http-api.md §4)."""
     events = [_event(name=f"e{i}") for i in range(3)]
     events[bad_index] = _event(channel="not valid")
     error = _status(lambda: parse_batch(_batch(*events), APP))

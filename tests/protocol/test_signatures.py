@@ -39,7 +39,7 @@ APP_ID = VECTORS["credentials"]["app_id"]
 KEY = VECTORS["credentials"]["key"]
 SECRET = VECTORS["credentials"]["secret"]
 SOCKET_ID = "1234.1234"
-TS = 1353088179  # auth_timestamp of every HTTP vector (HTTP_API.md §2.6)
+TS = 1353088179  # auth_timestamp of every HTTP vector (http-api.md §2.6)
 RESERVED = {"auth_key", "auth_timestamp", "auth_version", "auth_signature", "body_md5"}
 
 
@@ -92,7 +92,7 @@ def _api_error(call: Callable[[], None]) -> ApiError:
 
 
 # --------------------------------------------------------------------------------------------
-# Channel authorization and sign-in (AUTH.md §5, vectors "auth")
+# Channel authorization and sign-in (auth.md §5, vectors "auth")
 
 
 def _auth_vector_parts(vector: dict[str, Any]) -> tuple[str, str | None]:
@@ -230,7 +230,7 @@ def test_signin_user_data_is_signed_verbatim() -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Webhooks (WEBHOOKS.md §7)
+# Webhooks (webhooks.md §7)
 
 
 @pytest.mark.parametrize("vector", VECTORS["webhooks"], ids=_ids("webhooks"))
@@ -249,7 +249,7 @@ def test_webhook_signature_accepted_by_python_sdk() -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# HTTP API: vectors (HTTP_API.md §2.6)
+# HTTP API: vectors (http-api.md §2.6)
 
 
 def _vector_request(vector: dict[str, Any]) -> tuple[list[tuple[str, str]], bytes]:
@@ -338,7 +338,7 @@ def test_uppercase_parameter_names_are_lowercased() -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# HTTP API: failures, in the order of HTTP_API.md §2.3
+# HTTP API: failures, in the order of http-api.md §2.3
 
 
 def _without(query: list[tuple[str, str]], name: str) -> list[tuple[str, str]]:
@@ -415,7 +415,7 @@ def test_python_get_body_md5_of_empty_body_is_accepted() -> None:
     ],
 )
 def test_timestamp_window(offset: float, ok: bool) -> None:
-    """HTTP_API.md §2.3 step 6 with the Ruby gem's boundary: reject at |diff| >= 600."""
+    """http-api.md §2.3 step 6 with the Ruby gem's boundary: reject at |diff| >= 600."""
     query = _signed()
     if ok:
         _verify(query, method="GET", path="/apps/3/channels", now=TS + offset)

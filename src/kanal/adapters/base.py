@@ -126,7 +126,7 @@ class Membership(Protocol):
         ...
 
     async def sign_in(self, app_id: str, user_id: str, socket_id: str) -> bool:
-        """Record a signed-in connection; true iff the user was offline before (USERS.md §4)."""
+        """Record a signed-in connection; true iff the user was offline before (users.md §4)."""
         ...
 
     async def sign_out(self, app_id: str, user_id: str, socket_id: str) -> bool:
@@ -149,7 +149,7 @@ class Membership(Protocol):
 
     async def claim_cache_miss(self, app_id: str, channel: str, window: float, now: float) -> bool:
         """True for the first caller per channel per ``window`` seconds, cluster-wide: the
-        ``cache_miss`` webhook is de-duplicated across nodes (WEBHOOKS.md §4)."""
+        ``cache_miss`` webhook is de-duplicated across nodes (webhooks.md §4)."""
         ...
 
     async def add_connection(self, app_id: str, socket_id: str, limit: int) -> bool:

@@ -41,7 +41,7 @@ class MemoryBroker:
 class _Channel:
     # socket_id -> member (None on non-presence channels); insertion order = join order
     sockets: dict[str, Member | None] = field(default_factory=dict)
-    # user_id -> socket_ids in join order; the first one's user_info is shown (CHANNELS.md §4.1)
+    # user_id -> socket_ids in join order; the first one's user_info is shown (channels.md §4.1)
     users: dict[str, list[str]] = field(default_factory=dict)
     presence: bool = False
 

@@ -335,7 +335,7 @@ class RedisMembership:
         flat = await self._roster(keys=[f"{base}u:{channel}"], args=[base, channel])
         return {_text(flat[i]): orjson.loads(flat[i + 1]) for i in range(0, len(flat) - 1, 2)}
 
-    # --- signed-in users (USERS.md) -----------------------------------------------------
+    # --- signed-in users (users.md) -----------------------------------------------------
 
     async def sign_in(self, app_id: str, user_id: str, socket_id: str) -> bool:
         _check_socket_id(socket_id)
@@ -357,7 +357,7 @@ class RedisMembership:
         found = await self._client.hmget(f"{self._base(app_id)}online", wanted)
         return {user_id for user_id, list_ in zip(wanted, found, strict=True) if list_}
 
-    # --- cache channels (CHANNELS.md §5) ------------------------------------------------
+    # --- cache channels (channels.md §5) ------------------------------------------------
 
     async def cache_put(
         self, app_id: str, channel: str, event: str, data: str, ttl: int, now: float

@@ -1,6 +1,6 @@
 """Lua scripts behind :class:`kanal.cluster_webhooks.RedisWebhookQueue`.
 
-Ownership rule: the cluster-wide grace period of removal webhooks (WEBHOOKS.md §4) is decided
+Ownership rule: the cluster-wide grace period of removal webhooks (webhooks.md §4) is decided
 here, inside single script runs, so "is a removal of this channel (user) held?" and the
 resulting hold / cancel / enqueue are atomic on the Redis server whichever node emitted the
 events. Python never reads a hold and then writes based on it. The key layout is documented in
@@ -11,7 +11,7 @@ Encodings:
 
 * hold value: ``event_json NUL app_id``. Compact JSON never contains a raw NUL, so the first
   NUL separates the two whatever the app id holds.
-* stream entry fields: ``a`` app id, ``e`` event JSON (WEBHOOKS.md §3 object), ``t`` the Unix
+* stream entry fields: ``a`` app id, ``e`` event JSON (webhooks.md §3 object), ``t`` the Unix
   time in ms the webhook was created, which becomes the request's ``time_ms`` (§2).
 * numbers handed back to Redis are formatted with ``%.0f``: Redis would otherwise print a Lua
   number of 13 digits in exponent notation.
@@ -74,7 +74,7 @@ for i = 4, #ARGV, 5 do
     enqueue(stream, maxlen, app, event, ms)
     queued = queued + 1
   elseif kind == 'c' then
-    -- WEBHOOKS.md §4: hold the removal. Two in a row can only come from a malformed stream:
+    -- webhooks.md §4: hold the removal. Two in a row can only come from a malformed stream:
     -- pass the first on rather than lose it (as kanal.protocol.webhook_grace does).
     if release(stream, hold, due, maxlen, key) then queued = queued + 1 end
     redis.call('HSET', hold, key, event .. NUL .. app)

@@ -4,7 +4,7 @@ Ownership rule: the hub decides *that* something happened (a join, a leave, a co
 from the store's atomic first/last answers; this module turns each such answer into the
 broadcasts every node delivers (``member_added``, ``member_removed``,
 ``subscription_count``) and the webhook events, in the documented order
-(docs/reference/channels.md §3.1 step 8, §3.5; docs/reference/webhooks.md §4). It keeps no
+(channels.md §3.1 step 8, §3.5; webhooks.md §4). It keeps no
 membership of its own: only the throttle state of :mod:`kanal.hub.subscription_count`.
 """
 
@@ -77,7 +77,7 @@ class Announcer:
         await self._counter.changed(app, channel, kind, count)
 
     async def _publish_count(self, app: App, channel: str, count: int) -> None:
-        """docs/reference/channels.md §6: ``pusher_internal:subscription_count`` to every
+        """channels.md §6: ``pusher_internal:subscription_count`` to every
         subscriber, and its webhook."""
         await self.publish(app.id, channel, events.subscription_count_frame(channel, count))
         self.emit(app, hooks.subscription_count(channel, count))

@@ -1,11 +1,11 @@
 """Cache channels: the last event of each ``cache-`` channel, replayed to new subscribers
-(docs/reference/channels.md §5).
+(channels.md §5).
 
 Ownership rule: the cached events themselves live in the cluster's membership store (so every
 node replays the same one); this module owns the rules around them: what is stored on publish,
 what a new subscriber is sent, and when a ``cache_miss`` webhook is due (at most one per
 channel per 5 s across the cluster, claimed atomically in the store;
-docs/reference/webhooks.md §4).
+webhooks.md §4).
 """
 
 from __future__ import annotations

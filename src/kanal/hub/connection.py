@@ -27,7 +27,7 @@ class Connection(Protocol):
         """Queue an already framed message; never blocks, never raises."""
 
     def probe(self) -> None:
-        """Send a WebSocket Ping control frame (docs/reference/protocol.md §5.2)."""
+        """Send a WebSocket Ping control frame (protocol.md §5.2)."""
 
     def close(self, code: int, reason: str) -> None:
         """Start closing; the transport calls :meth:`Hub.closed` once it is done."""

@@ -109,7 +109,7 @@ class Hub:
         return len(self._channels)
 
     def refuse(self, conn: Connection, code: int, reason: str) -> None:
-        """PROTOCOL.md §1.2: ``pusher:error`` with the code, then close with it."""
+        """protocol.md §1.2: ``pusher:error`` with the code, then close with it."""
         conn.send(self._frame(events.error_frame(code, reason)))
         conn.close(code, reason)
 
@@ -137,7 +137,7 @@ class Hub:
             await self._execute(local, command)
 
     def activity(self, socket_id: str) -> None:
-        """A Ping/Pong control frame arrived: proof of life (PROTOCOL.md §5.2 rule 3)."""
+        """A Ping/Pong control frame arrived: proof of life (protocol.md §5.2 rule 3)."""
         local = self._locals.get(socket_id)
         if local is not None:
             local.session.activity(self._now())
@@ -154,7 +154,7 @@ class Hub:
                     self.refuse(local.conn, command.code, command.reason)
 
     async def closed(self, socket_id: str) -> None:
-        """Clean up a connection exactly once, whatever closed it (PROTOCOL.md §3)."""
+        """Clean up a connection exactly once, whatever closed it (protocol.md §3)."""
         local = self._locals.pop(socket_id, None)
         if local is None:
             return
@@ -205,10 +205,10 @@ class Hub:
             await self._join_locked(local, command)
 
     async def _join_locked(self, local: Local, command: Join) -> None:
-        """CHANNELS.md §3.1 steps 3 and 5-8."""
+        """channels.md §3.1 steps 3 and 5-8."""
         app, channel, socket_id = local.session.app, command.channel, local.conn.socket_id
         kind = command.channel_type
-        if kind.is_server_to_user:  # USERS.md §3: not counted anywhere
+        if kind.is_server_to_user:  # users.md §3: not counted anywhere
             local.channels[channel] = None
             self._send(local, events.subscription_succeeded_frame(channel))
             return
@@ -238,14 +238,14 @@ class Hub:
         if roster is not None and members is not None and command.member is not None:
             # The joiner and the channel's other local subscribers end up with one list.
             members, added = roster.admit(members, command.member.user_id, touched)
-        # CHANNELS.md §3.1 step 7: subscription_succeeded precedes every other frame.
+        # channels.md §3.1 step 7: subscription_succeeded precedes every other frame.
         self._send(local, events.subscription_succeeded_frame(channel, members))
         for user_id, user_info in added.items():  # local only; later copies are duplicates
             frame = events.member_added_frame(channel, user_id, user_info)
             self._fan_out(app.id, channel, frame, exclude=socket_id)
         if already:  # §3.1 step 3: idempotent re-subscribe, no events or webhooks
             return
-        # CHANNELS.md §3.1 step 8: member_added, cache, subscription_count; webhooks in the
+        # channels.md §3.1 step 8: member_added, cache, subscription_count; webhooks in the
         # order channel_occupied, member_added, cache_miss, subscription_count.
         await self._announce.joined(app, channel, result, command.member, socket_id)
         if kind.cache:
@@ -270,7 +270,7 @@ class Hub:
             await self._leave_locked(local, channel)
 
     async def _leave_locked(self, local: Local, channel: str) -> None:
-        """CHANNELS.md §3.5; unknown channels are ignored silently (PROTOCOL.md §7.3)."""
+        """channels.md §3.5; unknown channels are ignored silently (protocol.md §7.3)."""
         if channel not in local.channels:
             return
         del local.channels[channel]
@@ -287,7 +287,7 @@ class Hub:
     async def announce_leave(
         self, app: App, channel: str, result: LeaveResult, exclude: str | None = None
     ) -> None:
-        """CHANNELS.md §3.5 side effects of a leave, also for a dead node's connections."""
+        """channels.md §3.5 side effects of a leave, also for a dead node's connections."""
         await self._announce.left(app, channel, result, exclude)
 
     def _drop_unused_roster(self, app_id: str, channel: str) -> None:
@@ -314,7 +314,7 @@ class Hub:
         return sent
 
     async def _relay(self, local: Local, command: Relay) -> None:
-        """CHANNELS.md §8: subscribed senders only; never echoed; ``user_id`` on presence."""
+        """channels.md §8: subscribed senders only; never echoed; ``user_id`` on presence."""
         app, channel = local.session.app, command.channel
         if channel not in local.channels:
             self._send(
@@ -332,7 +332,7 @@ class Hub:
         )
 
     async def announce_presence_of_user(self, app: App, user_id: str, *, online: bool) -> None:
-        """USERS.md §4: a user's first sign-in (online) or last sign-out (offline)."""
+        """users.md §4: a user's first sign-in (online) or last sign-out (offline)."""
         await self._users.announce(app, user_id, online=online)
 
     def local_state(
@@ -393,7 +393,7 @@ class Hub:
     async def publish_event(
         self, app: App, channel: str, name: str, data: str, socket_id: str | None
     ) -> None:
-        """CHANNELS.md §7: publish one HTTP API event to one channel."""
+        """channels.md §7: publish one HTTP API event to one channel."""
         payload = events.channel_event_frame(name, channel, data)
         if channel.startswith(SERVER_TO_USER_PREFIX):
             user_id = channel[len(SERVER_TO_USER_PREFIX) :]
@@ -404,7 +404,7 @@ class Hub:
         await self._announce.publish(app.id, channel, payload, exclude=socket_id)
 
     async def terminate_user(self, app: App, user_id: str) -> None:
-        """USERS.md §5: close every connection signed in as ``user_id``, on every node."""
+        """users.md §5: close every connection signed in as ``user_id``, on every node."""
         await self._users.terminate(app, user_id)
 
     def is_subscribed(self, socket_id: str, channel: str) -> bool:

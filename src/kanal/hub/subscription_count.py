@@ -1,4 +1,4 @@
-"""When to announce ``subscription_count`` (CHANNELS.md §6, WEBHOOKS.md §4).
+"""When to announce ``subscription_count`` (channels.md §6, webhooks.md §4).
 
 Ownership rule: the per-channel throttle state lives here and only here. On channels with
 more than 100 subscribers the count is sent at most once every 5 seconds, and the last count
@@ -35,7 +35,7 @@ class SubscriptionCounter:
     @staticmethod
     def applies(app: App, kind: ChannelType) -> bool:
         """Non-presence, non-server-to-user channels of apps that enable it; encrypted
-        channels only with their own opt-in (ENCRYPTION.md §4)."""
+        channels only with their own opt-in (encryption.md §4)."""
         if not app.enable_subscription_count or kind.is_presence or kind.is_server_to_user:
             return False
         return not kind.is_encrypted or app.enable_encrypted_subscription_count

@@ -1,4 +1,4 @@
-"""Signed-in users and watchlists on this node (docs/reference/users.md).
+"""Signed-in users and watchlists on this node (users.md).
 
 Ownership rule: which local connection is signed in as which user, and which local connection
 watches which user, is recorded here and nowhere else; the :class:`~kanal.hub.Hub` calls in on
@@ -52,7 +52,7 @@ class Users:
             return
         for watched in user.watchlist:
             self._watchers.add(app.id, watched, socket_id, local)
-        # docs/reference/users.md §4, initial status [choice]: omit an empty list, and send
+        # users.md §4, initial status [choice]: omit an empty list, and send
         # nothing when both are.
         online = await self._membership.online(app.id, user.watchlist)
         lists = (
@@ -81,7 +81,7 @@ class Users:
 
     async def announce(self, app: App, user_id: str, *, online: bool) -> None:
         """A user's first sign-in (online) or last sign-out (offline), to the watchers on every
-        node (docs/reference/users.md §4)."""
+        node (users.md §4)."""
         if app.enable_watchlist_events:
             kind = "online" if online else "offline"
             await self._broker.publish(Envelope(app.id, kind, user_id))
@@ -113,7 +113,7 @@ class Users:
                     local.conn.send(frame)
 
     def _deliver_to_user(self, envelope: Envelope) -> None:
-        """docs/reference/users.md §3: every connection signed in as the user, subscribed or not."""
+        """users.md §3: every connection signed in as the user, subscribed or not."""
         sockets = self._signed_in.get(envelope.app_id, envelope.target)
         if not sockets:
             return

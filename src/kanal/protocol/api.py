@@ -1,4 +1,4 @@
-"""HTTP API request rules as values (HTTP_API.md §3-6, §8; LIMITS.md §4).
+"""HTTP API request rules as values (http-api.md §3-6, §8; limits.md §4).
 
 Ownership: this module turns the *authenticated* inputs of the REST endpoints (a JSON body, a
 decoded query mapping, path segments) into frozen request values, or raises
@@ -52,7 +52,7 @@ CACHE = "cache"
 
 @dataclass(frozen=True, slots=True)
 class TriggerEvent:
-    """One event to publish (HTTP_API.md §3, or one element of a batch, §4).
+    """One event to publish (http-api.md §3, or one element of a batch, §4).
 
     ``channels`` holds distinct names in request order; ``info`` the requested attribute
     names (unknown ones kept, and ignored by the response builder, §3).
@@ -67,7 +67,7 @@ class TriggerEvent:
 
 @dataclass(frozen=True, slots=True)
 class ChannelsQuery:
-    """``GET /apps/{id}/channels`` (HTTP_API.md §5.1); ``prefix`` is ``""`` for no filter."""
+    """``GET /apps/{id}/channels`` (http-api.md §5.1); ``prefix`` is ``""`` for no filter."""
 
     prefix: str
     info: frozenset[str]
@@ -75,7 +75,7 @@ class ChannelsQuery:
 
 @dataclass(frozen=True, slots=True)
 class ChannelQuery:
-    """``GET /apps/{id}/channels/{channel}`` (HTTP_API.md §5.2)."""
+    """``GET /apps/{id}/channels/{channel}`` (http-api.md §5.2)."""
 
     channel: str
     info: frozenset[str]
@@ -107,7 +107,7 @@ def _split_info(raw: str) -> frozenset[str]:
 
 
 # --------------------------------------------------------------------------------------------
-# Events (HTTP_API.md §3-4)
+# Events (http-api.md §3-4)
 
 
 def _event_name(obj: Mapping[str, Any], app: App) -> str:
@@ -154,7 +154,7 @@ def _channel_list(raw: object, app: App) -> tuple[str, ...]:
         raise _bad("channels must not be empty")
     if len(raw) > app.max_channels_per_trigger:
         raise _bad(f"Too many channels: {len(raw)} (limit {app.max_channels_per_trigger})")
-    # De-duplicated in order: an event must not reach a connection twice (HTTP_API.md §3).
+    # De-duplicated in order: an event must not reach a connection twice (http-api.md §3).
     channels = tuple(dict.fromkeys(_check_channel_name(name, app) for name in raw))
     if len(channels) > 1 and any(name.startswith(_ENCRYPTED_PREFIX) for name in channels):
         raise _bad("Cannot trigger on more than one channel when one is private-encrypted-")
@@ -204,7 +204,7 @@ def _event(obj: Mapping[str, Any], app: App, *, in_batch: bool) -> TriggerEvent:
 
 
 def parse_trigger(body: bytes, app: App) -> TriggerEvent:
-    """The body of ``POST /apps/{id}/events`` (HTTP_API.md §3).
+    """The body of ``POST /apps/{id}/events`` (http-api.md §3).
 
     ``null`` values count as absent. ``channels`` takes precedence over ``channel``.
 
@@ -240,7 +240,7 @@ def trigger_event(
 
 
 def parse_batch(body: bytes, app: App) -> tuple[TriggerEvent, ...]:
-    """The body of ``POST /apps/{id}/batch_events`` (HTTP_API.md §4).
+    """The body of ``POST /apps/{id}/batch_events`` (http-api.md §4).
 
     Every event is validated before anything is returned, so one bad event rejects the whole
     request; the error message names its index.
@@ -265,7 +265,7 @@ def parse_batch(body: bytes, app: App) -> tuple[TriggerEvent, ...]:
 
 
 # --------------------------------------------------------------------------------------------
-# Queries (HTTP_API.md §5-6, §8)
+# Queries (http-api.md §5-6, §8)
 
 
 def _query_info(query: Mapping[str, str]) -> frozenset[str]:
@@ -278,7 +278,7 @@ def _unavailable(attribute: str, why: str) -> ApiError:
 
 
 def parse_channels_query(query: Mapping[str, str]) -> ChannelsQuery:
-    """``filter_by_prefix`` and ``info`` of ``GET /apps/{id}/channels`` (HTTP_API.md §5.1).
+    """``filter_by_prefix`` and ``info`` of ``GET /apps/{id}/channels`` (http-api.md §5.1).
 
     Raises:
         ApiError: 400 for ``user_count`` without a ``presence-`` prefix filter, or an unknown
@@ -333,7 +333,7 @@ def parse_user_id(user_id: str) -> str:
     """The decoded ``{user_id}`` of ``.../users/{user_id}/terminate_connections`` (§8).
 
     Raises:
-        ApiError: 400 unless it is a valid user id (USERS.md §2).
+        ApiError: 400 unless it is a valid user id (users.md §2).
     """
     if not is_valid_user_id(user_id):
         raise _bad(f"Invalid user id: {_quote(user_id)}")

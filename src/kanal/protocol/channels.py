@@ -1,7 +1,7 @@
-"""Channel-name grammar and channel types (CHANNELS.md §1-2).
+"""Channel-name grammar and channel types (channels.md §1-2).
 
 A channel's type is decided by its prefix alone, testing the longest prefixes first
-(CHANNELS.md §1: first match wins). Names are validated against the allowed character set and
+(channels.md §1: first match wins). Names are validated against the allowed character set and
 the app's length limit; ``#`` is only allowed in ``#server-to-user-{user_id}``.
 """
 
@@ -23,7 +23,7 @@ __all__ = [
 
 SERVER_TO_USER_PREFIX = "#server-to-user-"
 
-# CHANNELS.md §2: ASCII letters, digits and _ - = @ , . ;
+# channels.md §2: ASCII letters, digits and _ - = @ , . ;
 _NAME_RE = re.compile(r"[-a-zA-Z0-9_=@,.;]+")
 
 
@@ -39,14 +39,14 @@ class ChannelKind(Enum):
 
 @dataclass(frozen=True, slots=True)
 class ChannelType:
-    """What a channel name implies (the table in CHANNELS.md §1)."""
+    """What a channel name implies (the table in channels.md §1)."""
 
     kind: ChannelKind
     cache: bool
 
     @property
     def needs_auth(self) -> bool:
-        """Private, encrypted and presence channels need a signed ``auth`` (AUTH.md §3.1)."""
+        """Private, encrypted and presence channels need a signed ``auth`` (auth.md §3.1)."""
         return self.kind in (ChannelKind.PRIVATE, ChannelKind.ENCRYPTED, ChannelKind.PRESENCE)
 
     @property
@@ -62,7 +62,7 @@ class ChannelType:
         return self.kind is ChannelKind.SERVER_TO_USER
 
     def allows_client_events(self, allow_encrypted: bool) -> bool:
-        """CHANNELS.md §8.1 rule 3: private and presence only; encrypted only when enabled."""
+        """channels.md §8.1 rule 3: private and presence only; encrypted only when enabled."""
         if self.kind is ChannelKind.ENCRYPTED:
             return allow_encrypted
         return self.kind in (ChannelKind.PRIVATE, ChannelKind.PRESENCE)
@@ -90,12 +90,12 @@ def channel_type(name: str) -> ChannelType:
 
 
 def is_valid_user_id(user_id: str, max_length: int = 200) -> bool:
-    """A user id uses the channel-name character set (USERS.md §2, pusher-http-python)."""
+    """A user id uses the channel-name character set (users.md §2, pusher-http-python)."""
     return 0 < len(user_id) <= max_length and _NAME_RE.fullmatch(user_id) is not None
 
 
 def is_valid_channel_name(name: str, max_length: int) -> bool:
-    """CHANNELS.md §2: allowed characters, non-empty, at most ``max_length`` characters.
+    """channels.md §2: allowed characters, non-empty, at most ``max_length`` characters.
 
     ``#`` is reserved: the only accepted ``#`` name is ``#server-to-user-{user_id}`` whose
     ``user_id`` uses the same character set.
@@ -108,5 +108,5 @@ def is_valid_channel_name(name: str, max_length: int) -> bool:
 
 
 def server_to_user_channel(user_id: str) -> str:
-    """The ``#server-to-user-{user_id}`` channel name (USERS.md §3)."""
+    """The ``#server-to-user-{user_id}`` channel name (users.md §3)."""
     return SERVER_TO_USER_PREFIX + user_id

@@ -2,11 +2,11 @@
 
 The tree::
 
-    PusherError(code, message)          -> a non-fatal ``pusher:error`` frame (PROTOCOL.md §4.3)
+    PusherError(code, message)          -> a non-fatal ``pusher:error`` frame (protocol.md §4.3)
      ├── SubscriptionError(kind, status) -> ``pusher:subscription_error`` + ``pusher:error``
-     │                                      (CHANNELS.md §3.4)
+     │                                      (channels.md §3.4)
      └── ConnectionRefused(code)         -> ``pusher:error`` then close with ``code`` (§1.2)
-    ApiError(status, message)            -> an HTTP error response (HTTP_API.md §7)
+    ApiError(status, message)            -> an HTTP error response (http-api.md §7)
 
 Errors are raised in the pure core and mapped to the wire in exactly one place each:
 :mod:`kanal.protocol.session` for WebSocket errors, :mod:`kanal.transport.http` for ApiError.
@@ -26,7 +26,7 @@ __all__ = [
 
 
 class CloseCode(IntEnum):
-    """WebSocket close codes kanal uses (PROTOCOL.md §6, LIMITS.md §2).
+    """WebSocket close codes kanal uses (protocol.md §6, limits.md §2).
 
     4000-4099: refused, the client must not reconnect unchanged.
     4100-4199: the client reconnects after backing off.
@@ -44,14 +44,14 @@ class CloseCode(IntEnum):
     UNAUTHORIZED = 4009  #: origin refused, auth timeout, terminate_connections
     OVER_CAPACITY = 4100  #: server-wide cap, or a slow consumer (back off, then retry)
     RECONNECT = 4200  #: graceful shutdown / draining
-    PONG_TIMEOUT = 4201  #: heartbeat failure (PROTOCOL.md §5.2)
+    PONG_TIMEOUT = 4201  #: heartbeat failure (protocol.md §5.2)
 
 
 class PusherError(Exception):
     """A request-level failure reported with ``pusher:error``; never closes the connection.
 
     Args:
-        code: the Pusher error code, or ``None`` for request-level failures (PROTOCOL.md §4.3).
+        code: the Pusher error code, or ``None`` for request-level failures (protocol.md §4.3).
         message: human-readable text sent as ``data.message``.
     """
 
@@ -62,7 +62,7 @@ class PusherError(Exception):
 
 
 class SubscriptionError(PusherError):
-    """A failed ``pusher:subscribe`` (CHANNELS.md §3.4).
+    """A failed ``pusher:subscribe`` (channels.md §3.4).
 
     Args:
         channel: the channel that could not be joined.
@@ -87,7 +87,7 @@ class ConnectionRefused(PusherError):
 
 
 class ApiError(Exception):
-    """An HTTP API failure: status code and a one-line ``text/plain`` body (HTTP_API.md §7)."""
+    """An HTTP API failure: status code and a one-line ``text/plain`` body (http-api.md §7)."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)

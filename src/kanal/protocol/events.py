@@ -1,10 +1,10 @@
 """Every WebSocket message in either direction: parsed into frozen values, written as bytes.
 
-This is the only module that knows the wire envelope (PROTOCOL.md §2). Inbound frames are
+This is the only module that knows the wire envelope (protocol.md §2). Inbound frames are
 parsed once, at the edge, into the dataclasses below; outbound frames are produced by the
 ``*_frame`` functions, each of which shows its exact output in its docstring.
 
-The ``data`` rule (PROTOCOL.md §2.1): server-to-client ``data`` is a JSON *string* for every
+The ``data`` rule (protocol.md §2.1): server-to-client ``data`` is a JSON *string* for every
 event except ``pusher:error`` (an object) and ``pusher:signin_success`` (an object, as the
 Pusher docs show it).
 """
@@ -53,7 +53,7 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class Ping:
-    """``pusher:ping``; ``data`` may be ``{}``, ``"{}"`` or absent (PROTOCOL.md §7.1)."""
+    """``pusher:ping``; ``data`` may be ``{}``, ``"{}"`` or absent (protocol.md §7.1)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +63,7 @@ class Pong:
 
 @dataclass(frozen=True, slots=True)
 class Subscribe:
-    """``pusher:subscribe`` (PROTOCOL.md §7.2); ``channel_data`` is kept as the signed text."""
+    """``pusher:subscribe`` (protocol.md §7.2); ``channel_data`` is kept as the signed text."""
 
     channel: str
     auth: str
@@ -72,14 +72,14 @@ class Subscribe:
 
 @dataclass(frozen=True, slots=True)
 class Unsubscribe:
-    """``pusher:unsubscribe`` (PROTOCOL.md §7.3)."""
+    """``pusher:unsubscribe`` (protocol.md §7.3)."""
 
     channel: str
 
 
 @dataclass(frozen=True, slots=True)
 class Signin:
-    """``pusher:signin`` (USERS.md §2); ``user_data`` is kept as the signed text."""
+    """``pusher:signin`` (users.md §2); ``user_data`` is kept as the signed text."""
 
     auth: str
     user_data: str
@@ -87,7 +87,7 @@ class Signin:
 
 @dataclass(frozen=True, slots=True)
 class ClientEvent:
-    """A ``client-*`` event; ``data`` is already the string to relay (PROTOCOL.md §2.1 rule 4)."""
+    """A ``client-*`` event; ``data`` is already the string to relay (protocol.md §2.1 rule 4)."""
 
     event: str
     channel: str | None
@@ -96,7 +96,7 @@ class ClientEvent:
 
 @dataclass(frozen=True, slots=True)
 class Ignored:
-    """An unknown ``pusher:*`` or non-client event: ignored (PROTOCOL.md §2.2)."""
+    """An unknown ``pusher:*`` or non-client event: ignored (protocol.md §2.2)."""
 
     event: str
 
@@ -223,7 +223,7 @@ def signin_success_frame(user_data: str) -> bytes:
 
 
 def subscription_succeeded_frame(channel: str, presence: Mapping[str, Any] | None = None) -> bytes:
-    """Non-presence: ``data`` ``"{}"``. Presence (PROTOCOL.md §4.5), ``presence`` maps user_id
+    """Non-presence: ``data`` ``"{}"``. Presence (protocol.md §4.5), ``presence`` maps user_id
     to user_info: ``"data":"{\\"presence\\":{\\"ids\\":[..],\\"hash\\":{..},\\"count\\":n}}"``."""
     if presence is None:
         return _frame("pusher_internal:subscription_succeeded", "{}", channel)
@@ -297,7 +297,7 @@ def cache_miss_frame(channel: str) -> bytes:
 
 def channel_event_frame(event: str, channel: str, data: str, user_id: str | None = None) -> bytes:
     """``{"event":"order-shipped","channel":"private-orders","data":"{\\"id\\":42}"}``, plus
-    ``"user_id"`` for client events relayed on presence channels (PROTOCOL.md §4.11-4.12)."""
+    ``"user_id"`` for client events relayed on presence channels (protocol.md §4.11-4.12)."""
     envelope = {"event": event, "channel": channel, "data": data}
     if user_id is not None:
         envelope["user_id"] = user_id

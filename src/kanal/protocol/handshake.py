@@ -1,4 +1,4 @@
-"""Accepting or refusing a WebSocket connection (PROTOCOL.md §1.2).
+"""Accepting or refusing a WebSocket connection (protocol.md §1.2).
 
 The checks run after the upgrade so the client can receive a close code, in the spec's
 order: protocol version, app key, app disabled, TLS-only, origin allow-list. The per-app
@@ -18,7 +18,7 @@ MAX_PROTOCOL = 7  # pusher-js and Swift send 7; the Java client sends 5
 
 def _check_protocol(protocol: str | None, strict: bool) -> ConnectionRefused | None:
     if protocol is None:
-        # [choice] absent -> treated as 7 unless strict (PROTOCOL.md §1.2 step 2).
+        # [choice] absent -> treated as 7 unless strict (protocol.md §1.2 step 2).
         if strict:
             return ConnectionRefused(CloseCode.NO_VERSION, "No protocol version supplied")
         return None

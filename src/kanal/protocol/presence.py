@@ -1,4 +1,4 @@
-"""Pure presence rules: member records and their limits (CHANNELS.md §4), and how a node's
+"""Pure presence rules: member records and their limits (channels.md §4), and how a node's
 announced member list is reconciled with the cluster's.
 
 A presence channel holds connections, each carrying one :class:`Member` taken at subscription
@@ -46,7 +46,7 @@ class Member:
 
 
 def normalise_user_id(value: object) -> str | None:
-    """CHANNELS.md §4.1: a numeric ``user_id`` becomes its decimal string (``10`` -> ``"10"``)."""
+    """channels.md §4.1: a numeric ``user_id`` becomes its decimal string (``10`` -> ``"10"``)."""
     if isinstance(value, bool):
         return None
     if isinstance(value, str):
@@ -59,7 +59,7 @@ def normalise_user_id(value: object) -> str | None:
 
 
 def _check_limits(channel: str, member: Member, app: App) -> Member:
-    """CHANNELS.md §4.6: user_id length and the compact-JSON size of user_info."""
+    """channels.md §4.6: user_id length and the compact-JSON size of user_info."""
     if len(member.user_id) > app.max_presence_user_id_length:
         raise SubscriptionError(
             channel,
@@ -80,7 +80,7 @@ def _check_limits(channel: str, member: Member, app: App) -> Member:
 
 
 def member_from_channel_data(channel: str, channel_data: str, app: App) -> Member:
-    """Build the member from the authorized ``channel_data`` text (CHANNELS.md §3.2).
+    """Build the member from the authorized ``channel_data`` text (channels.md §3.2).
 
     Raises:
         SubscriptionError: not a JSON object, no usable ``user_id``, or over a limit.

@@ -1,4 +1,4 @@
-"""Session: one WebSocket connection's protocol state machine (PROTOCOL.md §3).
+"""Session: one WebSocket connection's protocol state machine (protocol.md §3).
 
 Ownership rule: this module owns everything that belongs to a single connection and needs no
 knowledge of other connections: its socket_id and app, the signed-in user, the client-event
@@ -8,7 +8,7 @@ here: :mod:`kanal.hub` owns it (the only owner of membership on a node).
 ``receive(text, now)`` and ``tick(now)`` return :data:`Command` values for the hub to carry
 out; they never raise. A :class:`PusherError` raised while handling a frame becomes a
 ``pusher:error`` reply (or ``pusher:subscription_error`` + ``pusher:error`` for a failed
-subscription, CHANNELS.md §3.4); it never closes the connection (PROTOCOL.md §2.2).
+subscription, channels.md §3.4); it never closes the connection (protocol.md §2.2).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class SignedInUser:
-    """The user record of a signed-in connection (USERS.md §1)."""
+    """The user record of a signed-in connection (users.md §1)."""
 
     user_id: str
     user_info: Any
@@ -73,14 +73,14 @@ class Join:
 
 @dataclass(frozen=True, slots=True)
 class Leave:
-    """Unsubscribe this connection from ``channel`` (no reply, PROTOCOL.md §7.3)."""
+    """Unsubscribe this connection from ``channel`` (no reply, protocol.md §7.3)."""
 
     channel: str
 
 
 @dataclass(frozen=True, slots=True)
 class Relay:
-    """Relay a client event; the hub checks the connection is subscribed (CHANNELS.md §8)."""
+    """Relay a client event; the hub checks the connection is subscribed (channels.md §8)."""
 
     channel: str
     event: str
@@ -89,14 +89,14 @@ class Relay:
 
 @dataclass(frozen=True, slots=True)
 class SignIn:
-    """The connection signed in as ``user`` (USERS.md §2 step 6)."""
+    """The connection signed in as ``user`` (users.md §2 step 6)."""
 
     user: SignedInUser
 
 
 @dataclass(frozen=True, slots=True)
 class Probe:
-    """Liveness probe: a WebSocket Ping control frame plus ``pusher:ping`` (PROTOCOL.md §5.2)."""
+    """Liveness probe: a WebSocket Ping control frame plus ``pusher:ping`` (protocol.md §5.2)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +120,7 @@ class Session:
 
     Args:
         app: the application the connection belongs to.
-        socket_id: the connection's id (``^\\d+\\.\\d+$``, PROTOCOL.md §1.3).
+        socket_id: the connection's id (``^\\d+\\.\\d+$``, protocol.md §1.3).
         now: the time the connection was established.
     """
 
@@ -131,7 +131,7 @@ class Session:
         self.state = State.OPEN
         self._last_activity = now
         self._probe_deadline: float | None = None
-        # USERS.md §6: only apps with authorized connections on get a deadline.
+        # users.md §6: only apps with authorized connections on get a deadline.
         self._auth_deadline: float | None = (
             now + app.user_authentication_timeout if app.enable_user_authentication else None
         )
@@ -139,11 +139,11 @@ class Session:
         self._tokens_at = now
 
     def established(self) -> Send:
-        """The first frame: ``pusher:connection_established`` (PROTOCOL.md §4.1)."""
+        """The first frame: ``pusher:connection_established`` (protocol.md §4.1)."""
         return Send(events.connection_established_frame(self.socket_id, self.app.activity_timeout))
 
     def activity(self, now: float) -> None:
-        """Every inbound frame, Ping and Pong included, is proof of life (PROTOCOL.md §5.2)."""
+        """Every inbound frame, Ping and Pong included, is proof of life (protocol.md §5.2)."""
         self._last_activity = now
         self._probe_deadline = None
 
@@ -151,7 +151,7 @@ class Session:
         self.state = State.CLOSED
 
     def tick(self, now: float) -> list[Command]:
-        """Heartbeat and authorized-connection deadlines (PROTOCOL.md §5.2, USERS.md §6)."""
+        """Heartbeat and authorized-connection deadlines (protocol.md §5.2, users.md §6)."""
         if self.state is not State.OPEN:
             return []
         if self._auth_deadline is not None and now >= self._auth_deadline:
@@ -198,7 +198,7 @@ class Session:
         return []  # Pong and ignored events: activity already recorded
 
     def _subscribe(self, message: events.Subscribe) -> Join:
-        """CHANNELS.md §3.1-3.2: name rules, then type-specific authorization."""
+        """channels.md §3.1-3.2: name rules, then type-specific authorization."""
         channel = message.channel
         if not is_valid_channel_name(channel, self.app.max_channel_name_length):
             raise SubscriptionError(
@@ -223,7 +223,7 @@ class Session:
             channel_data=message.channel_data,
         )
         member = self._member(channel, message.channel_data) if kind.is_presence else None
-        self._auth_deadline = None  # USERS.md §6: a private/presence subscription authorizes
+        self._auth_deadline = None  # users.md §6: a private/presence subscription authorizes
         return Join(channel, kind, member)
 
     def _member(self, channel: str, channel_data: str | None) -> Member:
@@ -239,7 +239,7 @@ class Session:
         )
 
     def _signin(self, message: events.Signin) -> list[Command]:
-        """USERS.md §2: verify, parse ``user_data``, record, reply ``signin_success``."""
+        """users.md §2: verify, parse ``user_data``, record, reply ``signin_success``."""
         verify_signin(
             app_key=self.app.key,
             app_secret=self.app.secret,
@@ -292,7 +292,7 @@ class Session:
         return SignedInUser(user_id, parsed.get("user_info"), watchlist), truncated
 
     def _client_event(self, message: events.ClientEvent, now: float) -> Relay:
-        """CHANNELS.md §8.1 rules 1 and 3-6 (the hub checks rule 2, subscription)."""
+        """channels.md §8.1 rules 1 and 3-6 (the hub checks rule 2, subscription)."""
         app = self.app
         if not app.enable_client_messages:
             raise PusherError(
@@ -320,7 +320,7 @@ class Session:
         return Relay(channel, message.event, message.data)
 
     def _take_token(self, now: float) -> bool:
-        """Token bucket, capacity and refill = max_client_events_per_second (CHANNELS.md §8.1)."""
+        """Token bucket, capacity and refill = max_client_events_per_second (channels.md §8.1)."""
         rate = float(self.app.max_client_events_per_second)
         if rate <= 0:
             return True

@@ -2,9 +2,9 @@
 
 Ownership: this module owns the three signature schemes of the Pusher protocol and nothing else:
 
-* channel authorization and user sign-in tokens ``"<key>:<hex>"`` (AUTH.md §1-3);
-* HTTP API request signatures (HTTP_API.md §2);
-* the ``X-Pusher-Signature`` of webhook bodies (WEBHOOKS.md §2, §7).
+* channel authorization and user sign-in tokens ``"<key>:<hex>"`` (auth.md §1-3);
+* HTTP API request signatures (http-api.md §2);
+* the ``X-Pusher-Signature`` of webhook bodies (webhooks.md §2, §7).
 
 All signatures are ``lowercase_hex(HMAC-SHA256(app_secret, message))`` over UTF-8 bytes, and all
 comparisons of secret-derived values use :func:`hmac.compare_digest` on bytes (a ``str``
@@ -46,9 +46,9 @@ __all__ = [
 ]
 
 AUTH_VERSION = "1.0"
-#: Seconds of clock skew tolerated on ``auth_timestamp`` (HTTP_API.md §2.1, LIMITS.md §1).
+#: Seconds of clock skew tolerated on ``auth_timestamp`` (http-api.md §2.1, limits.md §1).
 TIMESTAMP_WINDOW = 600
-#: MD5 of the empty body, which pusher-http-python signs on every GET (HTTP_API.md §2.3).
+#: MD5 of the empty body, which pusher-http-python signs on every GET (http-api.md §2.3).
 EMPTY_BODY_MD5 = "d41d8cd98f00b204e9800998ecf8427e"
 
 _REQUIRED_PARAMS = ("auth_key", "auth_timestamp", "auth_version", "auth_signature")
@@ -63,13 +63,13 @@ def _utf8(text: str) -> bytes:
 
 
 def hmac_sha256_hex(secret: str, message: str | bytes) -> str:
-    """Lowercase hex HMAC-SHA256 of ``message`` keyed with ``secret`` (AUTH.md §1)."""
+    """Lowercase hex HMAC-SHA256 of ``message`` keyed with ``secret`` (auth.md §1)."""
     data = message if isinstance(message, bytes) else _utf8(message)
     return hmac.new(_utf8(secret), data, hashlib.sha256).hexdigest()
 
 
 def md5_hex(body: bytes) -> str:
-    """Lowercase hex MD5 of a request body, the ``body_md5`` parameter (HTTP_API.md §2.1)."""
+    """Lowercase hex MD5 of a request body, the ``body_md5`` parameter (http-api.md §2.1)."""
     return hashlib.md5(body, usedforsecurity=False).hexdigest()
 
 
@@ -85,11 +85,11 @@ def _split_token(auth: str) -> tuple[str, str] | None:
 
 
 # --------------------------------------------------------------------------------------------
-# Channel authorization and user sign-in (AUTH.md)
+# Channel authorization and user sign-in (auth.md)
 
 
 def channel_string_to_sign(socket_id: str, channel: str, channel_data: str | None) -> str:
-    """``<socket_id>:<channel>[:<channel_data>]`` (AUTH.md §2).
+    """``<socket_id>:<channel>[:<channel_data>]`` (auth.md §2).
 
     ``channel_data`` is appended only when it is a non-empty string, exactly as received: its
     bytes are part of the signature and must never be re-serialised.
@@ -99,14 +99,14 @@ def channel_string_to_sign(socket_id: str, channel: str, channel_data: str | Non
 
 
 def signin_string_to_sign(socket_id: str, user_data: str) -> str:
-    """``<socket_id>::user::<user_data>`` (AUTH.md §2)."""
+    """``<socket_id>::user::<user_data>`` (auth.md §2)."""
     return f"{socket_id}::user::{user_data}"
 
 
 def sign_channel(
     *, app_key: str, app_secret: str, socket_id: str, channel: str, channel_data: str | None = None
 ) -> str:
-    """The ``auth`` token an app server returns for a channel subscription (AUTH.md §4.1)."""
+    """The ``auth`` token an app server returns for a channel subscription (auth.md §4.1)."""
     signature = hmac_sha256_hex(
         app_secret, channel_string_to_sign(socket_id, channel, channel_data)
     )
@@ -114,13 +114,13 @@ def sign_channel(
 
 
 def sign_signin(*, app_key: str, app_secret: str, socket_id: str, user_data: str) -> str:
-    """The ``auth`` token an app server returns for ``pusher:signin`` (AUTH.md §4.2)."""
+    """The ``auth`` token an app server returns for ``pusher:signin`` (auth.md §4.2)."""
     signature = hmac_sha256_hex(app_secret, signin_string_to_sign(socket_id, user_data))
     return f"{app_key}:{signature}"
 
 
 def _signature_mismatch(string_to_sign: str, got: str) -> str:
-    # Hosted text (AUTH.md §3.1, LIMITS.md §3).
+    # Hosted text (auth.md §3.1, limits.md §3).
     return f"Invalid signature: Expected HMAC SHA256 hex digest of {string_to_sign}, but got {got}"
 
 
@@ -133,7 +133,7 @@ def verify_channel_auth(
     auth: str,
     channel_data: str | None,
 ) -> None:
-    """Check a ``pusher:subscribe`` ``auth`` value for a private/presence channel (AUTH.md §3.1).
+    """Check a ``pusher:subscribe`` ``auth`` value for a private/presence channel (auth.md §3.1).
 
     Raises:
         SubscriptionError: ``AuthError``/401 with the hosted message texts.
@@ -150,10 +150,10 @@ def verify_channel_auth(
 def verify_signin(
     *, app_key: str, app_secret: str, socket_id: str, auth: str, user_data: str
 ) -> None:
-    """Check a ``pusher:signin`` ``auth`` value (AUTH.md §3.2); ``user_data`` is not parsed here.
+    """Check a ``pusher:signin`` ``auth`` value (auth.md §3.2); ``user_data`` is not parsed here.
 
     Raises:
-        PusherError: code ``None`` with the hosted texts of LIMITS.md §3.
+        PusherError: code ``None`` with the hosted texts of limits.md §3.
     """
     parts = _split_token(auth)
     if parts is None:
@@ -168,20 +168,20 @@ def verify_signin(
 
 
 # --------------------------------------------------------------------------------------------
-# Webhooks (WEBHOOKS.md §2)
+# Webhooks (webhooks.md §2)
 
 
 def webhook_signature(app_secret: str, body: bytes) -> str:
-    """``X-Pusher-Signature``: HMAC of the exact body bytes sent (WEBHOOKS.md §2, §7)."""
+    """``X-Pusher-Signature``: HMAC of the exact body bytes sent (webhooks.md §2, §7)."""
     return hmac_sha256_hex(app_secret, body)
 
 
 # --------------------------------------------------------------------------------------------
-# HTTP API requests (HTTP_API.md §2)
+# HTTP API requests (http-api.md §2)
 
 
 def canonical_query(params: Iterable[tuple[str, str]]) -> str:
-    """HTTP_API.md §2.2: ``key=value`` pairs, keys lower-cased and sorted, values unescaped.
+    """http-api.md §2.2: ``key=value`` pairs, keys lower-cased and sorted, values unescaped.
 
     ``params`` must already exclude ``auth_signature`` and hold each (lower-cased) key once.
     """
@@ -190,7 +190,7 @@ def canonical_query(params: Iterable[tuple[str, str]]) -> str:
 
 
 def request_string_to_sign(method: str, path: str, params: Iterable[tuple[str, str]]) -> str:
-    """``METHOD\\npath\\ncanonical_query`` (HTTP_API.md §2.2)."""
+    """``METHOD\\npath\\ncanonical_query`` (http-api.md §2.2)."""
     return f"{method.upper()}\n{path}\n{canonical_query(params)}"
 
 
@@ -206,7 +206,7 @@ def sign_request(
 ) -> dict[str, str]:
     """Sign a request the way the SDKs do; returns every query parameter to send.
 
-    ``body_md5`` is added only for a non-empty body (Node/PHP/Ruby behaviour, HTTP_API.md §2.5);
+    ``body_md5`` is added only for a non-empty body (Node/PHP/Ruby behaviour, http-api.md §2.5);
     ``auth_signature`` comes last; any ``auth_*`` values in ``params`` are replaced.
     """
     query = {key: value for key, value in params.items() if key != "auth_signature"}
@@ -247,7 +247,7 @@ def _collect_params(query: Sequence[tuple[str, str]]) -> dict[str, str]:
 
 
 def _check_timestamp(given: str, now: float, max_skew: int) -> None:
-    """HTTP_API.md §2.3 step 6, with the boundary of the reference Ruby gem.
+    """http-api.md §2.3 step 6, with the boundary of the reference Ruby gem.
 
     The spec's pseudo-code accepts ``|now - ts| <= 600`` while noting that the reference Ruby
     gem (``mloughran/signature``, whose messages the hosted service returns) rejects when the
@@ -266,7 +266,7 @@ def _check_timestamp(given: str, now: float, max_skew: int) -> None:
 
 
 def _check_body_md5(params: Mapping[str, str], body: bytes) -> None:
-    """HTTP_API.md §2.3 step 7: required for a body, optional (but then exact) without."""
+    """http-api.md §2.3 step 7: required for a body, optional (but then exact) without."""
     given = params.get("body_md5")
     if given is None:
         if body:
@@ -279,7 +279,7 @@ def _check_body_md5(params: Mapping[str, str], body: bytes) -> None:
 def _check_signature(
     method: str, path: str, params: Mapping[str, str], secret: str, expose_hint: bool
 ) -> None:
-    """HTTP_API.md §2.3 steps 8-10, including the one retry with the percent-decoded path."""
+    """http-api.md §2.3 steps 8-10, including the one retry with the percent-decoded path."""
     given = params["auth_signature"]
     signed = [(key, value) for key, value in params.items() if key != "auth_signature"]
     string_to_sign = request_string_to_sign(method, path, signed)
@@ -292,7 +292,7 @@ def _check_signature(
             return
     if not expose_hint:
         raise _unauthorized("Invalid signature")
-    # HTTP_API.md §2.4: the Ruby gem's text, string literals escaped so the body stays one line.
+    # http-api.md §2.4: the Ruby gem's text, string literals escaped so the body stays one line.
     raise _unauthorized(
         f"Invalid signature: you should have sent HmacSHA256Hex({json.dumps(string_to_sign)}, "
         f"your_secret_key), but you sent {_echo(given)}"
@@ -311,7 +311,7 @@ def verify_request(
     expose_hint: bool = True,
     max_skew: int = TIMESTAMP_WINDOW,
 ) -> None:
-    """Authenticate an HTTP API request (HTTP_API.md §2.3, steps 3-10 in order).
+    """Authenticate an HTTP API request (http-api.md §2.3, steps 3-10 in order).
 
     Args:
         method: the HTTP method; upper-cased before signing.

@@ -1,4 +1,4 @@
-"""The grace period of removal webhooks, as pure state (WEBHOOKS.md §4).
+"""The grace period of removal webhooks, as pure state (webhooks.md §4).
 
 Ownership rule: this module alone decides *whether and when* a ``channel_vacated`` or
 ``member_removed`` webhook is released, and which ``channel_occupied`` / ``member_added``
@@ -25,7 +25,7 @@ from kanal.protocol.webhooks import WebhookEvent
 
 __all__ = ["CLOSING", "OPENING", "GraceKey", "GracePeriod", "grace_key"]
 
-#: Opening event name -> the closing event name it cancels (WEBHOOKS.md §4).
+#: Opening event name -> the closing event name it cancels (webhooks.md §4).
 OPENING = {"channel_occupied": "channel_vacated", "member_added": "member_removed"}
 #: Closing event name -> the opening event name that cancels it.
 CLOSING = {closing: opening for opening, closing in OPENING.items()}
@@ -40,7 +40,7 @@ def grace_key(app_id: str, event: WebhookEvent) -> GraceKey | None:
     """The key an opening and its closing event share, ``None`` for other events.
 
     Occupancy and membership events never share a key: only member events carry a ``user_id``
-    (WEBHOOKS.md §3), and occupancy keys always use ``None``.
+    (webhooks.md §3), and occupancy keys always use ``None``.
     """
     if event.name in ("channel_occupied", "channel_vacated"):
         return (app_id, event.channel, None)

@@ -1,4 +1,4 @@
-"""Webhook event values and the request body (WEBHOOKS.md §2-3).
+"""Webhook event values and the request body (webhooks.md §2-3).
 
 Pure data: :mod:`kanal.hub` creates these values at the moment a cluster-wide transition is
 known, :mod:`kanal.webhooks` delays, batches, signs and sends them.
@@ -38,7 +38,7 @@ EVENT_TYPES = (
 
 @dataclass(frozen=True, slots=True)
 class WebhookEvent:
-    """One element of the ``events`` array, exactly the documented fields (WEBHOOKS.md §3)."""
+    """One element of the ``events`` array, exactly the documented fields (webhooks.md §3)."""
 
     name: str
     channel: str

@@ -103,7 +103,7 @@ class FrameReader:
 
     Fragmented messages are joined; control frames are returned as they come. ``max_message``
     (0 = no limit) caps a message's payload: one byte more raises ``FrameError(1009)`` as soon
-    as the header announces it, before the payload is buffered (LIMITS.md §2).
+    as the header announces it, before the payload is buffered (limits.md §2).
     """
 
     __slots__ = ("_buffer", "_fragments", "_max_message", "_opcode")

@@ -1,9 +1,9 @@
-"""HTTP API routes (HTTP_API.md) and health checks.
+"""HTTP API routes (http-api.md) and health checks.
 
 Ownership rule: this module owns HTTP requests and responses, and nothing of the API's meaning.
 Each handler is verify (:mod:`kanal.protocol.signatures`) -> parse (:mod:`kanal.protocol.api`)
 -> :class:`kanal.service.ChannelsApi` -> JSON; :class:`~kanal.protocol.errors.ApiError` is
-mapped to a ``text/plain`` response here and only here (HTTP_API.md §7).
+mapped to a ``text/plain`` response here and only here (http-api.md §7).
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ class HttpApi:
                 "apps/{app_id}/users/{user_id}/terminate_connections",
                 wrap(self.terminate),
             ),
-            # pusher-http-python signs and sends this path without /apps/{id} (HTTP_API.md §8).
+            # pusher-http-python signs and sends this path without /apps/{id} (http-api.md §8).
             _Route("POST", "users/{user_id}/terminate_connections", wrap(self.terminate)),
         ]
 
@@ -151,7 +151,7 @@ class HttpApi:
         return endpoint
 
     def _authenticate(self, request: Request) -> tuple[App, bytes]:
-        """HTTP_API.md §1-2: find the app, check the body size, verify the signature."""
+        """http-api.md §1-2: find the app, check the body size, verify the signature."""
         body = request.body
         if len(body) > self._max_body:
             raise ApiError(413, f"Request body over {self._max_body} bytes")

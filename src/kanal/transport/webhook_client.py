@@ -1,6 +1,6 @@
 """The HTTP client behind webhook delivery: aiohttp, and nothing else.
 
-Ownership rule: this is the only webhook module that imports the network library (STYLE.md:
+Ownership rule: this is the only webhook module that imports the network library (docs/design.md:
 network code is thin and kept in one place). It implements the
 :class:`~kanal.webhook_delivery.WebhookClient` seam: one POST of ready-made bytes and headers,
 answered with the status code. Everything Pusher-specific (body, signature, retries) happens
@@ -32,7 +32,7 @@ class AiohttpWebhookClient:
         )
 
     async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> int:
-        """POST ``body`` as is; return the status. Redirects are not followed (WEBHOOKS.md §5).
+        """POST ``body`` as is; return the status. Redirects are not followed (webhooks.md §5).
 
         ``headers`` must include ``Content-Type``: aiohttp would otherwise label raw bytes
         ``application/octet-stream``. Raises :class:`aiohttp.ClientError` or :class:`OSError`

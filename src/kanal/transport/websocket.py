@@ -1,4 +1,4 @@
-"""WebSocket endpoint ``{prefix}/app/{key}`` (PROTOCOL.md §1) on asyncio protocols.
+"""WebSocket endpoint ``{prefix}/app/{key}`` (protocol.md §1) on asyncio protocols.
 
 Ownership rule: this module owns the socket after the upgrade. It turns frames into ``Hub``
 calls and hub output into bytes on the wire; it holds no Pusher rules (those are in
@@ -46,7 +46,7 @@ CLOSE_TIMEOUT = 5.0  # seconds to wait for the client's Close reply before dropp
 
 
 def new_socket_id() -> str:
-    """PROTOCOL.md §1.3 [choice]: two random integers in [1, 10^10), ``^\\d+\\.\\d+$``."""
+    """protocol.md §1.3 [choice]: two random integers in [1, 10^10), ``^\\d+\\.\\d+$``."""
     return f"{secrets.randbelow(10**10 - 1) + 1}.{secrets.randbelow(10**10 - 1) + 1}"
 
 
@@ -163,7 +163,7 @@ class WebSocketConnection(asyncio.Protocol):
                 return
             elif not self._closing:
                 self._endpoint.hub.activity(self.socket_id)
-                if opcode == frames.PING:  # Binary frames are ignored (PROTOCOL.md §2)
+                if opcode == frames.PING:  # Binary frames are ignored (protocol.md §2)
                     self.send(frames.control_frame(frames.PONG, payload) if payload else _PONG)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -276,7 +276,7 @@ class WebSocketEndpoint:
         self.hub = hub
         self._apps = apps
         self._app_path = path_prefix.rstrip("/") + "/app/"
-        self.max_message = max_frame_bytes  # LIMITS.md §2: close 1009 only *above* the cap
+        self.max_message = max_frame_bytes  # limits.md §2: close 1009 only *above* the cap
         self.output_limit = max_output_buffer_bytes
         self._strict = strict_protocol
         self._trust_proxy = trust_proxy_headers
@@ -322,7 +322,7 @@ class WebSocketEndpoint:
 
     def _admit(self, conn: WebSocketConnection, request: Request) -> None:
         key = self.app_key(request.path)
-        if key is None:  # PROTOCOL.md §1.2 step 1: refused after the upgrade, not with a 404
+        if key is None:  # protocol.md §1.2 step 1: refused after the upgrade, not with a 404
             self.hub.refuse(conn, CloseCode.PATH_NOT_FOUND, "Path not found")
             return
         app = self._apps.by_key(key)
