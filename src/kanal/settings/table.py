@@ -534,9 +534,3 @@ def _cross_check(config: Config, sections: Mapping[str, Layer], apps: list[Layer
                     f"apps[{seen[value]}].{name} ({value!r})"
                 )
             seen[value] = index
-
-
-if __name__ == "__main__":
-    from kanal.settings_output import render_settings_markdown
-
-    print(render_settings_markdown(), end="")
