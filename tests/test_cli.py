@@ -17,7 +17,7 @@ import kanal
 from kanal.cli import build_parser, main
 from kanal.config import Config
 from kanal.settings import SETTINGS
-from kanal.settings_output import render_settings_markdown
+from kanal.settings.render import render_settings_markdown
 
 __all__: list[str] = []
 

@@ -1,4 +1,4 @@
-"""Tests for kanal.cluster_webhooks: the cluster's webhook queue in Redis (webhooks.md §4-5).
+"""Tests for kanal.webhooks.cluster_queue: the cluster's webhook queue in Redis (webhooks.md §4-5).
 
 Two or three queues ("nodes", each with its own Redis client and dispatcher) share one Redis
 under a unique prefix and post to one real aiohttp receiver. Waiting is always on a condition
@@ -24,12 +24,12 @@ from aiohttp import web
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from kanal.cluster_webhooks import GROUP, RedisWebhookQueue
 from kanal.config import App, WebhookSettings, WebhookTarget
 from kanal.protocol import webhooks as hooks
 from kanal.protocol.webhooks import EVENT_TYPES, WebhookEvent
-from kanal.webhook_delivery import WebhookClient
-from kanal.webhooks import WebhookDispatcher, default_client
+from kanal.webhooks.cluster_queue import GROUP, RedisWebhookQueue
+from kanal.webhooks.delivery import WebhookClient
+from kanal.webhooks.dispatch import WebhookDispatcher, default_client
 from tests.redis_server import RedisProcess, delete_prefix
 
 pytestmark = pytest.mark.redis

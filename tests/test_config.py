@@ -25,7 +25,7 @@ from kanal.settings import (
     is_default_credentials,
     load_config,
 )
-from kanal.settings_output import dump_config, render_settings_markdown, splice_settings_markdown
+from kanal.settings.render import dump_config, render_settings_markdown, splice_settings_markdown
 
 __all__: list[str] = []
 

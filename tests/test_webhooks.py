@@ -31,8 +31,8 @@ from kanal.config import App, WebhookSettings, WebhookTarget
 from kanal.protocol import webhooks as hooks
 from kanal.protocol.signatures import webhook_signature
 from kanal.protocol.webhooks import EVENT_TYPES, WebhookEvent, webhook_body
-from kanal.webhook_delivery import Backoff, display_url, request_headers
-from kanal.webhooks import State, WebhookDispatcher, wants
+from kanal.webhooks.delivery import Backoff, display_url, request_headers
+from kanal.webhooks.dispatch import State, WebhookDispatcher, wants
 
 if TYPE_CHECKING:  # checked by mypy; importing the hub at run time is not this file's business
     from kanal.hub import WebhookSink

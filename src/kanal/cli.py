@@ -20,7 +20,7 @@ from pathlib import Path
 
 from kanal import __version__
 from kanal.settings import SETTINGS, ConfigError, load_config
-from kanal.settings_output import dump_config, render_settings_markdown, splice_settings_markdown
+from kanal.settings.render import dump_config, render_settings_markdown, splice_settings_markdown
 
 __all__ = ["build_parser", "main"]
 

@@ -25,7 +25,6 @@ from kanal.adapters.redis import connect as redis_connect
 from kanal.adapters.resilient import ResilientBroker, ResilientMembership
 from kanal.apps import StaticAppStore
 from kanal.cluster import ClusterMaintainer
-from kanal.cluster_webhooks import RedisWebhookQueue
 from kanal.config import Config, ServerSettings
 from kanal.hub import Hub, NullWebhooks, WebhookSink
 from kanal.metrics import Metrics
@@ -36,7 +35,7 @@ from kanal.transport.frames import text_frame
 from kanal.transport.http import HttpApi
 from kanal.transport.listener import Listener, ListenError, probe_bind, tls_context
 from kanal.transport.websocket import WebSocketEndpoint
-from kanal.webhooks import WebhookDispatcher
+from kanal.webhooks import RedisWebhookQueue, WebhookDispatcher
 from kanal.workers import supervise
 
 __all__ = ["Server", "StartupError", "build", "run", "serve"]

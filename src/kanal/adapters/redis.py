@@ -115,7 +115,7 @@ def default_node_id() -> str:
 
 
 def webhook_queue_client(url: str) -> aredis.Redis:
-    """The client of the shared webhook queue (kanal.cluster_webhooks): its own pool, no
+    """The client of the shared webhook queue (kanal.webhooks.cluster_queue): its own pool, no
     command retries (a retried script could apply twice)."""
     return aredis.Redis.from_url(
         url,

@@ -1,10 +1,10 @@
-"""Lua scripts behind :class:`kanal.cluster_webhooks.RedisWebhookQueue`.
+"""Lua scripts behind :class:`kanal.webhooks.cluster_queue.RedisWebhookQueue`.
 
 Ownership rule: the cluster-wide grace period of removal webhooks (webhooks.md §4) is decided
 here, inside single script runs, so "is a removal of this channel (user) held?" and the
 resulting hold / cancel / enqueue are atomic on the Redis server whichever node emitted the
 events. Python never reads a hold and then writes based on it. The key layout is documented in
-:mod:`kanal.cluster_webhooks`; every key a script touches shares the ``{wh}`` hash tag, so all
+:mod:`kanal.webhooks.cluster_queue`; every key a script touches shares the ``{wh}`` hash tag, so all
 of them live in one Redis Cluster slot.
 
 Encodings:

@@ -4,8 +4,8 @@ Ownership rule: :class:`ResilientMembership` owns the *degraded* flag of this no
 membership. It mirrors every write of this node into a :class:`MemoryMembership` (which
 therefore holds exactly this node's entries) and sends it to Redis as well. When Redis fails,
 it logs once, switches to answering from the mirror, and leaves recovery to
-:class:`kanal.cluster.ClusterMaintainer`, which rebuilds this node's entries in Redis and then
-calls :meth:`ResilientMembership.recovered`.
+:class:`kanal.cluster.maintainer.ClusterMaintainer`, which rebuilds this node's entries in Redis
+and then calls :meth:`ResilientMembership.recovered`.
 
 While degraded, first/last answers are local to this node, so occupancy and presence events
 (and webhooks) may be repeated or missed across the cluster until Redis returns; the rebuild

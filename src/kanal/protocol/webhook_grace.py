@@ -3,7 +3,7 @@
 Ownership rule: this module alone decides *whether and when* a ``channel_vacated`` or
 ``member_removed`` webhook is released, and which ``channel_occupied`` / ``member_added``
 webhook it cancels. It never reads a clock and never schedules anything: ``now`` is a parameter
-of every call, and the caller (:mod:`kanal.webhooks`) arranges to call
+of every call, and the caller (:mod:`kanal.webhooks.dispatch`) arranges to call
 :meth:`GracePeriod.release_due` at :meth:`GracePeriod.next_deadline`.
 
 Why the output strictly alternates: the hub emits, per ``(app, channel)`` and per

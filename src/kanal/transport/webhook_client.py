@@ -2,7 +2,7 @@
 
 Ownership rule: this is the only webhook module that imports the network library (docs/design.md:
 network code is thin and kept in one place). It implements the
-:class:`~kanal.webhook_delivery.WebhookClient` seam: one POST of ready-made bytes and headers,
+:class:`~kanal.webhooks.delivery.WebhookClient` seam: one POST of ready-made bytes and headers,
 answered with the status code. Everything Pusher-specific (body, signature, retries) happens
 before it is called.
 """

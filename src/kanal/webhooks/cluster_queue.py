@@ -1,12 +1,12 @@
 """Webhooks of a kanal cluster: one shared queue in Redis, one sender at a time.
 
 Ownership rule: in cluster mode :class:`RedisWebhookQueue` is the hub's
-:class:`~kanal.hub.WebhookSink` and, with the :class:`~kanal.cluster_webhook_leader.WebhookLeader`
+:class:`~kanal.hub.WebhookSink` and, with the :class:`~kanal.webhooks.leader.WebhookLeader`
 it owns, the only user of the ``P{wh}:*`` keys below. The cluster-wide grace period
 (webhooks.md §4) is decided by the Lua scripts of :mod:`kanal.adapters.redis_webhook_scripts`;
 the HTTP side (batches, signatures, retries, per-endpoint queues, webhooks.md §2, §5) stays
-with the node-local :class:`~kanal.webhooks.WebhookDispatcher`, fed through
-:meth:`~kanal.webhooks.WebhookDispatcher.submit`, which skips that dispatcher's own grace
+with the node-local :class:`~kanal.webhooks.dispatch.WebhookDispatcher`, fed through
+:meth:`~kanal.webhooks.dispatch.WebhookDispatcher.submit`, which skips that dispatcher's own grace
 period. The queue owns the dispatcher's lifecycle (``start`` / ``close``).
 
 Flow. ``emit`` (synchronous, never blocks, never raises) appends to a local buffer; a flusher
@@ -66,7 +66,11 @@ import redis.asyncio as aredis
 
 from kanal.adapters import redis_webhook_scripts as lua
 from kanal.adapters.redis_membership import normalise_prefix
-from kanal.cluster_webhook_leader import (
+from kanal.config import App, WebhookSettings
+from kanal.protocol.webhook_grace import CLOSING, OPENING, grace_key
+from kanal.protocol.webhooks import WebhookEvent
+from kanal.webhooks.dispatch import WebhookDispatcher, wants
+from kanal.webhooks.leader import (
     GROUP,
     ClusterWebhookStats,
     Retry,
@@ -74,14 +78,10 @@ from kanal.cluster_webhook_leader import (
     WebhookLeader,
     settle,
 )
-from kanal.config import App, WebhookSettings
-from kanal.protocol.webhook_grace import CLOSING, OPENING, grace_key
-from kanal.protocol.webhooks import WebhookEvent
-from kanal.webhooks import WebhookDispatcher, wants
 
 __all__ = ["GROUP", "ClusterWebhookStats", "RedisWebhookQueue"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("kanal.cluster_webhooks")  # the pre-package name, kept for operators
 
 _MARKER_TTL_MS = 600_000  # how long a flushed batch stays recognisable as applied
 _CLEANUP_TIMEOUT = 1.0  # Redis work after the dispatcher closed (acks, hand-over, resign)

@@ -2,7 +2,7 @@
 
 Ownership rule: a :class:`TargetSender` owns one endpoint's queue and the single worker task
 that drains it; nothing else touches that queue or sends HTTP requests to that endpoint.
-Routing and the grace period live in :mod:`kanal.webhooks`, the request format in
+Routing and the grace period live in :mod:`kanal.webhooks.dispatch`, the request format in
 :mod:`kanal.protocol.webhooks` and the signature in :mod:`kanal.protocol.signatures`.
 
 One worker per endpoint means a slow or dead endpoint only ever delays its own webhooks, and a
@@ -37,7 +37,7 @@ __all__ = [
     "request_headers",
 ]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("kanal.webhook_delivery")  # the pre-package name, kept for operators
 
 #: Headers kanal sets itself; an endpoint's custom headers can never replace them
 #: (webhooks.md §2), nor the framing headers aiohttp computes.
@@ -88,7 +88,7 @@ class Entry:
     """One event on its way to one endpoint; ``at`` is the monotonic time it was queued.
 
     ``created_ms``: when the event was created elsewhere (the cluster queue,
-    :mod:`kanal.cluster_webhooks`), the Unix time in ms its request body carries as
+    :mod:`kanal.webhooks.cluster_queue`), the Unix time in ms its request body carries as
     ``time_ms`` (webhooks.md §2: keep the creation time); ``None`` means "when the batch is
     made". ``done``: called once the event's fate at this endpoint is final, delivered (2xx)
     or dropped (retry window over, queue overflow); never when :meth:`TargetSender.stop`

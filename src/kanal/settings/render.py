@@ -1,7 +1,7 @@
 """Writing settings out: the effective config as TOML, and the Markdown reference.
 
-Ownership rule: the table itself lives in :mod:`kanal.settings`; this module only renders it
-(``kanal check-config`` and ``docs/configuration.md``, kept in sync by a test).
+Ownership rule: the table itself lives in :mod:`kanal.settings.table`; this module only
+renders it (``kanal check-config`` and ``docs/configuration.md``, kept in sync by a test).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from kanal.config import Config
-from kanal.settings import (
+from kanal.settings.table import (
     BY_SECTION,
     DEV_APP,
     DOCS_END,

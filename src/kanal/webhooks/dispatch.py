@@ -4,12 +4,12 @@ Ownership rule: :class:`WebhookDispatcher` is the hub's :class:`~kanal.hub.Webho
 only owner of webhook timing and routing. It decides *which* endpoints get an event
 (:func:`wants`, webhooks.md §1) and *when* (the grace period, §4, whose rules are the pure
 :mod:`kanal.protocol.webhook_grace`); each endpoint's queue, batches, HTTP and retries belong to
-its :class:`~kanal.webhook_delivery.TargetSender` (§2, §5).
+its :class:`~kanal.webhooks.delivery.TargetSender` (§2, §5).
 
 Flow: ``emit`` (synchronous, never blocks, never raises) -> grace period (removals held, undone
 pairs cancelled) -> routing -> the per-endpoint queue -> that endpoint's worker task. In a
-cluster, :mod:`kanal.cluster_webhooks` applies the grace period in Redis and feeds the leader's
-dispatcher through ``submit``, which skips the grace period and reports completion.
+cluster, :mod:`kanal.webhooks.cluster_queue` applies the grace period in Redis and feeds the
+leader's dispatcher through ``submit``, which skips the grace period and reports completion.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from collections.abc import Callable
 from kanal.config import App, WebhookSettings, WebhookTarget
 from kanal.protocol.webhook_grace import GracePeriod
 from kanal.protocol.webhooks import WebhookEvent
-from kanal.webhook_delivery import Backoff, Entry, TargetSender, WebhookClient, WebhookStats
+from kanal.webhooks.delivery import Backoff, Entry, TargetSender, WebhookClient, WebhookStats
 
 __all__ = [
     "State",
@@ -36,7 +36,7 @@ __all__ = [
     "wants",
 ]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("kanal.webhooks")  # the pre-package name, kept for operators
 
 _Item = tuple[App, WebhookEvent]
 
@@ -168,7 +168,7 @@ class WebhookDispatcher:
         on_done: Callable[[], None] | None = None,
     ) -> bool:
         """Queue an event past this dispatcher's grace period, for
-        :mod:`kanal.cluster_webhooks`, which applies the grace period in Redis.
+        :mod:`kanal.webhooks.cluster_queue`, which applies the grace period in Redis.
 
         ``created`` is the Unix time the event was created: its requests carry it as
         ``time_ms`` and its retry window runs from it (webhooks.md §2, §5). ``on_done`` is

@@ -1,24 +1,20 @@
-"""The one settings table, and the loaders that read TOML, environment variables and flags.
+"""The one settings table: every setting with its type, default, environment variable and flag.
 
 Every setting is declared once, here, next to a one-line help text and an optional check. Its
 TOML name, type and default come from the frozen dataclasses in :mod:`kanal.config`; its
 environment variable and command-line flag are derived from the section by fixed rules. The
-loader, the ``kanal`` flags and ``docs/configuration.md`` are all generated from this table, so
-a setting cannot exist in one place and be missing (or spelled differently) in another.
-
-Precedence, lowest first: dataclass defaults < TOML file < environment < command-line flags.
-Run ``python -m kanal.settings`` to print the Markdown settings reference.
+loader (:mod:`kanal.settings.loaders`), the ``kanal`` flags and ``docs/configuration.md``
+(:mod:`kanal.settings.render`) are all generated from this table, so a setting cannot exist in
+one place and be missing (or spelled differently) in another. This module imports neither the
+loader nor the renderer.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import math
 import re
-import tomllib
 import typing
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Literal
@@ -26,7 +22,6 @@ from urllib.parse import urlsplit
 
 from kanal.config import (
     App,
-    Config,
     ScalingSettings,
     ServerSettings,
     WebhookSettings,
@@ -35,6 +30,8 @@ from kanal.config import (
 from kanal.protocol.webhooks import EVENT_TYPES
 
 __all__ = [
+    "BY_DEST",
+    "BY_ENV",
     "BY_SECTION",
     "DEV_APP",
     "DOCS_END",
@@ -42,16 +39,12 @@ __all__ = [
     "KIND_TEXT",
     "SETTINGS",
     "WEBHOOK_EVENT_TYPES",
-    "ConfigError",
     "Kind",
     "Setting",
-    "is_default_credentials",
-    "load_config",
 ]
 
 Kind = Literal["str", "id", "int", "float", "bool", "strs", "headers"]
 Check = Callable[[Any], str | None]
-Layer = dict[str, tuple[Any, str]]  # field name -> (value, where it came from)
 
 WEBHOOK_EVENT_TYPES = EVENT_TYPES  # the seven names of webhooks.md §3
 #: The development app used when the file defines no ``[[apps]]``; its credentials are public.
@@ -60,12 +53,7 @@ DEV_APP: Mapping[str, object] = MappingProxyType(
 )
 DOCS_START = "<!-- settings:start -->"
 DOCS_END = "<!-- settings:end -->"
-_EMPTY: Mapping[str, Any] = MappingProxyType({})
 _RESERVED_HEADERS = frozenset({"content-type", "x-pusher-key", "x-pusher-signature"})
-
-
-class ConfigError(ValueError):
-    """An unknown or invalid setting; the message names the source and the dotted key."""
 
 
 # -- checks: each returns why a (well-typed) value is unacceptable, or None -----------------
@@ -297,246 +285,8 @@ def _build_table() -> tuple[Setting, ...]:
 
 SETTINGS: tuple[Setting, ...] = _build_table()
 BY_SECTION = {s: {row.name: row for row in SETTINGS if row.section == s} for s in _CLASSES}
-_BY_DEST = {row.dest: row for row in SETTINGS if row.flag}
-_BY_ENV = {row.env: row for row in SETTINGS if row.env}
-if len(_BY_DEST) != len(_BY_ENV) or len(_BY_ENV) != sum(1 for r in SETTINGS if r.env):
+#: Lookups for the loader: by argparse destination (flags) and by environment variable.
+BY_DEST = {row.dest: row for row in SETTINGS if row.flag}
+BY_ENV = {row.env: row for row in SETTINGS if row.env}
+if len(BY_DEST) != len(BY_ENV) or len(BY_ENV) != sum(1 for r in SETTINGS if r.env):
     raise AssertionError("two settings derive the same env var or flag")
-
-
-# -- values --------------------------------------------------------------------------------
-
-
-def _coerce(kind: Kind, raw: object) -> object:
-    """Convert a TOML (or programmatic) value; None means "wrong type"."""
-    if isinstance(raw, bool):
-        return raw if kind == "bool" else None
-    if kind == "str":
-        return raw if isinstance(raw, str) else None
-    if kind == "id":
-        return str(raw) if isinstance(raw, str | int) else None
-    if kind == "int":
-        return raw if isinstance(raw, int) else None
-    if kind == "float":
-        return float(raw) if isinstance(raw, int | float) else None
-    if kind == "strs" and isinstance(raw, list | tuple):
-        return tuple(raw) if all(isinstance(item, str) for item in raw) else None
-    if kind == "headers" and isinstance(raw, dict):
-        return tuple(raw.items()) if all(isinstance(v, str) for v in raw.values()) else None
-    return None
-
-
-def _parse_text(kind: Kind, text: str) -> object:
-    """Convert an environment variable or flag string; None means "unparsable"."""
-    words = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
-    if kind in ("str", "id"):
-        return text
-    if kind == "int":
-        return int(text) if re.fullmatch(r"\s*[+-]?\d+\s*", text) else None
-    if kind == "float":
-        try:
-            return float(text)
-        except ValueError:
-            return None
-    if kind == "bool":
-        return words.get(text.strip().lower())
-    if kind == "strs":
-        return tuple(part.strip() for part in text.split(",") if part.strip())
-    return None
-
-
-_TOML_TYPES = {bool: "boolean", str: "string", int: "integer", float: "float", list: "array"}
-
-
-def _describe(raw: object) -> str:
-    return f"{_TOML_TYPES.get(type(raw), type(raw).__name__)} {raw!r}"
-
-
-def _value(setting: Setting, raw: object, where: tuple[str, str], text: bool) -> Any:
-    """Type-convert and check one value; ``where`` is (source, dotted key) for the message."""
-    source, key = where
-    if text and isinstance(raw, str):
-        value = _parse_text(setting.kind, raw)
-    else:
-        value = _coerce(setting.kind, raw)
-    if value is None:
-        got = repr(raw) if text else _describe(raw)
-        raise ConfigError(f"{source}: {key}: expected {KIND_TEXT[setting.kind]}, got {got}")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(f"{source}: {key}: must be a finite number, got {raw!r}")
-    reason = setting.check(value) if setting.check else None
-    if reason:
-        raise ConfigError(f"{source}: {key}: {reason}, got {raw!r}")
-    return value
-
-
-# -- loading -------------------------------------------------------------------------------
-
-
-def load_config(
-    path: str | None = None,
-    environ: Mapping[str, str] = _EMPTY,
-    overrides: Mapping[str, object] = _EMPTY,
-) -> Config:
-    """Build the effective config: defaults < the file at ``path`` < ``environ`` < ``overrides``.
-
-    ``overrides`` maps a setting's :attr:`Setting.dest` (``port``, ``app_id``,
-    ``webhooks_grace_period``) to a typed value or to the flag's raw string. Environment
-    variables and overrides change [server], [webhooks], [scaling] and the first app, which is
-    the development app :data:`DEV_APP` when the file defines no ``[[apps]]``.
-    """
-    source = path or "defaults"
-    document = _read_toml(path) if path is not None else {}
-    sections = {
-        name: _file_table(document, name, source)
-        for name in BY_SECTION
-        if name not in ("apps", "apps.webhooks")
-    }
-    apps = _file_apps(document, source) or [_dev_app()]
-    for setting, value, origin in _outside_values(environ, overrides):
-        layer = apps[0] if setting.section == "apps" else sections[setting.section]
-        layer[setting.name] = (value, origin)
-    config = Config(
-        server=ServerSettings(**_values(sections["server"])),
-        apps=tuple(App(**_values(layer)) for layer in apps),
-        webhooks=WebhookSettings(**_values(sections["webhooks"])),
-        scaling=ScalingSettings(**_values(sections["scaling"])),
-    )
-    _cross_check(config, sections, apps)
-    return config
-
-
-def is_default_credentials(app: App) -> bool:
-    """True when the app uses the published development key or secret (never for production)."""
-    return app.key == DEV_APP["key"] or app.secret == DEV_APP["secret"]
-
-
-def _read_toml(path: str) -> dict[str, Any]:
-    try:
-        with open(path, "rb") as handle:
-            document = tomllib.load(handle)
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config file: {exc.strerror or exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
-    top_level = ("server", "webhooks", "scaling", "apps")
-    for name in document:
-        if name not in top_level:
-            raise ConfigError(_unknown(path, name, name, top_level))
-    return document
-
-
-def _unknown(source: str, key: str, name: str, known: typing.Iterable[str]) -> str:
-    close = difflib.get_close_matches(name, list(known), n=1)
-    return f"{source}: {key}: unknown setting" + (f" (did you mean {close[0]!r}?)" if close else "")
-
-
-def _file_table(document: Mapping[str, Any], section: str, source: str) -> Layer:
-    table = document.get(section, {})
-    if not isinstance(table, dict):
-        raise ConfigError(f"{source}: {section}: must be a table ([{section}])")
-    return _table_layer(table, section, section, source)
-
-
-def _table_layer(table: Mapping[str, Any], section: str, prefix: str, source: str) -> Layer:
-    known = BY_SECTION[section]
-    layer: Layer = {}
-    for name, raw in table.items():
-        key = f"{prefix}.{name}"
-        if name not in known:
-            raise ConfigError(_unknown(source, key, name, known))
-        layer[name] = (_value(known[name], raw, (source, key), text=False), source)
-    for row in known.values():
-        if row.required and row.name not in layer:
-            raise ConfigError(f"{source}: {prefix}.{row.name}: required setting is missing")
-    return layer
-
-
-def _tables(raw: object, where: str, syntax: str) -> list[dict[str, Any]]:
-    if not isinstance(raw, list) or not all(isinstance(item, dict) for item in raw):
-        raise ConfigError(f"{where}: must be an array of tables ({syntax})")
-    return raw
-
-
-def _file_apps(document: Mapping[str, Any], source: str) -> list[Layer]:
-    tables = _tables(document.get("apps", []), f"{source}: apps", "[[apps]]")
-    return [_file_app(table, f"apps[{i}]", source) for i, table in enumerate(tables)]
-
-
-def _file_app(table: Mapping[str, Any], prefix: str, source: str) -> Layer:
-    body = dict(table)
-    hooks = _tables(body.pop("webhooks", []), f"{source}: {prefix}.webhooks", "[[apps.webhooks]]")
-    layer = _table_layer(body, "apps", prefix, source)
-    targets = tuple(
-        WebhookTarget(
-            **_values(_table_layer(hook, "apps.webhooks", f"{prefix}.webhooks[{i}]", source))
-        )
-        for i, hook in enumerate(hooks)
-    )
-    layer["webhooks"] = (targets, source)
-    return layer
-
-
-def _dev_app() -> Layer:
-    return {name: (value, "development app") for name, value in DEV_APP.items()}
-
-
-def _key(setting: Setting) -> str:
-    section = "apps[0]" if setting.section == "apps" else setting.section
-    return f"{section}.{setting.name}"
-
-
-def _outside_values(
-    environ: Mapping[str, str], overrides: Mapping[str, object]
-) -> Iterator[tuple[Setting, Any, str]]:
-    """Environment values first, then flags, so that flags win."""
-    for env, setting in _BY_ENV.items():
-        if env in environ:
-            yield setting, _value(setting, environ[env], (env, _key(setting)), text=True), env
-    for dest, raw in overrides.items():
-        row = _BY_DEST.get(dest)
-        if row is None or row.flag is None:
-            raise ConfigError(f"overrides: {dest}: unknown setting")
-        yield row, _value(row, raw, (row.flag, _key(row)), text=True), row.flag
-
-
-def _values(layer: Layer) -> dict[str, Any]:
-    return {name: value for name, (value, _) in layer.items()}
-
-
-def _cross_check(config: Config, sections: Mapping[str, Layer], apps: list[Layer]) -> None:
-    """Rules spanning several settings; blame the source of the setting that enables them."""
-
-    def origin(section: str, name: str) -> str:
-        return sections[section].get(name, (None, "defaults"))[1]
-
-    if config.scaling.adapter == "redis" and not config.scaling.redis_url:
-        raise ConfigError(
-            f"{origin('scaling', 'adapter')}: scaling.redis_url: required when "
-            "scaling.adapter is 'redis'"
-        )
-    if config.server.workers > 1 and config.scaling.adapter != "redis":
-        raise ConfigError(
-            f"{origin('server', 'workers')}: server.workers: more than 1 worker "
-            "needs scaling.adapter = 'redis'"
-        )
-    if bool(config.server.tls_cert_file) != bool(config.server.tls_key_file):
-        raise ConfigError(
-            f"{origin('server', 'tls_cert_file')}: server.tls_cert_file: tls_cert_file and "
-            "tls_key_file must be set together"
-        )
-    for name in ("id", "key"):
-        seen: dict[str, int] = {}
-        for index, app in enumerate(config.apps):
-            value = getattr(app, name)
-            if value in seen:
-                raise ConfigError(
-                    f"{apps[index][name][1]}: apps[{index}].{name}: duplicate of "
-                    f"apps[{seen[value]}].{name} ({value!r})"
-                )
-            seen[value] = index
-
-
-if __name__ == "__main__":
-    from kanal.settings_output import render_settings_markdown
-
-    print(render_settings_markdown(), end="")

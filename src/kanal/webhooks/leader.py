@@ -3,15 +3,16 @@
 Ownership rule: :class:`WebhookLeader` is the only code that reads the webhook stream
 (``XREADGROUP``, ``XAUTOCLAIM``), acknowledges and deletes its entries, moves due holds to it
 (the ``PROMOTE`` script) and takes, renews or gives up the ``P{wh}:leader`` lease. It is
-owned by :class:`kanal.cluster_webhooks.RedisWebhookQueue`, which writes the stream and whose
+owned by :class:`kanal.webhooks.cluster_queue.RedisWebhookQueue`, which writes the stream and whose
 docstring has the key layout and the reasons for a single leader.
 
-At most one node leads. It submits entries to its :class:`~kanal.webhooks.WebhookDispatcher`
-in stream order, which keeps per-channel order (webhooks.md §5), and acknowledges an entry
-(``XACK`` + ``XDEL``) only once every endpoint delivered it or definitively dropped it. Entries
-another consumer left pending (a leader that died, or one that left and handed them over) are
-claimed and delivered before any new entry is read. A leader steps down before its lease can
-have expired, so two nodes never read at the same time unless a node stalls for a whole lease.
+At most one node leads. It submits entries to its
+:class:`~kanal.webhooks.dispatch.WebhookDispatcher` in stream order, which keeps per-channel
+order (webhooks.md §5), and acknowledges an entry (``XACK`` + ``XDEL``) only once every
+endpoint delivered it or definitively dropped it. Entries another consumer left pending (a
+leader that died, or one that left and handed them over) are claimed and delivered before any
+new entry is read. A leader steps down before its lease can have expired, so two nodes never
+read at the same time unless a node stalls for a whole lease.
 
 Cancellation: Python 3.11's ``asyncio.wait_for``, which redis-py uses for every send, can
 swallow a cancellation that arrives just as the send completes. Every loop here therefore
@@ -34,7 +35,7 @@ from redis.exceptions import RedisError, ResponseError
 from kanal.adapters import redis_webhook_scripts as lua
 from kanal.config import App
 from kanal.protocol.webhooks import WebhookEvent
-from kanal.webhooks import WebhookDispatcher
+from kanal.webhooks.dispatch import WebhookDispatcher
 
 __all__ = ["GROUP", "ClusterWebhookStats", "Retry", "WebhookKeys", "WebhookLeader", "settle"]
 
@@ -139,7 +140,7 @@ def _missing_group(exc: Exception) -> bool:
 class WebhookLeader:
     """Leader election and the leader's work. See the module docstring.
 
-    Args are those of :class:`kanal.cluster_webhooks.RedisWebhookQueue` (which documents
+    Args are those of :class:`kanal.webhooks.cluster_queue.RedisWebhookQueue` (which documents
     them), resolved: ``lease``, ``claim_idle``, ``poll`` and ``block`` in seconds.
     """
 

@@ -1,0 +1,22 @@
+"""Webhooks (webhooks.md): which endpoints get an event, when, and getting it to them.
+
+* :mod:`~kanal.webhooks.dispatch`: :class:`WebhookDispatcher`, the hub's webhook sink on one
+  node. It owns routing (:func:`~kanal.webhooks.dispatch.wants`), the grace period (§4, rules
+  in :mod:`kanal.protocol.webhook_grace`) and the lifecycle of every endpoint's sender.
+* :mod:`~kanal.webhooks.delivery`: delivery to one endpoint with retries: its queue, batches,
+  signing, the POST (through the ``WebhookClient`` seam) and backoff (§2, §5).
+* :mod:`~kanal.webhooks.cluster_queue`: :class:`RedisWebhookQueue`, the sink in cluster mode:
+  one queue in Redis shared by every node, with the grace period decided in Redis Lua.
+* :mod:`~kanal.webhooks.leader`: the one node at a time that reads that queue and hands its
+  entries to its own dispatcher, which sends them.
+
+Dependencies point one way: ``delivery`` imports none of the others, ``dispatch`` uses
+``delivery``, ``leader`` uses ``dispatch``, and ``cluster_queue`` uses ``leader`` and
+``dispatch``. The aiohttp client is :mod:`kanal.transport.webhook_client`; the request body and
+its signature are in :mod:`kanal.protocol`.
+"""
+
+from kanal.webhooks.cluster_queue import RedisWebhookQueue
+from kanal.webhooks.dispatch import WebhookDispatcher
+
+__all__ = ["RedisWebhookQueue", "WebhookDispatcher"]
