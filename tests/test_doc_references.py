@@ -204,6 +204,27 @@ def test_no_citations_of_files_outside_the_repository() -> None:
     )
 
 
+_REPO_PATH = re.compile(r"(?<![\w/.-])((?:docs|src|tests|bench|scripts)/[\w./-]*\w)")
+
+
+def test_repository_paths_named_in_text_exist() -> None:
+    """A path such as ``docs/scaling.md`` or ``src/kanal/hub/hub.py`` named anywhere exists
+    (a glob or placeholder, with ``*`` or ``<``, is not a path)."""
+    missing: list[str] = []
+    checked = 0
+    for rel, lines in _text_files():
+        for number, line in enumerate(lines, 1):
+            for match in _REPO_PATH.finditer(line):
+                path = match.group(1)
+                if "." not in Path(path).name and not (ROOT / path).exists():
+                    continue  # a module-like word, not a file name (e.g. "tests/e2e")
+                checked += 1
+                if not (ROOT / path).exists():
+                    missing.append(f"{rel}:{number}: {path}")
+    assert checked, "no repository path found at all: is the scan broken?"
+    assert not missing, "paths that do not exist:\n" + "\n".join(missing)
+
+
 def _link_targets(line: str) -> Iterator[str]:
     code_free = _INLINE_CODE.sub("", line)
     for match in _INLINE_LINK.finditer(code_free):

@@ -291,6 +291,14 @@ class WsClient:
         await self.ws.close()
 
 
+def _close_timeout() -> Any:
+    """aiohttp 3.11 replaced ws_connect's float ``timeout`` with ClientWSTimeout (and warns on
+    a float); ./scripts/test-lowest runs against aiohttp 3.9, which takes the float."""
+    if hasattr(aiohttp, "ClientWSTimeout"):
+        return aiohttp.ClientWSTimeout(ws_close=TIMEOUT)
+    return TIMEOUT
+
+
 class Clients:
     """Opens WebSocket clients against a running server and closes them all at the end."""
 
@@ -332,7 +340,7 @@ class Clients:
             autoping=autoping,
             headers=headers,
             max_msg_size=0,
-            timeout=aiohttp.ClientWSTimeout(ws_close=TIMEOUT),
+            timeout=_close_timeout(),
         )
         client = WsClient(ws, key, secret)
         self.all.append(client)

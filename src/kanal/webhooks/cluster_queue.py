@@ -44,7 +44,7 @@ key                        type    content
 A grace key is ``app NUL channel NUL`` for occupancy and ``app NUL channel NUL u<user_id>``
 for membership (:func:`kanal.protocol.webhook_grace.grace_key`).
 
-Guarantees and limits (user-facing text: ``docs/scaling_webhooks.md``): at-least-once delivery;
+Guarantees and limits (user-facing text: ``docs/scaling.md``): at-least-once delivery;
 a duplicate happens only when a leader dies (or loses its lease) while delivering. A node that
 cannot reach Redis buffers up to ``max_queue`` events, then drops the oldest, counted in
 ``stats.dropped_overflow`` and logged at WARNING.

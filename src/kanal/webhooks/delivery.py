@@ -47,7 +47,7 @@ RESERVED_HEADERS = frozenset(
 
 
 class WebhookClient(Protocol):
-    """The HTTP seam (implemented by :mod:`kanal.webhook_client`)."""
+    """The HTTP seam (implemented by :mod:`kanal.transport.webhook_client`)."""
 
     async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> int:
         """POST the exact ``body`` with exactly these ``headers``, without following redirects;
