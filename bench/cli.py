@@ -52,7 +52,15 @@ def build_parser() -> argparse.ArgumentParser:
     run_p.add_argument(
         "--servers",
         default="kanal,soketi",
-        help="comma list of kanal, kanal-redis (one node in cluster mode), soketi",
+        help="comma list of kanal, kanal-redis (one node in cluster mode), kanal-base "
+        "(kanal from --base-src), soketi",
+    )
+    run_p.add_argument(
+        "--base-src",
+        type=Path,
+        default=None,
+        help="for kanal-base: the src/ folder of another kanal checkout (e.g. a git worktree "
+        "of an earlier commit), run with this environment's dependencies",
     )
     run_p.add_argument(
         "--soketi-dir",
@@ -138,6 +146,10 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> Report:
             server = start_kanal(workdir, server_cpu)
         elif name == "kanal-redis":
             server = start_kanal_redis(workdir, server_cpu)
+        elif name == "kanal-base":
+            if args.base_src is None:
+                raise SystemExit("kanal-base needs --base-src")
+            server = start_kanal(workdir, server_cpu, name="kanal-base", src=args.base_src)
         else:
             assert soketi_dir is not None
             server = start_soketi(soketi_dir, workdir, server_cpu)

@@ -188,9 +188,17 @@ def start_kanal_redis(workdir: Path, cpu: int | None) -> ServerProc:
 
 
 def start_kanal(
-    workdir: Path, cpu: int | None, redis_url: str = "", name: str = "kanal"
+    workdir: Path,
+    cpu: int | None,
+    redis_url: str = "",
+    name: str = "kanal",
+    src: Path | None = None,
 ) -> ServerProc:
-    """``python -m kanal serve --config <toml>`` with the benchmark app on a free port."""
+    """``python -m kanal serve --config <toml>`` with the benchmark app on a free port.
+
+    ``src``: run the kanal package found in that ``src`` folder (e.g. a git worktree of an
+    earlier commit) instead of this checkout's, to compare two versions in one run.
+    """
     port = free_port()
     target = Target("kanal", HOST, port, "1", "app-key", "app-secret")
     config = workdir / f"kanal-{port}.toml"
@@ -205,7 +213,8 @@ def start_kanal(
         + (f'\n[scaling]\nadapter = "redis"\nredis_url = "{redis_url}"\n' if redis_url else "")
     )
     cmd = [sys.executable, "-m", "kanal", "serve", "--config", str(config)]
-    return _spawn(name, cmd, target, workdir / f"kanal-{port}.log", cpu)
+    env = None if src is None else {**os.environ, "PYTHONPATH": str(src)}
+    return _spawn(name, cmd, target, workdir / f"kanal-{port}.log", cpu, env=env)
 
 
 def soketi_available(soketi_dir: Path | None) -> bool:
