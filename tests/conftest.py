@@ -18,6 +18,7 @@ import uvloop
 
 from kanal.config import App, Config, ScalingSettings, ServerSettings, WebhookSettings
 from kanal.server import Server, build, serve
+from tests.asgi_server import AsgiNode
 
 APP_ID = "1"
 APP_KEY = "app-key"
@@ -62,9 +63,17 @@ def pytest_asyncio_loop_factories(config: Any, item: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-async def start_server() -> AsyncIterator[StartServer]:
+def transport() -> str:
+    """Which transport ``start_server`` serves with: ``"serve"`` (kanal's own, as ``kanal
+    serve``) or ``"asgi"`` (kanal.asgi under uvicorn). tests/e2e parametrises it over both."""
+    return "serve"
+
+
+@pytest.fixture
+async def start_server(transport: str) -> AsyncIterator[StartServer]:
     """Factory: ``await start_server(apps=[...], **server_settings)`` -> RunningServer."""
     running: list[tuple[asyncio.Event, asyncio.Task[None]]] = []
+    embedded: list[AsgiNode] = []
 
     async def start(
         apps: list[App] | None = None,
@@ -79,6 +88,10 @@ async def start_server() -> AsyncIterator[StartServer]:
             webhooks=webhooks or WebhookSettings(),
             scaling=scaling or ScalingSettings(),
         )
+        if transport == "asgi":
+            node = AsgiNode(config)
+            embedded.append(node)
+            return RunningServer(node.app.server, await node.start())
         server = build(config)
         stop = asyncio.Event()
         port: asyncio.Future[int] = asyncio.get_running_loop().create_future()
@@ -97,6 +110,8 @@ async def start_server() -> AsyncIterator[StartServer]:
         stop.set()
     for _stop, task in running:
         await asyncio.wait_for(task, timeout=15)
+    for node in embedded:
+        await node.stop()
 
 
 @pytest.fixture

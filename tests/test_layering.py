@@ -3,7 +3,7 @@
 Each rule names a part of the tree and what it must not import, with the reason. The rules:
 - ``kanal.protocol`` is pure: no I/O, clock, randomness, network library, or any other layer;
 - only ``kanal.transport`` touches sockets, TLS and the HTTP/WebSocket libraries;
-- the service and the hub know no transport (and not the composition root);
+- the service, the hub and the in-process API know no transport (nor a composition root);
 - the adapters (the cluster seam) know neither the hub, the service nor a transport;
 - ``transport/frames.py`` is sans-I/O like the protocol.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parent.parent / "src" / "kanal"
 
 NETWORK = {"socket", "ssl", "selectors", "httptools", "aiohttp", "websockets", "http.client"}
-COMPOSITION = {"kanal.server", "kanal.cli", "kanal.workers"}
+COMPOSITION = {"kanal.server", "kanal.asgi", "kanal.cli", "kanal.workers"}
 PROTOCOL_FORBIDDEN = {
     *NETWORK,
     *COMPOSITION,
@@ -58,6 +58,11 @@ RULES = [
         "service.py",
         frozenset({*NETWORK, *COMPOSITION, "kanal.transport"}),
         "the service must not know HTTP or any transport",
+    ),
+    Rule(
+        "realtime.py",
+        frozenset({*NETWORK, *COMPOSITION, "kanal.transport"}),
+        "the in-process API calls the service, never a transport",
     ),
     Rule(
         "adapters/",

@@ -69,10 +69,34 @@ class Server:
     config: Config
     hub: Hub
     service: ChannelsApi
+    apps: StaticAppStore
+    http: HttpApi
+    websocket: WebSocketEndpoint
     listener: Listener
     readiness: Readiness
     starters: list[Callable[[], Awaitable[None]]]
     closers: list[Callable[[], Awaitable[None]]]
+    ticker: asyncio.Future[None] | None = None
+
+    async def start(self) -> None:
+        """Start what runs beside the transports: cluster upkeep, webhooks, the heartbeat
+        tick. ``serve`` calls it before listening; an embedding app from its lifespan."""
+        for start in self.starters:
+            await start()
+        self.ticker = asyncio.ensure_future(_tick(self.hub))
+
+    async def stop(self, *, drain: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Close every connection with 4200 (clients reconnect), let ``drain`` wait for the
+        transport, then stop upkeep and flush webhooks. Safe to call if ``start`` failed."""
+        self.readiness.draining = True
+        if self.ticker is not None:
+            self.ticker.cancel()
+            self.ticker = None
+        self.hub.close_all(CloseCode.RECONNECT, "Generic reconnect immediately")
+        if drain is not None:
+            await drain()
+        for closer in self.closers:
+            await closer()
 
 
 Lifecycle = list[Callable[[], Awaitable[None]]]
@@ -160,8 +184,13 @@ def _adapters(config: Config) -> tuple[Membership, Broker, _Cluster | None]:
     return membership, broker, cluster
 
 
-def build(config: Config) -> Server:
-    """Wire a node from ``config``; nothing is started."""
+def build(config: Config, *, frame: Callable[[bytes], bytes] = text_frame) -> Server:
+    """Wire a node from ``config``; nothing is started.
+
+    ``frame`` turns each broadcast's JSON into what a connection is handed, once per event:
+    a complete RFC 6455 frame for kanal's own transport, the JSON itself for an ASGI server
+    (which frames messages itself).
+    """
     apps = StaticAppStore(config.apps)
     metrics = Metrics()
     webhooks, webhook_start, webhook_close = _webhook_sink(config, metrics, apps)
@@ -171,7 +200,7 @@ def build(config: Config) -> Server:
         membership=membership,
         broker=broker,
         webhooks=webhooks,
-        frame=text_frame,
+        frame=frame,
         monotonic=time.monotonic,
         wall=time.time,
         max_connections=config.server.max_connections,
@@ -211,7 +240,9 @@ def build(config: Config) -> Server:
         max_request_bytes=settings.max_request_bytes,
         shutdown_timeout=settings.shutdown_timeout,
     )
-    return Server(config, hub, service, listener, readiness, starters, closers)
+    return Server(
+        config, hub, service, apps, http, websocket, listener, readiness, starters, closers
+    )
 
 
 def _freeze_startup_heap() -> None:
@@ -255,10 +286,8 @@ async def serve(
             had started is closed again first.
     """
     settings = server.config.server
-    ticker: asyncio.Future[None] | None = None
     try:
-        for start in server.starters:
-            await start()
+        await server.start()
         try:
             port = await server.listener.start(
                 settings.host,
@@ -273,16 +302,9 @@ async def serve(
         _freeze_startup_heap()
         if started is not None:
             started(port)
-        ticker = asyncio.ensure_future(_tick(server.hub))
         await stop.wait()
     finally:
-        server.readiness.draining = True
-        if ticker is not None:
-            ticker.cancel()
-        server.hub.close_all(CloseCode.RECONNECT, "Generic reconnect immediately")
-        await server.listener.stop()
-        for closer in server.closers:
-            await closer()
+        await server.stop(drain=server.listener.stop)
 
 
 def check_listen(settings: ServerSettings) -> None:

@@ -38,6 +38,13 @@ def _check_node_modules() -> None:
             pytest.fail(f"node_modules/{package} is missing: {_SETUP_HINT}")
 
 
+@pytest.fixture(params=["serve", "asgi"])
+def transport(request: pytest.FixtureRequest) -> str:
+    """Every end-to-end test runs against ``kanal serve``'s transport and the ASGI app."""
+    value: str = request.param
+    return value
+
+
 @pytest.fixture(scope="session")
 def node_modules() -> None:
     """Fails (never skips) when the Node side of the harness is not installed."""

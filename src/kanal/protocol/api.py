@@ -31,6 +31,7 @@ __all__ = [
     "ChannelQuery",
     "ChannelsQuery",
     "TriggerEvent",
+    "batch_events",
     "parse_batch",
     "parse_channel_query",
     "parse_channels_query",
@@ -240,23 +241,33 @@ def trigger_event(
 
 
 def parse_batch(body: bytes, app: App) -> tuple[TriggerEvent, ...]:
-    """The body of ``POST /apps/{id}/batch_events`` (http-api.md §4).
+    """The body of ``POST /apps/{id}/batch_events`` (http-api.md §4): see :func:`batch_events`.
+
+    Raises:
+        ApiError: 400 for invalid JSON, any invalid event or batch size; 413 for an oversized
+            ``data``.
+    """
+    return batch_events(_load_object(body).get("batch"), app)
+
+
+def batch_events(batch: object, app: App) -> tuple[TriggerEvent, ...]:
+    """A batch as values: a list of event objects (``name``, ``channel``, ``data``, optional
+    ``socket_id`` and ``info``), the same rules for the HTTP body and in-process callers.
 
     Every event is validated before anything is returned, so one bad event rejects the whole
-    request; the error message names its index.
+    batch; the error message names its index.
 
     Raises:
         ApiError: 400 for any invalid event or batch size, 413 for an oversized ``data``.
     """
-    batch = _load_object(body).get("batch")
-    if not isinstance(batch, list):
+    if not isinstance(batch, list | tuple):
         raise _bad("batch must be an array of events")
     if not 0 < len(batch) <= app.max_event_batch_size:
         raise _bad(f"batch must hold 1 to {app.max_event_batch_size} events, got {len(batch)}")
     events = []
     for index, obj in enumerate(batch):
         try:
-            if not isinstance(obj, dict):
+            if not isinstance(obj, Mapping):
                 raise _bad("event must be a JSON object")
             events.append(_event(obj, app, in_batch=True))
         except ApiError as error:

@@ -30,6 +30,7 @@ __all__ = [
     "control_frame",
     "parse_close",
     "text_frame",
+    "text_payload",
 ]
 
 CONTINUATION, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
@@ -61,6 +62,12 @@ def text_frame(payload: bytes) -> bytes:
     if length < 65536:
         return b"\x81\x7e" + struct.pack("!H", length) + payload
     return b"\x81\x7f" + struct.pack("!Q", length) + payload
+
+
+def text_payload(frame: bytes) -> bytes:
+    """The payload of a frame built by :func:`text_frame` (its 2, 4 or 10 header bytes off)."""
+    marker = frame[1]
+    return frame[2:] if marker < 126 else frame[4:] if marker == 126 else frame[10:]
 
 
 def control_frame(opcode: int, payload: bytes = b"") -> bytes:

@@ -30,7 +30,7 @@ from urllib.parse import unquote
 from kanal.apps import AppStore
 from kanal.config import App
 from kanal.hub import Hub
-from kanal.protocol.errors import CloseCode
+from kanal.protocol.errors import CloseCode, ConnectionRefused
 from kanal.protocol.handshake import check_handshake
 from kanal.transport import frames
 from kanal.transport.http11 import Request, Response
@@ -321,10 +321,18 @@ class WebSocketEndpoint:
             conn.data_received(rest)
 
     def _admit(self, conn: WebSocketConnection, request: Request) -> None:
+        app = self.handshake(request)
+        if isinstance(app, ConnectionRefused):
+            self.hub.refuse(conn, app.close_code, app.message)
+        else:
+            conn.admit(app)
+
+    def handshake(self, request: Request) -> App | ConnectionRefused:
+        """The app a new connection belongs to, or why it is refused (protocol.md §1.2); used
+        by every WebSocket transport (this one and the ASGI adapter)."""
         key = self.app_key(request.path)
         if key is None:  # protocol.md §1.2 step 1: refused after the upgrade, not with a 404
-            self.hub.refuse(conn, CloseCode.PATH_NOT_FOUND, "Path not found")
-            return
+            return ConnectionRefused(CloseCode.PATH_NOT_FOUND, "Path not found")
         app = self._apps.by_key(key)
         refused = check_handshake(
             app,
@@ -334,10 +342,9 @@ class WebSocketEndpoint:
             strict_protocol=self._strict,
         )
         if refused is not None:
-            self.hub.refuse(conn, refused.close_code, refused.message)
-            return
+            return refused
         assert app is not None
-        conn.admit(app)
+        return app
 
     def _is_secure(self, request: Request) -> bool:
         """TLS here, or (when trusted) at the proxy in front of us (docs/deployment.md)."""

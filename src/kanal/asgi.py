@@ -1,0 +1,150 @@
+"""kanal inside a Python web app: an ASGI 3 application plus in-process publishing.
+
+``create_app`` builds a node from the same settings as ``kanal serve`` (a
+:class:`~kanal.config.Config`, a TOML path, or keyword arguments for one app) and returns a
+:class:`KanalApp`: an ASGI application serving ``/app/{key}`` (WebSocket) and the whole HTTP
+API, whose ``realtime`` attribute publishes and queries without HTTP. Mount it in Starlette or
+FastAPI (``app.mount("/realtime", kanal_app)``; pusher-js then uses ``wsPath: "/realtime"``)
+and start it from the host app's lifespan (``FastAPI(lifespan=kanal_app.lifespan)``); it also
+starts itself on its first request where no lifespan reaches it (Django routing to it).
+
+Like :mod:`kanal.server`, this module is a composition root: it only wires parts together.
+How-to: docs/embedding.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from kanal.config import App, Config, ServerSettings
+from kanal.realtime import Realtime
+from kanal.server import Server, StartupError, build
+from kanal.settings import load_config
+from kanal.transport.asgi import AsgiTransport, Receive, Scope, Send
+from kanal.transport.frames import text_frame
+from kanal.transport.listener import ListenError
+
+__all__ = ["KanalApp", "create_app"]
+
+log = logging.getLogger("kanal")
+
+
+def _json_as_is(payload: bytes) -> bytes:
+    """The ASGI server frames each message itself: hand over the JSON, encoded once."""
+    return payload
+
+
+def _config(config: Config | str | Path | None, app_settings: dict[str, Any]) -> Config:
+    if isinstance(config, Config):
+        if app_settings:
+            raise TypeError("pass either a Config or keyword arguments for one app, not both")
+        return config
+    if config is not None:
+        if app_settings:
+            raise TypeError("pass either a TOML path or keyword arguments for one app, not both")
+        return load_config(str(config), os.environ, {})
+    if app_settings:
+        return Config(server=ServerSettings(), apps=(App(**app_settings),))
+    return load_config(os.environ.get("KANAL_CONFIG") or None, os.environ, {})
+
+
+class KanalApp:
+    """A kanal node as an ASGI application; ``realtime`` is its in-process API.
+
+    With ``own_port`` the node also serves kanal's own transport (the one ``kanal serve``
+    uses, faster per connection) on ``[server] host`` / ``port`` of its config, started and
+    stopped with the app; the ASGI routes keep working beside it.
+    """
+
+    def __init__(self, server: Server, *, own_port: bool = False) -> None:
+        self.server = server
+        self.own_port = own_port
+        self.port: int | None = None  # the own transport's port once it listens
+        self.config = server.config
+        settings = server.config.server
+        self.realtime = Realtime(server.service, server.apps, server.config.apps[0])
+        self._transport = AsgiTransport(
+            hub=server.hub,
+            http=server.http,
+            websocket=server.websocket,
+            start=self._start,
+            stop=self._stop,
+            max_request_bytes=settings.max_request_bytes,
+            max_frame_bytes=settings.max_frame_bytes,
+            max_output_buffer_bytes=settings.max_output_buffer_bytes,
+            shutdown_timeout=settings.shutdown_timeout,
+            framed=own_port,
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._transport(scope, receive, send)
+
+    async def _start(self) -> None:
+        self.realtime.loop = asyncio.get_running_loop()
+        await self.server.start()
+        if self.own_port:
+            settings = self.config.server
+            try:
+                self.port = await self.server.listener.start(
+                    settings.host,
+                    settings.port,
+                    tls_cert_file=settings.tls_cert_file,
+                    tls_key_file=settings.tls_key_file,
+                )
+            except ListenError as exc:
+                await self.server.stop()
+                raise StartupError(str(exc)) from None
+            log.info("kanal's own transport listening on %s:%s", settings.host, self.port)
+
+    async def _stop(self, drain: Callable[[], Awaitable[None]]) -> None:
+        async def both() -> None:
+            await drain()
+            if self.own_port:
+                await self.server.listener.stop()
+
+        await self.server.stop(drain=both)
+        self.realtime.loop = None
+        self.port = None
+
+    async def startup(self) -> None:
+        """Start the node (what the ASGI lifespan startup does)."""
+        await self._transport.startup()
+
+    async def shutdown(self) -> None:
+        """Close every connection and stop the node (what lifespan shutdown does)."""
+        await self._transport.shutdown()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Any = None) -> AsyncIterator[None]:
+        """For the host app's lifespan: ``FastAPI(lifespan=kanal_app.lifespan)``, or inside
+        its own lifespan with ``async with kanal_app.lifespan(): ...``. Starlette does not
+        pass lifespan events to mounted apps, so a mounted kanal needs this."""
+        await self.startup()
+        try:
+            yield
+        finally:
+            await self.shutdown()
+
+
+def create_app(
+    config: Config | str | Path | None = None, *, own_port: bool = False, **app_settings: Any
+) -> KanalApp:
+    """Build an embedded node.
+
+    Args:
+        config: a :class:`Config`, or the path of a TOML file as ``kanal serve --config``
+            reads it (``KANAL_*`` environment variables apply on top). Without it and without
+            keyword arguments, ``$KANAL_CONFIG`` or the environment alone, as ``kanal serve``.
+        own_port: also serve kanal's own transport on the config's ``[server]`` host and
+            port (see :class:`KanalApp`).
+        app_settings: instead of ``config``, one app's settings (``id``, ``key``, ``secret``,
+            and any ``[[apps]]`` setting such as ``enable_client_messages``).
+    """
+    frame = text_frame if own_port else _json_as_is
+    return KanalApp(build(_config(config, app_settings), frame=frame), own_port=own_port)

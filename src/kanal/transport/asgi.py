@@ -1,0 +1,312 @@
+"""kanal as an ASGI 3 application: the WebSocket endpoint and the HTTP API inside a web app.
+
+Ownership rule: this module turns ASGI events into the same calls kanal's own transport makes
+(:meth:`Hub.open` / ``receive`` / ``closed``, :meth:`HttpApi.dispatch`) and holds no Pusher
+rules. The ASGI server (uvicorn, hypercorn, granian) does the HTTP parsing and the RFC 6455
+framing, so the node is built with a ``frame`` that hands each broadcast's JSON over as is:
+it is still encoded once per event, and each connection sends that one ``bytes`` object.
+
+Mounted under a prefix (Starlette ``Mount``, FastAPI ``app.mount``), the prefix arrives as
+``root_path`` and is removed before routing, so the routes and the signed HTTP API paths are
+the same as for ``kanal serve``. ASGI offers no WebSocket Ping frames: liveness comes from
+the Pusher-level ``pusher:ping`` / ``pusher:pong`` (protocol.md §5.2), which the hub sends
+anyway, and from the ASGI server's own pings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+from urllib.parse import quote
+
+from kanal.hub import Hub
+from kanal.protocol.errors import CloseCode, ConnectionRefused
+from kanal.transport.frames import text_payload
+from kanal.transport.http import HttpApi
+from kanal.transport.http11 import Request, Response
+from kanal.transport.websocket import WebSocketEndpoint, new_socket_id
+
+__all__ = ["AsgiConnection", "AsgiTransport", "Scope"]
+
+log = logging.getLogger("kanal.asgi")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+class AsgiConnection:
+    """One WebSocket served by the ASGI server: the hub's ``Connection``.
+
+    ``send`` never blocks: messages wait in a queue that one writer task empties. A queue over
+    ``limit`` bytes is a slow consumer and is closed with 4100, as with kanal's own transport.
+    """
+
+    __slots__ = (
+        "_close",
+        "_closing",
+        "_limit",
+        "_outbox",
+        "_queued",
+        "_text_of",
+        "_wake",
+        "socket_id",
+    )
+
+    def __init__(self, socket_id: str, limit: int, text_of: Callable[[bytes], str]) -> None:
+        self.socket_id = socket_id
+        self._limit = limit
+        self._text_of = text_of
+        self._outbox: deque[bytes] = deque()
+        self._queued = 0
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._close: tuple[int, str] | None = None
+
+    def send(self, frame: bytes) -> None:
+        if self._closing:
+            return
+        if self._queued + len(frame) > self._limit:
+            log.warning("closing slow consumer %s", self.socket_id)
+            self.close(CloseCode.OVER_CAPACITY, "Slow consumer: output buffer limit exceeded")
+            return
+        self._outbox.append(frame)
+        self._queued += len(frame)
+        self._wake.set()
+
+    def probe(self) -> None:
+        """ASGI has no Ping frames; the hub's ``pusher:ping`` checks liveness instead."""
+
+    def close(self, code: int, reason: str) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._close = (code, reason)
+        self._wake.set()
+
+    def stop(self) -> None:
+        """The client is gone: nothing more is queued or sent."""
+        self._closing = True
+        self._outbox.clear()
+        self._wake.set()
+
+    async def write(self, send: Send) -> None:
+        """Send queued messages in order, then our Close once asked to; ends after it."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._outbox:
+                frame = self._outbox.popleft()
+                self._queued -= len(frame)
+                await send({"type": "websocket.send", "text": self._text_of(frame)})
+            if self._close is not None:
+                code, reason = self._close
+                await send({"type": "websocket.close", "code": code, "reason": reason})
+                return
+            if self._closing:
+                return
+
+
+class AsgiTransport:
+    """The ASGI callable: ``lifespan``, ``http`` (the HTTP API) and ``websocket`` scopes.
+
+    Args:
+        hub, http, websocket: the node's parts (the endpoint is used for its handshake rules).
+        start, stop: the node's lifecycle; called from the lifespan protocol, or on the first
+            request when the ASGI server sends no lifespan events (Django routing to kanal).
+        max_request_bytes, max_frame_bytes, max_output_buffer_bytes: the limits ``kanal
+            serve`` applies (docs/configuration.md).
+        shutdown_timeout: how long shutdown waits for connections to end after closing them.
+        framed: the hub hands out complete RFC 6455 frames (the node also serves kanal's own
+            transport on a port of its own); their header is taken off for the ASGI server.
+    """
+
+    def __init__(
+        self,
+        *,
+        hub: Hub,
+        http: HttpApi,
+        websocket: WebSocketEndpoint,
+        start: Callable[[], Awaitable[None]],
+        stop: Callable[[Callable[[], Awaitable[None]]], Awaitable[None]],
+        max_request_bytes: int,
+        max_frame_bytes: int,
+        max_output_buffer_bytes: int,
+        shutdown_timeout: float,
+        framed: bool = False,
+    ) -> None:
+        self._hub = hub
+        self._text_of: Callable[[bytes], str] = _unframed if framed else bytes.decode
+        self._http = http
+        self._websocket = websocket
+        self._start = start
+        self._stop = stop
+        self._max_body = max_request_bytes
+        self._max_message = max_frame_bytes
+        self._output_limit = max_output_buffer_bytes
+        self._shutdown_timeout = shutdown_timeout
+        self._started = False
+        self._starting = asyncio.Lock()
+        self._sockets: set[asyncio.Task[Any]] = set()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        await self.startup()
+        if kind == "http":
+            await self._serve_http(scope, receive, send)
+        elif kind == "websocket":
+            task = asyncio.current_task()
+            assert task is not None
+            self._sockets.add(task)
+            try:
+                await self._serve_websocket(scope, receive, send)
+            finally:
+                self._sockets.discard(task)
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    async def startup(self) -> None:
+        """Start the node once (lifespan startup, or the first request without lifespan)."""
+        if self._started:
+            return
+        async with self._starting:
+            if not self._started:
+                await self._start()
+                self._started = True
+
+    async def shutdown(self) -> None:
+        """Close every connection (4200), wait for them to end, stop the node."""
+        if self._started:
+            self._started = False
+            await self._stop(self._drain)
+
+    async def _drain(self) -> None:
+        if self._sockets:
+            await asyncio.wait(list(self._sockets), timeout=self._shutdown_timeout)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:
+                    log.exception("kanal could not start")
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    # --- HTTP -------------------------------------------------------------------------------
+
+    async def _serve_http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body = await self._read_body(receive)
+        if body is None:
+            response = Response(413, f"Request body over {self._max_body} bytes".encode())
+        else:
+            response = await self._http.dispatch(_request(scope, body))
+        headers = [
+            (b"content-type", response.content_type.encode()),
+            (b"content-length", str(len(response.body)).encode()),
+        ]
+        await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        head = scope["method"] == "HEAD"
+        await send({"type": "http.response.body", "body": b"" if head else response.body})
+
+    async def _read_body(self, receive: Receive) -> bytes | None:
+        """The whole body, or None once it passes ``max_request_bytes`` (answered 413)."""
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # http.disconnect
+                return b"".join(chunks)
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self._max_body:
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    # --- WebSocket --------------------------------------------------------------------------
+
+    async def _serve_websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (await receive())["type"] != "websocket.connect":
+            return
+        # Accepted first, refused after: the client must see pusher:error and the close code
+        # (protocol.md §1.2), which a refused upgrade (HTTP 403) cannot carry.
+        await send({"type": "websocket.accept"})
+        conn = AsgiConnection(new_socket_id(), self._output_limit, self._text_of)
+        writer = asyncio.ensure_future(conn.write(send))
+        app = self._websocket.handshake(_request(scope, b""))
+        admitted = False
+        try:
+            if isinstance(app, ConnectionRefused):
+                self._hub.refuse(conn, app.close_code, app.message)
+            else:
+                admitted = await self._hub.open(conn, app)
+            if admitted:
+                await self._read_messages(conn, receive)
+            else:
+                await writer  # the pusher:error and the close go out before we return
+        finally:
+            conn.stop()
+            with contextlib.suppress(Exception):  # the client may be gone: send fails
+                await writer
+            if admitted:
+                await self._hub.closed(conn.socket_id)
+
+    async def _read_messages(self, conn: AsgiConnection, receive: Receive) -> None:
+        """Hand text messages to the hub in order until the client disconnects."""
+        while True:
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            text = message.get("text")
+            if text is None:  # binary messages are ignored (protocol.md §2)
+                continue
+            if len(text) > self._max_message:  # limits.md §2; RFC 6455 §7.4.1
+                conn.close(1009, "Message too big")
+                continue
+            try:
+                await self._hub.receive(conn.socket_id, text)
+            except Exception:  # a bug must cost this connection only, never the app
+                log.exception("closing %s after an internal error", conn.socket_id)
+                conn.close(1011, "Internal server error")
+
+
+def _unframed(frame: bytes) -> str:
+    return text_payload(frame).decode()
+
+
+def _request(scope: Scope, body: bytes) -> Request:
+    """The transport-neutral request, its path relative to the mount point (``root_path``)."""
+    raw = scope.get("raw_path")
+    path = raw.decode("latin-1") if raw else quote(scope["path"])
+    root = scope.get("root_path", "")
+    if root and path.startswith(quote(root)):
+        path = path[len(quote(root)) :] or "/"
+    headers: dict[str, str] = {}
+    for name, value in scope.get("headers", []):
+        key, text = name.decode("latin-1").lower(), value.decode("latin-1")
+        headers[key] = f"{headers[key]}, {text}" if key in headers else text
+    return Request(
+        method=scope.get("method", "GET"),
+        path=path.split("?", 1)[0],
+        query_string=scope.get("query_string", b"").decode("latin-1"),
+        headers=headers,
+        body=body,
+        secure=scope.get("scheme") in ("https", "wss"),
+    )

@@ -1,0 +1,76 @@
+"""kanal's ASGI app (kanal.asgi) served by uvicorn inside the test's event loop.
+
+Used by ``start_server`` when the ``transport`` fixture is ``"asgi"``: the end-to-end tests
+run once against ``kanal serve``'s own transport and once against the embedded app, so every
+behaviour they prove holds for both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import uvicorn
+
+from kanal.asgi import KanalApp, create_app
+from kanal.config import Config
+
+__all__ = ["AsgiNode"]
+
+START_TIMEOUT = 10.0
+STOP_TIMEOUT = 15.0
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, with an event once it listens (uvicorn itself only sets a flag)."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.listening = asyncio.Event()
+
+    async def startup(self, sockets: Any = None) -> None:
+        await super().startup(sockets)
+        self.listening.set()
+
+    def install_signal_handlers(self) -> None:
+        """The test process keeps its own signal handling."""
+
+
+class AsgiNode:
+    """One embedded node under uvicorn on 127.0.0.1, a free port."""
+
+    def __init__(self, config: Config, root_path: str = "", *, own_port: bool = False) -> None:
+        self.app: KanalApp = create_app(config, own_port=own_port)
+        self._uvicorn = _Server(
+            uvicorn.Config(
+                self.app,
+                host="127.0.0.1",
+                port=0,
+                lifespan="on",
+                log_level="warning",
+                root_path=root_path,
+            )
+        )
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> int:
+        self._task = asyncio.ensure_future(self._uvicorn.serve())
+        listening = asyncio.ensure_future(self._uvicorn.listening.wait())
+        done, _ = await asyncio.wait(
+            {listening, self._task}, timeout=START_TIMEOUT, return_when="FIRST_COMPLETED"
+        )
+        if listening not in done:
+            listening.cancel()
+            if self._task.done():
+                self._task.result()
+            raise RuntimeError("uvicorn did not start within 10 s")
+        port: int = self._uvicorn.servers[0].sockets[0].getsockname()[1]
+        return port
+
+    async def stop(self) -> None:
+        if self._task is None:
+            return
+        self._uvicorn.should_exit = True
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(self._task, STOP_TIMEOUT)
