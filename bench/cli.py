@@ -26,6 +26,7 @@ from bench.servers import (
     ServerProc,
     soketi_available,
     start_kanal,
+    start_kanal_asgi,
     start_kanal_redis,
     start_soketi,
 )
@@ -52,8 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     run_p.add_argument(
         "--servers",
         default="kanal,soketi",
-        help="comma list of kanal, kanal-redis (one node in cluster mode), kanal-base "
-        "(kanal from --base-src), soketi",
+        help="comma list of kanal, kanal-redis (one node in cluster mode), kanal-asgi (embedded "
+        "under uvicorn), kanal-own-port (embedded, own transport), kanal-base (kanal from "
+        "--base-src), soketi",
     )
     run_p.add_argument(
         "--base-src",
@@ -146,6 +148,8 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> Report:
             server = start_kanal(workdir, server_cpu)
         elif name == "kanal-redis":
             server = start_kanal_redis(workdir, server_cpu)
+        elif name in ("kanal-asgi", "kanal-own-port"):
+            server = start_kanal_asgi(workdir, server_cpu, own_port=name == "kanal-own-port")
         elif name == "kanal-base":
             if args.base_src is None:
                 raise SystemExit("kanal-base needs --base-src")

@@ -31,11 +31,13 @@ __all__ = [
     "free_port",
     "soketi_available",
     "start_kanal",
+    "start_kanal_asgi",
     "start_kanal_redis",
     "start_soketi",
 ]
 
 HOST = "127.0.0.1"
+REPO = Path(__file__).resolve().parent.parent
 #: Lifted protocol limits so the scenarios fit (presence channel with 5,000+ members).
 MAX_PRESENCE_MEMBERS = 20000
 
@@ -187,19 +189,8 @@ def start_kanal_redis(workdir: Path, cpu: int | None) -> ServerProc:
     return server
 
 
-def start_kanal(
-    workdir: Path,
-    cpu: int | None,
-    redis_url: str = "",
-    name: str = "kanal",
-    src: Path | None = None,
-) -> ServerProc:
-    """``python -m kanal serve --config <toml>`` with the benchmark app on a free port.
-
-    ``src``: run the kanal package found in that ``src`` folder (e.g. a git worktree of an
-    earlier commit) instead of this checkout's, to compare two versions in one run.
-    """
-    port = free_port()
+def _kanal_config(workdir: Path, port: int, redis_url: str = "") -> tuple[Target, Path]:
+    """The benchmark app on ``port``, as a TOML file for ``kanal serve`` or the embedded app."""
     target = Target("kanal", HOST, port, "1", "app-key", "app-secret")
     config = workdir / f"kanal-{port}.toml"
     config.parent.mkdir(parents=True, exist_ok=True)
@@ -212,9 +203,42 @@ def start_kanal(
         f"max_presence_members = {MAX_PRESENCE_MEMBERS}\n"
         + (f'\n[scaling]\nadapter = "redis"\nredis_url = "{redis_url}"\n' if redis_url else "")
     )
+    return target, config
+
+
+def start_kanal(
+    workdir: Path,
+    cpu: int | None,
+    redis_url: str = "",
+    name: str = "kanal",
+    src: Path | None = None,
+) -> ServerProc:
+    """``python -m kanal serve --config <toml>`` with the benchmark app on a free port.
+
+    ``src``: run the kanal package found in that ``src`` folder (e.g. a git worktree of an
+    earlier commit) instead of this checkout's, to compare two versions in one run.
+    """
+    target, config = _kanal_config(workdir, free_port(), redis_url)
     cmd = [sys.executable, "-m", "kanal", "serve", "--config", str(config)]
     env = None if src is None else {**os.environ, "PYTHONPATH": str(src)}
-    return _spawn(name, cmd, target, workdir / f"kanal-{port}.log", cpu, env=env)
+    return _spawn(name, cmd, target, workdir / f"kanal-{target.port}.log", cpu, env=env)
+
+
+def start_kanal_asgi(workdir: Path, cpu: int | None, *, own_port: bool = False) -> ServerProc:
+    """kanal embedded in an ASGI app under uvicorn (uvloop, httptools, websockets): the
+    clients use uvicorn's port, or with ``own_port`` kanal's own transport beside it."""
+    port = free_port()
+    target, config = _kanal_config(workdir, port)
+    asgi_port = free_port() if own_port else port
+    cmd = [
+        *(sys.executable, "-m", "uvicorn", "--factory"),
+        "bench.asgi_app:own_port" if own_port else "bench.asgi_app:plain",
+        *("--host", HOST, "--port", str(asgi_port), "--log-level", "warning"),
+        *("--no-access-log", "--loop", "uvloop", "--http", "httptools", "--ws", "websockets"),
+    ]
+    env = {**os.environ, "KANAL_CONFIG": str(config)}
+    name = "kanal-own-port" if own_port else "kanal-asgi"
+    return _spawn(name, cmd, target, workdir / f"{name}-{port}.log", cpu, env=env, cwd=REPO)
 
 
 def soketi_available(soketi_dir: Path | None) -> bool:

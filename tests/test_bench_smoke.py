@@ -120,3 +120,32 @@ def test_cluster_mode_server_runs_at_tiny_size(tmp_path: Path) -> None:
         if row["metric"] == "delivered_ratio"
     ]
     assert delivered and all(ratio == 1.0 for ratio in delivered), results["rows"]
+
+
+def test_embedded_servers_and_the_base_checkout_run_at_tiny_size(tmp_path: Path) -> None:
+    """``kanal-asgi`` (uvicorn), ``kanal-own-port`` (embedded, own transport) and
+    ``kanal-base`` (another checkout's src/, here this one's) deliver every event."""
+    out = tmp_path / "embedded.json"
+    servers = ["kanal-asgi", "kanal-own-port", "kanal-base"]
+    command = [
+        sys.executable, "-m", "bench", "run", "--tiny", "--runs", "1", "--servers",
+        ",".join(servers), "--base-src", str(REPO / "src"), "--scenarios", "fanout,http",
+        "--no-pin", "--workers", "2", "--out", str(out),
+        "--max-foreign", "1000", "--saturation", "1000",
+    ]  # fmt: skip
+    done = _bench(command, timeout=150)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    for server in servers:
+        delivered = [
+            row["servers"][server]["median"] for row in rows if row["metric"] == "delivered_ratio"
+        ]
+        assert delivered and all(ratio == 1.0 for ratio in delivered), (server, rows)
+
+
+def test_in_process_trigger_rate_runs() -> None:
+    command = [sys.executable, "-m", "bench.inprocess", "--seconds", "0.2", "--runs", "1"]
+    done = _bench([*command, "--no-pin"], timeout=60)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "await trigger/s: median" in done.stdout
+    assert "sync trigger/s (thread): median" in done.stdout
