@@ -9,7 +9,6 @@ and start it from the host app's lifespan (``FastAPI(lifespan=kanal_app.lifespan
 starts itself on its first request where no lifespan reaches it (Django routing to it).
 
 Like :mod:`kanal.server`, this module is a composition root: it only wires parts together.
-How-to: docs/embedding.md.
 """
 
 from __future__ import annotations
