@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
+from typing import Any, Literal
 
 import uvicorn
 
@@ -40,14 +40,21 @@ class _Server(uvicorn.Server):
 class AsgiNode:
     """One embedded node under uvicorn on 127.0.0.1, a free port."""
 
-    def __init__(self, config: Config, root_path: str = "", *, own_port: bool = False) -> None:
+    def __init__(
+        self,
+        config: Config,
+        root_path: str = "",
+        *,
+        own_port: bool = False,
+        lifespan: Literal["on", "off"] = "on",
+    ) -> None:
         self.app: KanalApp = create_app(config, own_port=own_port)
         self._uvicorn = _Server(
             uvicorn.Config(
                 self.app,
                 host="127.0.0.1",
                 port=0,
-                lifespan="on",
+                lifespan=lifespan,
                 log_level="warning",
                 root_path=root_path,
             )

@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import quote
 
+from kanal.config import App
 from kanal.hub import Hub
 from kanal.protocol.errors import CloseCode, ConnectionRefused
 from kanal.transport.frames import text_payload
@@ -256,7 +257,7 @@ class AsgiTransport:
             if isinstance(app, ConnectionRefused):
                 self._hub.refuse(conn, app.close_code, app.message)
             else:
-                admitted = await self._hub.open(conn, app)
+                admitted = await self._admit(conn, app)
             if admitted:
                 await self._read_messages(conn, receive)
             else:
@@ -268,6 +269,14 @@ class AsgiTransport:
             if admitted:
                 await self._hub.closed(conn.socket_id)
 
+    async def _admit(self, conn: AsgiConnection, app: App) -> bool:
+        try:
+            return await self._hub.open(conn, app)
+        except Exception:  # e.g. the cluster store failed: this client reconnects, others live
+            log.exception("could not admit %s", conn.socket_id)
+            conn.close(CloseCode.RECONNECT, "Internal server error, reconnect")
+            return False
+
     async def _read_messages(self, conn: AsgiConnection, receive: Receive) -> None:
         """Hand text messages to the hub in order until the client disconnects."""
         while True:
@@ -277,7 +286,9 @@ class AsgiTransport:
             text = message.get("text")
             if text is None:  # binary messages are ignored (protocol.md §2)
                 continue
-            if len(text) > self._max_message:  # limits.md §2; RFC 6455 §7.4.1
+            # limits.md §2, RFC 6455 §7.4.1; a str of n characters holds at most 4n bytes, so
+            # only long messages are encoded to be measured.
+            if len(text) * 4 > self._max_message and len(text.encode()) > self._max_message:
                 conn.close(1009, "Message too big")
                 continue
             try:
