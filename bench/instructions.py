@@ -1,0 +1,100 @@
+"""A fixed, in-process workload whose CPU instructions callgrind counts: a before/after
+comparison of two kanal checkouts that machine noise cannot blur.
+
+``python -m bench.instructions WORKLOAD`` builds a node (:func:`kanal.server.build`, memory
+adapters), opens 1,000 in-memory connections subscribed to one channel, then runs WORKLOAD:
+``none`` (set-up only), ``fanout`` (200 signed HTTP triggers to the channel, each delivered to
+the 1,000 connections) or ``http`` (2,000 signed HTTP triggers to a channel nobody is in).
+Requests go through the HTTP API's ``dispatch`` and events through the hub and its broker,
+exactly as a served node runs them, minus the sockets. Run each under
+``valgrind --tool=callgrind``; the workload's cost is its total minus ``none``'s. Set
+``PYTHONPATH`` to another checkout's ``src`` to measure that one (``bench/instructions.sh``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from typing import Any
+
+import orjson
+
+from kanal.config import App, Config, ServerSettings
+from kanal.protocol.signatures import sign_request
+from kanal.server import build
+from kanal.transport.http11 import Request
+
+__all__ = ["main"]
+
+SUBSCRIBERS = 1000
+FANOUT_TRIGGERS = 200
+HTTP_TRIGGERS = 2000
+APP = App(id="1", key="app-key", secret="app-secret")
+
+
+class Sink:
+    """An in-memory connection: counts what the hub hands it."""
+
+    def __init__(self, socket_id: str) -> None:
+        self.socket_id = socket_id
+        self.received = 0
+
+    def send(self, frame: bytes) -> None:
+        self.received += len(frame)
+
+    def probe(self) -> None:
+        return None
+
+    def close(self, code: int, reason: str) -> None:
+        return None
+
+
+def _request(channel: str) -> Request:
+    body = orjson.dumps({"name": "bench", "channels": [channel], "data": "x" * 180})
+    path = "/apps/1/events"
+    query = sign_request(
+        method="POST",
+        path=path,
+        params={},
+        body=body,
+        app_key=APP.key,
+        app_secret=APP.secret,
+        timestamp=int(time.time()),
+    )
+    query_string = "&".join(f"{key}={value}" for key, value in query.items())
+    return Request("POST", path, query_string, {"content-type": "application/json"}, body)
+
+
+async def _run(workload: str) -> int:
+    server = build(Config(server=ServerSettings(port=0), apps=(APP,)))
+    hub, http = server.hub, server.listener._http  # the same attribute in every version
+    sinks = [Sink(f"1.{index}") for index in range(SUBSCRIBERS)]
+    subscribe = orjson.dumps({"event": "pusher:subscribe", "data": {"channel": "bench"}})
+    for sink in sinks:
+        assert await hub.open(sink, APP)
+        await hub.receive(sink.socket_id, subscribe.decode())
+    statuses: list[Any] = []
+    if workload == "fanout":
+        request = _request("bench")
+        for _ in range(FANOUT_TRIGGERS):
+            statuses.append((await http.dispatch(request)).status)
+    elif workload == "http":
+        request = _request("bench-nobody")
+        for _ in range(HTTP_TRIGGERS):
+            statuses.append((await http.dispatch(request)).status)
+    elif workload != "none":
+        raise SystemExit(f"unknown workload {workload!r}: none, fanout or http")
+    assert all(status == 200 for status in statuses), set(statuses)
+    return sum(sink.received for sink in sinks)
+
+
+def main() -> int:
+    workload = sys.argv[1] if len(sys.argv) > 1 else "none"
+    received = asyncio.run(_run(workload))
+    print(f"{workload}: {received} bytes delivered")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
