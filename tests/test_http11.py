@@ -98,7 +98,10 @@ async def test_expect_continue_gets_an_interim_100(raw: Raw) -> None:
 
 
 async def test_connection_close_and_http_1_0_are_honoured(kanal_server: RunningServer) -> None:
-    for request in (b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n", b"GET / HTTP/1.0\r\n\r\n"):
+    for request in (
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"GET / HTTP/1.0\r\n\r\n",
+    ):
         reader, writer = await asyncio.open_connection("127.0.0.1", kanal_server.port)
         client = Raw(reader, writer)
         writer.write(request)
@@ -109,7 +112,7 @@ async def test_connection_close_and_http_1_0_are_honoured(kanal_server: RunningS
 
 
 async def test_wrong_method_is_405(raw: Raw) -> None:
-    raw.writer.write(b"POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
+    raw.writer.write(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
     assert (await raw.response())[0] == 405
 
 

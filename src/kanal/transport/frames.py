@@ -89,10 +89,25 @@ def close_frame(code: int, reason: str) -> bytes:
 
 
 def parse_close(payload: bytes) -> int:
-    """The status code of a client's Close frame; 1005 when it carries none (§7.1.5)."""
-    if len(payload) < 2:
+    """The status code of a client's Close frame; 1005 when it carries none (§7.1.5).
+
+    Raises:
+        FrameError: 1002 for a 1-byte payload or a code no endpoint may send (§7.4.1-§7.4.2:
+            below 1000, 1004-1006, 1015, and the unassigned 1016-2999), 1007 for a reason that
+            is not UTF-8 (§5.5.1, §8.1).
+    """
+    if not payload:
         return 1005
-    return int(struct.unpack("!H", payload[:2])[0])
+    if len(payload) == 1:
+        raise FrameError(1002, "Close frame with a 1-byte payload")
+    code = int(struct.unpack("!H", payload[:2])[0])
+    if not (1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999):
+        raise FrameError(1002, f"Invalid close code {code}")
+    try:
+        payload[2:].decode()
+    except UnicodeDecodeError:
+        raise FrameError(1007, "Close reason is not valid UTF-8") from None
+    return code
 
 
 def _unmask(payload: bytes, mask: bytes) -> bytes:
@@ -113,32 +128,72 @@ class FrameReader:
     as the header announces it, before the payload is buffered (limits.md §2).
     """
 
-    __slots__ = ("_buffer", "_fragments", "_max_message", "_opcode")
+    __slots__ = ("_buffer", "_fragments", "_max_message", "_opcode", "_skip")
 
     def __init__(self, max_message: int = 0) -> None:
         self._buffer = b""
         self._fragments: list[bytes] | None = None
         self._opcode = 0
         self._max_message = max_message
+        self._skip = 0  # after a failure: payload bytes of a frame still to pass over
 
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
-        """Every message completed by ``data``; raises :class:`FrameError` on a bad frame."""
+        """Every message completed by ``data``; raises :class:`FrameError` on a bad frame.
+
+        After a :class:`FrameError` the stream is only skimmed for the client's Close: call
+        :meth:`after_failure` from then on.
+        """
         buffer = self._buffer + data if self._buffer else data
         messages: list[tuple[int, bytes]] = []
         position, end = 0, len(buffer)
-        while end - position >= 2:
-            first, second = buffer[position], buffer[position + 1]
-            length, header = self._header(buffer, position, first, second)
-            if header == 0 or end - position < header + 4 + length:
-                break
-            start = position + header + 4
-            payload = _unmask(buffer[start : start + length], buffer[start - 4 : start])
-            position = start + length
-            message = self._message(first & 0x80, first & 0x0F, payload)
-            if message is not None:
-                messages.append(message)
+        try:
+            while end - position >= 2:
+                first, second = buffer[position], buffer[position + 1]
+                length, header = self._header(buffer, position, first, second)
+                if header == 0 or end - position < header + 4 + length:
+                    break
+                start = position + header + 4
+                payload = _unmask(buffer[start : start + length], buffer[start - 4 : start])
+                message = self._message(first & 0x80, first & 0x0F, payload)
+                position = start + length
+                if message is not None:
+                    messages.append(message)
+        except FrameError:
+            self._buffer = buffer[position:]  # from the offending frame on, for after_failure
+            raise
         self._buffer = buffer[position:] if position < end else b""
         return messages
+
+    def after_failure(self, data: bytes) -> bytes | None:
+        """Once the connection is failed (RFC 6455 §7.1.7), read on only to find the client's
+        Close (§7.1.1: then the TCP connection can be closed cleanly). Other frames, the
+        offending one included, are passed over unchecked and unbuffered: at most a partial
+        header or a partial Close frame is kept. Returns the Close payload once it arrived."""
+        buffer = self._buffer + data if self._buffer else data
+        position, end = min(self._skip, len(buffer)), len(buffer)
+        self._skip -= position
+        while not self._skip and end - position >= 2:
+            second = buffer[position + 1]
+            length, header = second & 0x7F, 2
+            if length >= 126:
+                header = 4 if length == 126 else 10
+                if end - position < header:
+                    break
+                fmt = "!H" if length == 126 else "!Q"
+                length = struct.unpack_from(fmt, buffer, position + 2)[0]
+            start = position + header + (4 if second & 0x80 else 0)
+            if buffer[position] & 0x0F == CLOSE and length <= 125:
+                if end < start + length:
+                    break
+                self._buffer = b""
+                payload = buffer[start : start + length]
+                return _unmask(payload, buffer[start - 4 : start]) if second & 0x80 else payload
+            if end < start:
+                break
+            position = min(start + length, end)
+            self._skip = start + length - position
+        self._buffer = buffer[position:] if not self._skip else b""
+        return None
 
     def _header(self, buffer: bytes, position: int, first: int, second: int) -> tuple[int, int]:
         """(payload length, header length before the mask); header 0 means "need more"."""
@@ -155,6 +210,8 @@ class FrameReader:
             if len(buffer) - position < 10:
                 return 0, 0
             length, header = struct.unpack_from("!Q", buffer, position + 2)[0], 10
+            if length >> 63:
+                raise FrameError(1002, "Frame length with the most significant bit set")  # §5.2
         opcode = first & 0x0F
         if opcode in _CONTROL_OPCODES:
             if length > 125 or not first & 0x80:

@@ -30,6 +30,10 @@ log = logging.getLogger("kanal.http")
 
 _MAX_PIPELINED = 16  # requests parsed ahead of their responses before reading pauses
 MAX_HEAD_BYTES = 64 * 1024  # request line plus headers; more is refused with 431 (RFC 6585 §5)
+# After refusing a request, keep reading (and dropping) what the client still sends for this
+# long before closing: closing with unread data would reset the connection and could destroy
+# the answer before the client reads it (RFC 9112 §9.6, "lingering close").
+LINGER_SECONDS = 2.0
 _REASONS = {status.value: status.phrase for status in HTTPStatus}
 
 
@@ -60,12 +64,14 @@ class Response:
     status: int
     body: bytes = b""
     content_type: str = "text/plain; charset=utf-8"
+    headers: tuple[tuple[str, str], ...] = ()
 
     def encode(self, keep_alive: bool, head: bool = False) -> bytes:
         lines = [
             f"HTTP/1.1 {self.status} {_REASONS.get(self.status, '')}",
             f"Content-Type: {self.content_type}",
             f"Content-Length: {len(self.body)}",
+            *(f"{name}: {value}" for name, value in self.headers),
         ]
         if not keep_alive:
             lines.append("Connection: close")
@@ -127,6 +133,8 @@ class HttpConnection(asyncio.Protocol):
         self._body: list[bytes] = []
         self._size = 0
         self._rejected = False
+        self._in_head = False  # a request head has begun and is not complete yet
+        self._head_bytes = 0  # bytes read while in a head (a partial header line too)
         self._queue: deque[tuple[Request, bool]] = deque()
         self._worker: asyncio.Task[None] | None = None
         self._idle: asyncio.TimerHandle | None = None
@@ -145,8 +153,18 @@ class HttpConnection(asyncio.Protocol):
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
             self._hand_over(data[upgrade.args[0] :])
+            return
         except httptools.HttpParserError:
             self._fail(400, "Malformed HTTP request")
+            return
+        if self._in_head:
+            # httptools keeps an unfinished header line to itself, so the head limit counts
+            # every byte read while a head is open: a line that never ends is refused after
+            # MAX_HEAD_BYTES, not buffered until the idle timeout. (A read that finishes one
+            # request and starts the next counts whole: exact to within one read.)
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self._fail(431, "Request header fields too large")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._server.connections.discard(self)
@@ -159,6 +177,7 @@ class HttpConnection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self._url, self._headers, self._body, self._size = b"", [], [], 0
+        self._in_head, self._head_bytes = True, 0
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -175,7 +194,12 @@ class HttpConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._size = 0  # from here on it counts the body
-        if self._rejected:
+        self._in_head = False
+        if self._rejected or self._parser is None:
+            return
+        refused = self._refused_head()
+        if refused is not None:
+            self._fail(400, refused)
             return
         headers: dict[str, str] = {}
         for name, value in self._headers:
@@ -194,6 +218,17 @@ class HttpConnection(asyncio.Protocol):
             self._fail(413, f"Request body over {self._server.max_body} bytes")
         elif headers.get("expect", "").lower() == "100-continue" and self._transport is not None:
             self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def _refused_head(self) -> str | None:
+        """RFC 9112 §3.2: exactly one Host in HTTP/1.1 (at most one in 1.0); RFC 6455 §4.1:
+        an upgrade needs HTTP/1.1."""
+        version = self._parser.get_http_version()
+        hosts = sum(1 for name, _ in self._headers if name == "host")
+        if hosts > 1 or (hosts == 0 and version == "1.1"):
+            return "Exactly one Host header is required"
+        if self._parser.should_upgrade() and version != "1.1":
+            return "WebSocket upgrades need HTTP/1.1"
+        return None
 
     def on_body(self, body: bytes) -> None:
         self._size += len(body)
@@ -254,13 +289,22 @@ class HttpConnection(asyncio.Protocol):
 
     def _fail(self, status: int, message: str) -> None:
         """Answer a request that cannot be read and close: its framing can no longer be
-        trusted, so nothing after it on this connection can be either."""
+        trusted, so nothing after it on this connection can be either. What the client still
+        sends is dropped unread (``data_received`` without a parser) until it closes too or
+        :data:`LINGER_SECONDS` pass."""
         self._rejected = True
         self._parser = None
+        self._in_head = False
         transport = self._transport
-        if transport is not None and not transport.is_closing():
-            transport.write(Response(status, message.encode()).encode(keep_alive=False))
+        if transport is None or transport.is_closing():
+            return
+        transport.write(Response(status, message.encode()).encode(keep_alive=False))
+        if not transport.can_write_eof():  # TLS: no half-close
             transport.close()
+            return
+        transport.write_eof()
+        self._disarm_idle()
+        self._idle = asyncio.get_running_loop().call_later(LINGER_SECONDS, transport.close)
 
     def _hand_over(self, rest: bytes) -> None:
         request, transport = self._request, self._transport

@@ -87,6 +87,7 @@ class WebSocketConnection(asyncio.Protocol):
         "_closing",
         "_done",
         "_endpoint",
+        "_failed",
         "_inbox",
         "_reader",
         "_transport",
@@ -104,6 +105,7 @@ class WebSocketConnection(asyncio.Protocol):
         self._closing = False  # a Close frame has been sent or received
         self._closer: asyncio.TimerHandle | None = None  # drops the socket if no Close reply
         self._done = False  # the hub has been (or is about to be) told the socket is gone
+        self._failed = False  # a bad frame failed the connection (RFC 6455 §7.1.7)
 
     # --- the hub's Connection --------------------------------------------------------------
 
@@ -150,10 +152,15 @@ class WebSocketConnection(asyncio.Protocol):
     # --- asyncio.Protocol ------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
+        if self._failed:
+            self._await_close_reply(data)
+            return
         try:
             messages = self._reader.feed(data)
         except frames.FrameError as error:
+            self._failed = True
             self.close(error.code, error.reason)
+            self._await_close_reply(b"")  # this read may already hold the client's Close
             return
         for opcode, payload in messages:
             if opcode == frames.TEXT:
@@ -201,15 +208,24 @@ class WebSocketConnection(asyncio.Protocol):
             if len(inbox) >= _MAX_INBOX:
                 self._transport.pause_reading()
 
+    def _await_close_reply(self, data: bytes) -> None:
+        """After failing the connection: close TCP once the client's Close arrives (§7.1.1),
+        instead of resetting it when the close timer runs out."""
+        if self._reader.after_failure(data) is not None:
+            self._transport.close()
+
     def _client_closed(self, payload: bytes) -> None:
-        """The client's Close: echo it (unless it answers ours) and close TCP (§5.5.1)."""
+        """The client's Close: echo a valid code (1000 for none), answer an invalid one with
+        1002 or 1007 (§7.4.1, §8.1), unless it answers ours; then close TCP (§5.5.1)."""
         transport = self._transport
         if not self._closing:
-            code = frames.parse_close(payload)
-            reply = 1000 if code in (1005, 1006, 1015) else code
+            try:
+                code, reason = frames.parse_close(payload), ""
+            except frames.FrameError as error:
+                code, reason = error.code, error.reason
             self._closing = True
             if not transport.is_closing():
-                transport.write(frames.close_frame(reply, ""))
+                transport.write(frames.close_frame(1000 if code == 1005 else code, reason))
             self._finish()
         transport.close()
 
@@ -383,7 +399,12 @@ def _websocket_accept(request: Request) -> str | Response:
     ):
         return Response(400, b"Not a WebSocket upgrade request")
     if headers.get("sec-websocket-version", "").strip() != "13":
-        return Response(426, b"Unsupported WebSocket version (13 is supported)")
+        # RFC 6455 §4.2.2 item 4, §4.4: say which version is supported.
+        return Response(
+            426,
+            b"Unsupported WebSocket version (13 is supported)",
+            headers=(("Sec-WebSocket-Version", "13"),),
+        )
     key = headers.get("sec-websocket-key", "").strip()
     try:
         valid = len(binascii.a2b_base64(key.encode(), strict_mode=True)) == 16
