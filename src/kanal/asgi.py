@@ -22,10 +22,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from kanal.config import App, Config, ServerSettings
+from kanal.config import Config
 from kanal.realtime import Realtime
 from kanal.server import Server, StartupError, build
-from kanal.settings import load_config
+from kanal.settings import resolve_config
 from kanal.transport.asgi import AsgiTransport, Receive, Scope, Send
 from kanal.transport.frames import text_frame
 from kanal.transport.listener import ListenError
@@ -38,20 +38,6 @@ log = logging.getLogger("kanal")
 def _json_as_is(payload: bytes) -> bytes:
     """The ASGI server frames each message itself: hand over the JSON, encoded once."""
     return payload
-
-
-def _config(config: Config | str | Path | None, app_settings: dict[str, Any]) -> Config:
-    if isinstance(config, Config):
-        if app_settings:
-            raise TypeError("pass either a Config or keyword arguments for one app, not both")
-        return config
-    if config is not None:
-        if app_settings:
-            raise TypeError("pass either a TOML path or keyword arguments for one app, not both")
-        return load_config(str(config), os.environ, {})
-    if app_settings:
-        return Config(server=ServerSettings(), apps=(App(**app_settings),))
-    return load_config(os.environ.get("KANAL_CONFIG") or None, os.environ, {})
 
 
 class KanalApp:
@@ -144,7 +130,9 @@ def create_app(
         own_port: also serve kanal's own transport on the config's ``[server]`` host and
             port (see :class:`KanalApp`).
         app_settings: instead of ``config``, one app's settings (``id``, ``key``, ``secret``,
-            and any ``[[apps]]`` setting such as ``enable_client_messages``).
+            and any ``[[apps]]`` setting such as ``enable_client_messages``), plus
+            ``redis_url`` (and ``redis_prefix``) to join a cluster with the Redis adapter.
     """
     frame = text_frame if own_port else _json_as_is
-    return KanalApp(build(_config(config, app_settings), frame=frame), own_port=own_port)
+    built = build(resolve_config(config, app_settings, os.environ), frame=frame)
+    return KanalApp(built, own_port=own_port)
