@@ -12,14 +12,16 @@ from __future__ import annotations
 import asyncio
 import json
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis.asyncio as aredis
 
+from kanal.config import Config, ServerSettings
 from tests.asgi_server import AsgiNode
 from tests.cluster_nodes import Cluster, channel_info, cluster, poll
-from tests.conftest import RunningServer
+from tests.conftest import RunningServer, make_app
 from tests.embedded_processes import (
     UvicornProcess,
     fanout_subscribers,
@@ -225,3 +227,22 @@ async def test_uvicorn_workers_and_a_serve_node_count_and_announce_once(
         await hooks.exactly_once(("member_removed", ROOM, "observer"), ("channel_vacated", ROOM))
         assert await channel_info(web, ROOM) == {"occupied": False}
         assert hooks.invalid == 0
+    assert "memory adapter" not in web.log()
+
+
+# --- (e) the memory adapter in several workers is announced loudly -------------------------------
+
+WARNING = b"kanal uses the memory adapter in one of several worker processes (uvicorn --workers 2)"
+
+
+@needs_proc
+async def test_the_memory_adapter_under_uvicorn_workers_warns_in_each(tmp_path: Path) -> None:
+    config = Config(ServerSettings(), (make_app(),))
+    async with uvicorn_app(tmp_path, "memory", config, workers=2) as web:
+        log = web.log_path
+        await poll(
+            lambda: asyncio.to_thread(log.read_bytes),
+            lambda text: text.count(WARNING) == 2,
+            within=20,
+            what="the warning from both workers",
+        )

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from kanal.settings import resolve_config
 from kanal.transport.asgi import AsgiTransport, Receive, Scope, Send
 from kanal.transport.frames import text_frame
 from kanal.transport.listener import ListenError
+from kanal.workers import several_workers
 
 __all__ = ["KanalApp", "create_app"]
 
@@ -38,6 +40,23 @@ log = logging.getLogger("kanal")
 def _json_as_is(payload: bytes) -> bytes:
     """The ASGI server frames each message itself: hand over the JSON, encoded once."""
     return payload
+
+
+def _warn_if_several_workers(config: Config) -> None:
+    """With the memory adapter each process is a kanal of its own: say so loudly when this
+    one looks like one of several workers (docs/embedding.md, "Several processes")."""
+    if config.scaling.adapter == "redis":
+        return
+    evidence = several_workers(sys.argv, os.environ)
+    if evidence is not None:
+        log.warning(
+            "kanal uses the memory adapter in one of several worker processes (%s): every "
+            "worker is a separate kanal, so an event triggered in one never reaches the "
+            "clients of another, and presence, channel counts and webhooks are per worker. "
+            "Set [scaling] adapter = 'redis' (redis_url) to make the workers one cluster, "
+            "or run a single worker.",
+            evidence,
+        )
 
 
 class KanalApp:
@@ -73,6 +92,7 @@ class KanalApp:
 
     async def _start(self) -> None:
         self.realtime.loop = asyncio.get_running_loop()
+        _warn_if_several_workers(self.config)
         await self.server.start()
         if self.own_port:
             settings = self.config.server
