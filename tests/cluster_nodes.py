@@ -61,6 +61,7 @@ __all__ = [
     "TcpProxy",
     "channel_info",
     "channel_names",
+    "child_env",
     "cluster",
     "faulty_cluster",
     "free_port",
@@ -469,7 +470,7 @@ class NodeProcess(RunningServer):
             ) from None
 
 
-def _child_env() -> dict[str, str]:
+def child_env() -> dict[str, str]:
     """The test's environment without KANAL_* settings that would override the file; the
     child imports the same kanal package as this process."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("KANAL_")}
@@ -491,7 +492,7 @@ async def spawn_kanal(
             stdin=asyncio.subprocess.DEVNULL,
             stdout=log,
             stderr=asyncio.subprocess.STDOUT,
-            env=_child_env(),
+            env=child_env(),
             cwd=REPO_ROOT,
         )
     node = NodeProcess(cast(Server, None), port, process, log_path)

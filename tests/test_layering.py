@@ -5,12 +5,16 @@ Each rule names a part of the tree and what it must not import, with the reason.
 - only ``kanal.transport`` touches sockets, TLS and the HTTP/WebSocket libraries;
 - the service, the hub and the in-process API know no transport (nor a composition root);
 - the adapters (the cluster seam) know neither the hub, the service nor a transport;
+- the worker's publisher holds no connections: no transport, no composition root, not even
+  indirectly (a Celery worker importing it loads neither the transports nor aiohttp);
 - ``transport/frames.py`` is sans-I/O like the protocol.
 """
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,6 +69,11 @@ RULES = [
         "the in-process API calls the service, never a transport",
     ),
     Rule(
+        "publisher.py",
+        frozenset({*NETWORK, *COMPOSITION, "kanal.transport", "kanal.webhooks"}),
+        "a publisher holds no connections and sends no webhooks",
+    ),
+    Rule(
         "adapters/",
         frozenset({*COMPOSITION, "kanal.hub", "kanal.service", "kanal.transport"}),
         "the cluster seam knows nothing above it",
@@ -115,6 +124,19 @@ def test_only_transport_touches_sockets_and_network_libraries() -> None:
         if bad:
             problems.append(f"{relative} imports {sorted(bad)}: only kanal.transport may")
     assert not problems, "\n".join(problems)
+
+
+def test_importing_the_publisher_loads_no_transport() -> None:
+    # What the module rule cannot see: the modules it imports, and theirs.
+    probe = (
+        "import sys, kanal.publisher\n"
+        "print(' '.join(m for m in sys.modules if m.split('.')[0] in {'aiohttp', 'httptools'}"
+        " or m.startswith(('kanal.transport', 'kanal.server', 'kanal.webhooks'))))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=SRC.parent
+    ).stdout.split()
+    assert loaded == [], f"kanal.publisher loads {loaded}"
 
 
 def test_the_checks_can_fail() -> None:

@@ -17,17 +17,19 @@ import asyncio
 import contextlib
 import logging
 import os
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from kanal.config import App, Config, ServerSettings
+from kanal.config import Config
 from kanal.realtime import Realtime
 from kanal.server import Server, StartupError, build
-from kanal.settings import load_config
+from kanal.settings import resolve_config
 from kanal.transport.asgi import AsgiTransport, Receive, Scope, Send
 from kanal.transport.frames import text_frame
 from kanal.transport.listener import ListenError
+from kanal.workers import several_workers
 
 __all__ = ["KanalApp", "create_app"]
 
@@ -39,18 +41,21 @@ def _json_as_is(payload: bytes) -> bytes:
     return payload
 
 
-def _config(config: Config | str | Path | None, app_settings: dict[str, Any]) -> Config:
-    if isinstance(config, Config):
-        if app_settings:
-            raise TypeError("pass either a Config or keyword arguments for one app, not both")
-        return config
-    if config is not None:
-        if app_settings:
-            raise TypeError("pass either a TOML path or keyword arguments for one app, not both")
-        return load_config(str(config), os.environ, {})
-    if app_settings:
-        return Config(server=ServerSettings(), apps=(App(**app_settings),))
-    return load_config(os.environ.get("KANAL_CONFIG") or None, os.environ, {})
+def _warn_if_several_workers(config: Config) -> None:
+    """With the memory adapter each process is a kanal of its own: say so loudly when this
+    one looks like one of several workers (docs/embedding.md, "Several processes")."""
+    if config.scaling.adapter == "redis":
+        return
+    evidence = several_workers(sys.argv, os.environ)
+    if evidence is not None:
+        log.warning(
+            "kanal uses the memory adapter in one of several worker processes (%s): every "
+            "worker is a separate kanal, so an event triggered in one never reaches the "
+            "clients of another, and presence, channel counts and webhooks are per worker. "
+            "Set [scaling] adapter = 'redis' (redis_url) to make the workers one cluster, "
+            "or run a single worker.",
+            evidence,
+        )
 
 
 class KanalApp:
@@ -86,6 +91,7 @@ class KanalApp:
 
     async def _start(self) -> None:
         self.realtime.loop = asyncio.get_running_loop()
+        _warn_if_several_workers(self.config)
         await self.server.start()
         if self.own_port:
             settings = self.config.server
@@ -143,7 +149,9 @@ def create_app(
         own_port: also serve kanal's own transport on the config's ``[server]`` host and
             port (see :class:`KanalApp`).
         app_settings: instead of ``config``, one app's settings (``id``, ``key``, ``secret``,
-            and any ``[[apps]]`` setting such as ``enable_client_messages``).
+            and any ``[[apps]]`` setting such as ``enable_client_messages``), plus
+            ``redis_url`` (and ``redis_prefix``) to join a cluster with the Redis adapter.
     """
     frame = text_frame if own_port else _json_as_is
-    return KanalApp(build(_config(config, app_settings), frame=frame), own_port=own_port)
+    built = build(resolve_config(config, app_settings, os.environ), frame=frame)
+    return KanalApp(built, own_port=own_port)

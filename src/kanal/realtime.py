@@ -67,6 +67,11 @@ class Realtime:
         self._default = default_app
         self.loop: asyncio.AbstractEventLoop | None = None  # set when the node starts
 
+    def _api(self) -> ChannelsApi:
+        """The service every call goes to (a :class:`kanal.publisher.Publisher` has one per
+        process and event loop)."""
+        return self._service
+
     @property
     def sync(self) -> SyncRealtime:
         """The same calls for synchronous code running in another thread."""
@@ -102,7 +107,7 @@ class Realtime:
             socket_id=socket_id,
             info=_info(info).split(",") if info else (),
         )
-        answer: Json = await self._service.trigger(app, value)
+        answer: Json = await self._api().trigger(app, value)
         return answer
 
     async def trigger_batch(
@@ -112,18 +117,18 @@ class Realtime:
         ``name``, ``data`` and optionally ``socket_id`` and ``info``."""
         app = self.app(app_id)
         batch = [_batch_event(event) for event in events]
-        answer: Json = await self._service.trigger_batch(app, api.batch_events(batch, app))
+        answer: Json = await self._api().trigger_batch(app, api.batch_events(batch, app))
         return answer
 
     async def send_to_user(
         self, user_id: str, event: str, data: Any, *, app_id: str | None = None
     ) -> None:
         """Deliver ``event`` to every connection signed in as ``user_id`` (users.md §3)."""
-        await self._service.send_to_user(self.app(app_id), user_id, event, encode_data(data))
+        await self._api().send_to_user(self.app(app_id), user_id, event, encode_data(data))
 
     async def terminate_user_connections(self, user_id: str, *, app_id: str | None = None) -> None:
         """Close every connection of ``user_id`` on every node (users.md §5)."""
-        await self._service.terminate_user_connections(self.app(app_id), user_id)
+        await self._api().terminate_user_connections(self.app(app_id), user_id)
 
     async def channels(
         self,
@@ -134,9 +139,7 @@ class Realtime:
     ) -> Json:
         """Occupied channels, optionally by prefix (http-api.md §5.1)."""
         query = {"filter_by_prefix": prefix or "", "info": _info(info)}
-        answer: Json = await self._service.channels(
-            self.app(app_id), api.parse_channels_query(query)
-        )
+        answer: Json = await self._api().channels(self.app(app_id), api.parse_channels_query(query))
         return answer
 
     async def channel_info(
@@ -145,13 +148,13 @@ class Realtime:
         """One channel's ``occupied`` and requested attributes (http-api.md §5.2)."""
         app = self.app(app_id)
         query = api.parse_channel_query(channel, {"info": _info(info)}, app)
-        answer: Json = await self._service.channel(app, query)
+        answer: Json = await self._api().channel(app, query)
         return answer
 
     async def users(self, channel: str, *, app_id: str | None = None) -> Json:
         """The users subscribed to a presence channel (http-api.md §6)."""
         app = self.app(app_id)
-        answer: Json = await self._service.users(app, api.parse_users_channel(channel, app))
+        answer: Json = await self._api().users(app, api.parse_users_channel(channel, app))
         return answer
 
     # --- signing for the app's own auth endpoints (auth.md §4) -------------------------------

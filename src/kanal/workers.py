@@ -1,9 +1,14 @@
-"""``kanal serve --workers N``: N processes sharing one port through SO_REUSEPORT.
+"""Worker processes: ``kanal serve --workers N``, and telling whether an ASGI server runs
+several.
 
 Ownership rule: the parent process owns only its children's pids. It forks N workers (each
 a full cluster member with its own node id, so N > 1 needs the Redis adapter, which config
 validation enforces), forwards SIGINT/SIGTERM to them, restarts a worker that dies
 unexpectedly, and exits when all have stopped after a stop signal.
+
+An embedded kanal cannot refuse the memory adapter that way: the ASGI server (uvicorn,
+gunicorn, hypercorn, granian) starts the worker processes, not kanal. :func:`several_workers`
+reads what can be read from inside one of them, so that ``kanal.asgi`` can warn.
 """
 
 from __future__ import annotations
@@ -11,12 +16,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shlex
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import PurePath
 from types import FrameType
 
-__all__ = ["supervise"]
+__all__ = ["several_workers", "supervise"]
 
 log = logging.getLogger("kanal.workers")
 
@@ -73,3 +80,60 @@ def supervise(workers: int, worker: Callable[[int], None]) -> int:
         elif exit_code != 0:
             status = exit_code
     return status
+
+
+# The ASGI servers that start worker processes, and their flags for how many.
+_WORKER_FLAGS = {
+    "uvicorn": ("--workers",),
+    "gunicorn": ("--workers", "-w"),
+    "hypercorn": ("--workers", "-w"),
+    "granian": ("--workers",),
+}
+
+
+def _count(text: str | None) -> int:
+    try:
+        return int(text or "")
+    except ValueError:
+        return 0
+
+
+def _server(program: str) -> str | None:
+    """``uvicorn`` for ``/venv/bin/uvicorn`` and for ``.../uvicorn/__main__.py`` (``-m``)."""
+    path = PurePath(program)
+    name = path.parent.name if path.name == "__main__.py" else path.stem
+    return name if name in _WORKER_FLAGS else None
+
+
+def _flag_value(args: Sequence[str], flags: Sequence[str]) -> int:
+    """The last ``--workers N`` / ``--workers=N`` / ``-w N`` / ``-wN`` in ``args``, else 0."""
+    found = 0
+    for i, arg in enumerate(args):
+        name, equals, value = arg.partition("=")
+        if name in flags:
+            found = _count(value if equals else (args[i + 1] if i + 1 < len(args) else ""))
+        elif "-w" in flags and arg.startswith("-w") and arg[2:].isdigit():
+            found = int(arg[2:])
+    return found
+
+
+def several_workers(argv: Sequence[str], environ: Mapping[str, str]) -> str | None:
+    """Why this process looks like one of several workers of an ASGI server, or ``None``.
+
+    Evidence, in order: ``WEB_CONCURRENCY`` above 1 (uvicorn and gunicorn take their worker
+    count from it); the worker flag of the server's command line. ``argv`` is the worker's
+    ``sys.argv``: a forked worker (gunicorn) inherits the server's, and a spawned one
+    (uvicorn) is given it by :mod:`multiprocessing`. A count set only in a gunicorn config
+    file, or workers started by a process manager, cannot be seen.
+    """
+    concurrency = environ.get("WEB_CONCURRENCY")
+    if _count(concurrency) > 1:
+        return f"WEB_CONCURRENCY={concurrency}"
+    server = _server(argv[0]) if argv else None
+    if server is None:
+        return None
+    args = list(argv[1:])
+    if server == "gunicorn":
+        args += shlex.split(environ.get("GUNICORN_CMD_ARGS", ""))
+    workers = _flag_value(args, _WORKER_FLAGS[server])
+    return f"{server} --workers {workers}" if workers > 1 else None

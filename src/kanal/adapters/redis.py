@@ -3,8 +3,9 @@
 Ownership rule: this package's Redis keys are written only by
 :class:`~kanal.adapters.redis_membership.RedisMembership` (through the Lua scripts of
 :mod:`kanal.adapters.redis_scripts`) and the fan-out channel only by
-:class:`~kanal.adapters.redis_broker.RedisBroker`; nothing else in kanal touches Redis. This
-module is the entry point: :func:`connect` builds both for one node.
+:class:`~kanal.adapters.redis_broker.RedisBroker` (and its publish-only sibling); nothing else
+in kanal touches Redis. This module is the entry point: :func:`connect` builds both for one
+node, :func:`connect_publisher` the publish-only pair for a process without connections.
 
 Key layout (``P`` is the prefix, ``kanal:`` by default; ``{app}`` is the app id as a Redis
 Cluster hash tag, so every script touches one slot). None of the membership keys has a TTL:
@@ -59,7 +60,8 @@ membership.heartbeat(time.time())``; then every ``lease / 3`` seconds: ``heartbe
 ``rebuild`` from local state and announce its arrivals and departures) and
 ``reap_dead_nodes`` (announce the departures). A node killed with ``kill -9`` is thus
 reaped within ``lease`` plus one reap interval. On shutdown: ``forget_node()`` (announce),
-``broker.close()``, ``membership.close()``.
+``broker.close()``, ``membership.close()``. A publisher (:func:`connect_publisher`) has no
+lifecycle: it starts nothing, holds no lease and is never reaped; it only closes its clients.
 
 Time. ``heartbeat`` / ``reap_dead_nodes`` take the caller's Unix time, so node clocks must
 agree to well under the lease (NTP). ``cache_get`` honours both the caller's ``now`` and the
@@ -80,8 +82,10 @@ import redis.asyncio as aredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from kanal.adapters.publish_only import PublishOnlyMembership
 from kanal.adapters.redis_broker import (
     SOCKET_TIMEOUT,
+    PublishOnlyBroker,
     RedisBroker,
     decode_envelope,
     encode_envelope,
@@ -102,6 +106,7 @@ __all__ = [
     "RedisBroker",
     "RedisMembership",
     "connect",
+    "connect_publisher",
     "decode_envelope",
     "default_node_id",
     "encode_envelope",
@@ -125,21 +130,11 @@ def webhook_queue_client(url: str) -> aredis.Redis:
     )
 
 
-def connect(
-    url: str,
-    *,
-    prefix: str = "kanal:",
-    node_id: str | None = None,
-    lease: float = 30.0,
-    pool_size: int = 32,
-) -> tuple[RedisMembership, RedisBroker]:
-    """Build one node's membership and broker; call ``await broker.start()`` next.
-
-    The membership's pool blocks (up to 5 s) rather than fails when all ``pool_size``
+def _pooled_client(url: str, pool_size: int) -> aredis.Redis:
+    """A client whose pool blocks (up to 5 s) rather than fails when all ``pool_size``
     connections are busy, so a reconnect storm queues instead of erroring. Every command
     fails after ``SOCKET_TIMEOUT`` without an answer, so an unresponsive Redis degrades the
-    node to local service instead of blocking it.
-    """
+    node to local service instead of blocking it."""
     pool = aredis.BlockingConnectionPool.from_url(
         url,
         max_connections=pool_size,
@@ -148,8 +143,36 @@ def connect(
         socket_timeout=SOCKET_TIMEOUT,
         socket_connect_timeout=SOCKET_TIMEOUT,
     )
-    client = aredis.Redis.from_pool(pool)
+    return aredis.Redis.from_pool(pool)
+
+
+def connect(
+    url: str,
+    *,
+    prefix: str = "kanal:",
+    node_id: str | None = None,
+    lease: float = 30.0,
+    pool_size: int = 32,
+) -> tuple[RedisMembership, RedisBroker]:
+    """Build one node's membership and broker; call ``await broker.start()`` next."""
     membership = RedisMembership(
-        client, prefix=prefix, node_id=node_id or default_node_id(), lease=lease
+        _pooled_client(url, pool_size),
+        prefix=prefix,
+        node_id=node_id or default_node_id(),
+        lease=lease,
     )
     return membership, RedisBroker(url, prefix=prefix)
+
+
+def connect_publisher(
+    url: str, *, prefix: str = "kanal:", pool_size: int = 8
+) -> tuple[PublishOnlyMembership, PublishOnlyBroker]:
+    """Build the membership and broker of a process that only publishes and reads.
+
+    Nothing to start: the broker never subscribes, and the membership refuses every call
+    that would register a lease (:mod:`kanal.adapters.publish_only`). Close both when done.
+    """
+    store = RedisMembership(
+        _pooled_client(url, pool_size), prefix=prefix, node_id=f"publisher:{default_node_id()}"
+    )
+    return PublishOnlyMembership(store), PublishOnlyBroker(url, prefix=prefix)

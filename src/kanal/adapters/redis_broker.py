@@ -3,6 +3,9 @@
 Ownership rule: this class owns the node's two Redis connections for fan-out, one that
 publishes and one that is subscribed, and nothing else. Every node, the publishing one
 included, receives every envelope through Redis, so all nodes see one order per channel.
+:class:`PublishOnlyBroker` owns only the first kind: it is the broker of a process that holds
+no connections (:mod:`kanal.publisher`), which sends envelopes to the nodes and never
+receives any.
 
 Wire format (one pub/sub message per envelope, on channel ``<prefix>fanout``)::
 
@@ -41,7 +44,13 @@ from redis.exceptions import RedisError
 from kanal.adapters.base import Envelope
 from kanal.adapters.redis_membership import normalise_prefix
 
-__all__ = ["RedisBroker", "decode_envelope", "encode_envelope"]
+__all__ = [
+    "PublishOnlyBroker",
+    "RedisBroker",
+    "decode_envelope",
+    "encode_envelope",
+    "fanout_channel",
+]
 
 log = logging.getLogger("kanal.redis")
 
@@ -98,6 +107,11 @@ def decode_envelope(message: bytes) -> Envelope:
     if kind is None or app_id is None or target is None:
         raise ValueError("envelope without kind, app_id or target")
     return Envelope(app_id, kind, target, message[at:], exclude)
+
+
+def fanout_channel(prefix: str) -> str:
+    """The one pub/sub channel every node of a cluster (``redis_prefix``) listens on."""
+    return f"{normalise_prefix(prefix)}fanout"
 
 
 def _client(url: str) -> aredis.Redis:
@@ -174,6 +188,33 @@ class _Publisher:
         await self._client.aclose()
 
 
+class PublishOnlyBroker:
+    """:class:`~kanal.adapters.base.Broker` of a process without connections: it publishes on
+    the fan-out channel exactly as :class:`RedisBroker` does (same wire format, same ordering,
+    same errors) and never subscribes, so it is invisible to the nodes (``PUBSUB NUMSUB``
+    does not count it) and receives nothing back: it has no subscriber to deliver to.
+
+    Args:
+        url: ``redis://``, ``rediss://`` or ``unix://`` URL.
+        prefix: the cluster's key prefix (``redis_prefix``).
+    """
+
+    def __init__(self, url: str, *, prefix: str) -> None:
+        self.channel = fanout_channel(prefix)
+        self._publisher = _Publisher(_client(url), self.channel)
+
+    def attach(self, deliver: Callable[[Envelope], None]) -> None:
+        """Nothing to attach: no envelope ever arrives here."""
+
+    async def publish(self, envelope: Envelope) -> None:
+        """Send ``envelope`` to every node; raises the Redis error if it could not be sent
+        (it may still have gone out when the connection dropped after sending)."""
+        await self._publisher.publish(encode_envelope(envelope))
+
+    async def close(self) -> None:
+        await self._publisher.close()
+
+
 class RedisBroker:
     """:class:`~kanal.adapters.base.Broker` over Redis pub/sub.
 
@@ -193,7 +234,7 @@ class RedisBroker:
         backoff: tuple[float, float] = (1.0, 30.0),
         probe_interval: float = 5.0,
     ) -> None:
-        self.channel = f"{normalise_prefix(prefix)}fanout"
+        self.channel = fanout_channel(prefix)
         # No client-level retries on either connection: a retried pipeline could publish a
         # message twice, and the reader loop owns reconnection so that outages are seen.
         self._publisher = _Publisher(_client(url), self.channel)

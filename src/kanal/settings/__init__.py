@@ -3,7 +3,8 @@
 * :mod:`~kanal.settings.table`: every setting declared once (:data:`SETTINGS`), with its kind,
   default, check, environment variable and flag.
 * :mod:`~kanal.settings.loaders`: :func:`load_config` (defaults < TOML file < environment <
-  flags) and :class:`ConfigError`.
+  flags), :func:`resolve_config` (what an embedding or publishing process passes) and
+  :class:`ConfigError`.
 * :mod:`~kanal.settings.render`: the effective config as TOML (``kanal check-config``) and the
   Markdown reference in ``docs/configuration.md``.
 
@@ -11,7 +12,12 @@
 other. Run ``python -m kanal.settings`` to print the Markdown settings reference.
 """
 
-from kanal.settings.loaders import ConfigError, is_default_credentials, load_config
+from kanal.settings.loaders import (
+    ConfigError,
+    is_default_credentials,
+    load_config,
+    resolve_config,
+)
 from kanal.settings.table import DEV_APP, DOCS_END, DOCS_START, SETTINGS
 
 __all__ = [
@@ -22,4 +28,5 @@ __all__ = [
     "ConfigError",
     "is_default_credentials",
     "load_config",
+    "resolve_config",
 ]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 import re
 import tomllib
 import typing
@@ -29,7 +30,7 @@ from kanal.config import (
 )
 from kanal.settings.table import BY_DEST, BY_ENV, BY_SECTION, DEV_APP, KIND_TEXT, Kind, Setting
 
-__all__ = ["ConfigError", "is_default_credentials", "load_config"]
+__all__ = ["ConfigError", "is_default_credentials", "load_config", "resolve_config"]
 
 Layer = dict[str, tuple[Any, str]]  # field name -> (value, where it came from)
 
@@ -140,6 +141,44 @@ def load_config(
     )
     _cross_check(config, sections, apps)
     return config
+
+
+# Keyword arguments of resolve_config that are [scaling] settings rather than the app's.
+_SCALING_KEYWORDS = ("redis_url", "redis_prefix")
+
+
+def resolve_config(
+    config: Config | str | os.PathLike[str] | None,
+    settings: Mapping[str, Any],
+    environ: Mapping[str, str],
+) -> Config:
+    """The settings of a process that embeds kanal (``kanal.asgi.create_app``) or publishes
+    into it (``kanal.publisher.Publisher``), read as ``kanal serve`` reads them:
+
+    * a :class:`Config`, as it is;
+    * the path of a TOML file, with the ``KANAL_*`` variables of ``environ`` on top;
+    * keyword ``settings`` for one app (``id``, ``key``, ``secret`` and any ``[[apps]]``
+      setting), plus ``redis_url`` (and ``redis_prefix``) for the Redis adapter;
+    * none of these: ``$KANAL_CONFIG``, else the environment alone.
+    """
+    if isinstance(config, Config):
+        if settings:
+            raise TypeError("pass either a Config or keyword arguments for one app, not both")
+        return config
+    if config is not None:
+        if settings:
+            raise TypeError("pass either a TOML path or keyword arguments for one app, not both")
+        return load_config(os.fspath(config), environ, {})
+    if settings:
+        app = {k: v for k, v in settings.items() if k not in _SCALING_KEYWORDS}
+        scaling = ScalingSettings()
+        if settings.get("redis_url"):
+            prefix = settings.get("redis_prefix", scaling.redis_prefix)
+            scaling = ScalingSettings(
+                adapter="redis", redis_url=settings["redis_url"], redis_prefix=prefix
+            )
+        return Config(server=ServerSettings(), apps=(App(**app),), scaling=scaling)
+    return load_config(environ.get("KANAL_CONFIG") or None, environ, {})
 
 
 def is_default_credentials(app: App) -> bool:
