@@ -12,8 +12,12 @@ rest to Django's ASGI handler; a sync Django view publishes with ``Realtime.sync
 
 from __future__ import annotations
 
+import ast
+import contextlib
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -23,6 +27,8 @@ import pytest
 from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, JsonResponse
 from django.urls import path
 from fastapi import FastAPI, HTTPException, Request
+from starlette.applications import Starlette
+from starlette.routing import Mount
 
 from kanal.asgi import KanalApp, create_app
 from kanal.config import Config, ServerSettings
@@ -170,6 +176,29 @@ async def test_fastapi_mount_auth_endpoints_and_in_process_trigger(js: JsDriver)
         await served.stop()
 
 
+async def test_starlette_mount_with_a_lifespan_of_its_own() -> None:
+    """Plain Starlette, kanal started inside the host app's own lifespan."""
+    kanal_app = create_app(CONFIG)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with kanal_app.lifespan():
+            yield
+
+    served = Served(Starlette(routes=[Mount("/realtime", app=kanal_app)], lifespan=lifespan))
+    port = await served.start()
+    try:
+        async with Clients() as clients:
+            ws_path = f"/realtime/app/{APP_KEY}?protocol=7&client=js&version=8.4.0"
+            ws = await clients.connect(RunningServer(kanal_app.server, port), path=ws_path)
+            await ws.subscribe("news")
+            await kanal_app.realtime.trigger("news", "flash", [1, 2])
+            assert data_of(await ws.expect("flash", "news")) == [1, 2]
+    finally:
+        await served.stop()
+    assert kanal_app.realtime.loop is None  # the lifespan stopped it
+
+
 # --- Django -----------------------------------------------------------------------------------
 
 # The Django side needs the node its router serves; each test sets it (a real project imports
@@ -262,3 +291,13 @@ async def test_django_without_lifespan_kanal_starts_on_its_first_request() -> No
         await served.stop()
         await kanal_app.shutdown()  # nobody else stops it without lifespan
         DJANGO_KANAL.clear()
+
+
+def test_the_python_blocks_of_docs_embedding_md_parse() -> None:
+    """Syntax only: the page's excerpts use names its prose defines; the code they show is
+    what the tests above run."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "embedding.md").read_text()
+    blocks = re.findall(r"^```python\n(.*?)^```", text, re.M | re.S)
+    assert len(blocks) >= 5
+    for block in blocks:
+        ast.parse(block)
