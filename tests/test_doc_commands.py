@@ -296,6 +296,28 @@ async def auth_endpoint(text: str, ctx: Ctx) -> None:
             await out.wait_for("^out online: 1$")
 
 
+async def serves_mounted(text: str, ctx: Ctx) -> None:
+    """The block is ``app.py``; its ``# ... run: <command>`` comment is run in that directory
+    on a free port. A client connected under the mount gets the event the view triggers."""
+    (ctx.tmp / "app.py").write_text(text)
+    command = re.search(r"^# .*\brun: (.+)$", text, re.M)
+    assert command is not None, "the block says how to run it: # app.py; run: <command>"
+    line = f"exec {command[1]} --host 127.0.0.1 --port 0"
+    async with started("bash", "-c", line, cwd=ctx.tmp) as out:
+        port = int((await out.wait_for(r"Uvicorn running on http://127\.0\.0\.1:(\d+)"))[1])
+        served = RunningServer(ctx.server.server, port)  # the server object is not used
+        async with Clients() as clients:
+            path = "/realtime/app/app-key?protocol=7&client=js&version=8.4.0"
+            ws = await clients.connect(served, path=path)
+            await ws.subscribe("orders")
+            async with (
+                aiohttp.ClientSession() as http,
+                http.post(f"http://127.0.0.1:{port}/orders/42/ship") as response,
+            ):
+                assert response.status == 200, await response.text()
+            assert data_of(await ws.expect("order-shipped", "orders")) == {"id": 42}
+
+
 async def loads_config(text: str, ctx: Ctx) -> None:
     (ctx.tmp / "kanal.toml").write_text(text)
     load_config(str(ctx.tmp / "kanal.toml"))  # raises on an unknown or renamed setting
@@ -304,6 +326,7 @@ async def loads_config(text: str, ctx: Ctx) -> None:
 BLOCKS: dict[tuple[str, str], Check] = {
     ("python", "client.trigger("): triggers,
     ("python", "authenticate_user("): auth_endpoint,
+    ("python", "app.mount("): serves_mounted,
     ("html", "channelAuthorization"): auth_endpoint,
     ("html", '"order-shipped"'): page_receives,
     ("toml", "[[apps]]"): loads_config,

@@ -354,9 +354,13 @@ class Clients:
         secret: str = APP_SECRET,
         autoping: bool = True,
         headers: Mapping[str, str] | None = None,
+        path: str | None = None,
     ) -> WsClient:
-        """Open a connection and read ``pusher:connection_established``."""
-        client = await self.open(server, key=key, secret=secret, autoping=autoping, headers=headers)
+        """Open a connection and read ``pusher:connection_established``; ``path`` (with its
+        query) instead of ``/app/{key}?...``, e.g. under a mount point."""
+        client = await self.open(
+            server, key=key, secret=secret, autoping=autoping, headers=headers, path=path
+        )
         frame = await client.expect_next("pusher:connection_established")
         established = data_of(frame)
         client.socket_id = established["socket_id"]

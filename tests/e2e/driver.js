@@ -27,6 +27,9 @@
 //   signin_success {user_data,raw}  signin_error {status,error}  user_event {event,data}
 //   watchlist {name:"online"|"offline",user_ids,event}
 // members = {count,me:{id,info},myID,members:{user_id:user_info}} (pusher-js's Members).
+// options go verbatim into new Pusher(key, options) over the defaults below: e.g. wsPath, and
+//   channelAuthorization / userAuthentication {endpoint, transport: "ajax", headers} to use a
+//   real auth endpoint instead of the driver's own signer (a Cookie header is allowed).
 // clientActivityTimeout (ms): once connected, pusher-js pings only after this much silence
 //   instead of min(its option, the server's activity_timeout), as clients that ignore the
 //   server's value do (pusher-websocket-java); lets tests see the server's own heartbeat.
@@ -97,6 +100,17 @@ wsHooks.getSocket = function (url, options) {
     return send.call(this, data, ...rest);
   };
   return socket;
+};
+
+// A browser sends the page's cookies with pusher-js's auth requests (transport "ajax") by
+// itself; Node has no cookie jar, and the XMLHttpRequest polyfill pusher-js uses there refuses
+// a Cookie header. Lift that check, so that a test can hand the session cookie a browser would
+// send to a real auth endpoint: options.channelAuthorization.headers = {Cookie: "..."}.
+const createXHR = PusherJS.Runtime.createXHR;
+PusherJS.Runtime.createXHR = function () {
+  const xhr = createXHR.call(this);
+  if (typeof xhr.setDisableHeaderCheck === 'function') xhr.setDisableHeaderCheck(true);
+  return xhr;
 };
 
 // A local HTTP endpoint that refuses with a given status, so that refusals travel through
