@@ -6,7 +6,9 @@
 API, whose ``realtime`` attribute publishes and queries without HTTP. Mount it in Starlette or
 FastAPI (``app.mount("/realtime", kanal_app)``; pusher-js then uses ``wsPath: "/realtime"``)
 and start it from the host app's lifespan (``FastAPI(lifespan=kanal_app.lifespan)``); it also
-starts itself on its first request where no lifespan reaches it (Django routing to it).
+starts itself on its first request where no lifespan reaches it (Django routing to it). Its
+``hooks`` attribute runs Python callables for the webhook events, with the webhooks' grace
+period and, in a cluster, once for the whole cluster.
 
 Like :mod:`kanal.server`, this module is a composition root: it only wires parts together.
 How-to: docs/embedding.md.
@@ -29,6 +31,7 @@ from kanal.settings import load_config
 from kanal.transport.asgi import AsgiTransport, Receive, Scope, Send
 from kanal.transport.frames import text_frame
 from kanal.transport.listener import ListenError
+from kanal.webhooks import Hooks
 
 __all__ = ["KanalApp", "create_app"]
 
@@ -67,6 +70,10 @@ class KanalApp:
         self.own_port = own_port
         self.port: int | None = None  # the own transport's port once it listens
         self.config = server.config
+        if server.hooks is None:
+            raise ValueError("build the node with build(config, hooks=True)")
+        #: In-process hooks for the webhook events (docs/embedding.md, "In-process hooks").
+        self.hooks: Hooks = server.hooks
         settings = server.config.server
         self.realtime = Realtime(server.service, server.apps, server.config.apps[0])
         self._transport = AsgiTransport(
@@ -147,4 +154,5 @@ def create_app(
             and any ``[[apps]]`` setting such as ``enable_client_messages``).
     """
     frame = text_frame if own_port else _json_as_is
-    return KanalApp(build(_config(config, app_settings), frame=frame), own_port=own_port)
+    server = build(_config(config, app_settings), frame=frame, hooks=True)
+    return KanalApp(server, own_port=own_port)
