@@ -23,7 +23,7 @@ from aiohttp import web
 
 from kanal.config import App, Config, ServerSettings, WebhookSettings, WebhookTarget
 from kanal.protocol.webhooks import EVENT_TYPES
-from kanal.webhooks import HookEvent, Hooks
+from kanal.webhooks import HookEvent, Hooks, WebhookDispatcher
 from tests.asgi_server import AsgiNode
 from tests.conftest import RunningServer, make_app
 from tests.wsclient import TIMEOUT, Clients, data_of, wait_until
@@ -391,3 +391,39 @@ async def test_hooks_and_webhook_endpoints_get_the_same_events(embed: Embed) -> 
         ]
     finally:
         await runner.cleanup()
+
+
+# --- shutdown --------------------------------------------------------------------------------
+
+
+async def test_stopping_runs_held_removals_and_counts_what_it_gives_up(embed: Embed) -> None:
+    node = embed(settings=replace(FAST, grace_period=60.0, shutdown_timeout=0.3))
+    hooks = node.app.hooks
+    vacated = Recorder()
+    entered, release = threading.Event(), threading.Event()
+
+    def stuck(event: HookEvent) -> None:
+        entered.set()
+        release.wait(TIMEOUT * 4)
+
+    hooks.on("channel_vacated", vacated)
+    hooks.on("client_event", stuck)
+    server = await serve(node)
+    dispatcher = node.app.server.webhooks
+    assert isinstance(dispatcher, WebhookDispatcher)
+    try:
+        async with Clients() as clients:
+            sender, _ = await chat(clients, server)
+            await sender.send("client-n", 0, channel=CHAT)
+            await sender.send("client-n", 1, channel=CHAT)
+            await wait_until(entered.is_set, what="the stuck hook to be called")
+            await sender.subscribe("news")
+            await sender.unsubscribe("news")
+            # news's channel_vacated in its grace period, the stuck call and the one behind it.
+            await wait_until(lambda: dispatcher.pending == 3, what="the removal to be held")
+            await node.stop()
+    finally:
+        release.set()
+    assert [e.channel for e in vacated.events if e.channel == "news"] == ["news"]
+    assert hooks.stats.dropped_shutdown == 2  # the call given up on, and the event behind it
+    assert hooks.stats.ran == len(vacated.events)

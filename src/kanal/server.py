@@ -78,6 +78,7 @@ class Server:
     closers: list[Callable[[], Awaitable[None]]]
     ticker: asyncio.Future[None] | None = None
     hooks: Hooks | None = None  # an embedded node's in-process hooks (kanal.asgi)
+    webhooks: WebhookSink | None = None  # the hub's sink: dispatcher, cluster queue, or null
 
     async def start(self) -> None:
         """Start what runs beside the transports: cluster upkeep, webhooks, the heartbeat
@@ -106,20 +107,27 @@ Lifecycle = list[Callable[[], Awaitable[None]]]
 def _webhook_sink(
     config: Config, metrics: Metrics, apps: StaticAppStore, hooks: Hooks | None
 ) -> tuple[WebhookSink, Lifecycle, Lifecycle]:
-    """Local delivery, or (cluster mode) the shared Redis queue in front of it. In-process
-    hooks are one more target of the same dispatcher, so they need one without endpoints."""
+    """Local delivery, or (cluster mode) the shared Redis queue in front of it.
+
+    In-process hooks are one more target of the same pipeline: on one node, of the dispatcher,
+    which an embedded node therefore gets even without endpoints; in a cluster, of the queue's
+    hooks stream, which every node writes for the hooks of the embedded processes (a node
+    without endpoints or hooks, ``kanal serve``'s, included; docs/scaling.md).
+    """
     if hooks is not None:
         _register_hook_metrics(metrics, hooks)
-    if not any(app.webhooks for app in config.apps) and hooks is None:
-        return NullWebhooks(), [], []
     scaling = config.scaling
-    local = scaling.adapter != "redis"
-    dispatcher = WebhookDispatcher(config.webhooks, hooks=hooks if local else None)
-    _register_webhook_metrics(metrics, dispatcher)
-    if local:
+    cluster = scaling.adapter == "redis"
+    has_webhooks = any(app.webhooks for app in config.apps)
+    if not has_webhooks and hooks is None and not cluster:
+        return NullWebhooks(), [], []
+    dispatcher = WebhookDispatcher(config.webhooks, hooks=None if cluster else hooks)
+    if has_webhooks:
+        _register_webhook_metrics(metrics, dispatcher)
+    if not cluster:
         return dispatcher, [dispatcher.start], [dispatcher.close]
     # webhooks.md in a cluster: one shared stream, one sender (docs/scaling.md). The queue
-    # starts and closes the dispatcher itself.
+    # starts and closes the dispatcher and the hooks itself.
     client = webhook_queue_client(scaling.redis_url)
     queue = RedisWebhookQueue(
         client,
@@ -128,6 +136,8 @@ def _webhook_sink(
         settings=config.webhooks,
         dispatcher=dispatcher,
         apps=apps.by_id,
+        hooks=hooks,
+        lead_webhooks=has_webhooks,
     )
     return queue, [queue.start], [queue.close, client.aclose]
 
@@ -280,6 +290,7 @@ def build(
         starters,
         closers,
         hooks=registry,
+        webhooks=webhooks,
     )
 
 

@@ -16,10 +16,14 @@ it to them.
   after the same grace period.
 * :mod:`~kanal.webhooks.hook_worker`: one hook's queue, and the worker that calls it (in a
   thread of its own, or as a task), times it out, logs and counts its failures.
+* :mod:`~kanal.webhooks.cluster_hooks`: the hooks in a cluster: which events the processes
+  with hooks want (so that every node writes them to the hooks stream), and the one process
+  with hooks at a time that reads that stream and runs them.
 
 Dependencies point one way: ``delivery`` imports none of the others, ``hook_worker`` none
 either, ``hooks`` uses both, ``dispatch`` uses ``delivery`` and ``hooks``, ``leader`` uses
-``dispatch``, and ``cluster_queue`` uses ``leader`` and ``dispatch``. The aiohttp client is
+``dispatch``, ``cluster_hooks`` uses ``leader`` and ``hooks``, and ``cluster_queue`` uses
+``cluster_hooks``, ``leader`` and ``dispatch``. The aiohttp client is
 :mod:`kanal.transport.webhook_client`; the request body, its signature and the value a hook is
 called with are in :mod:`kanal.protocol`.
 """

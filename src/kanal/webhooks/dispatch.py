@@ -26,6 +26,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from kanal.config import App, WebhookSettings, WebhookTarget
 from kanal.protocol.webhook_grace import GracePeriod
@@ -42,6 +43,7 @@ from kanal.webhooks.hooks import Hooks
 
 __all__ = [
     "State",
+    "Submitter",
     "WebhookClient",
     "WebhookDispatcher",
     "WebhookStats",
@@ -60,6 +62,21 @@ class State(enum.Enum):
     NEW = "new"  #: events are accepted and kept; nothing is sent before start()
     RUNNING = "running"  #: workers and the grace timer run
     CLOSED = "closed"  #: close() began: new events are counted as dropped_shutdown
+
+
+class Submitter(Protocol):
+    """Takes events that passed a grace period elsewhere (:meth:`WebhookDispatcher.submit`
+    states the contract): a dispatcher, or an embedded node's
+    :class:`~kanal.webhooks.hooks.Hooks`. What the cluster queue's leaders hand entries to."""
+
+    def submit(
+        self,
+        app: App,
+        event: WebhookEvent,
+        *,
+        created: float,
+        on_done: Callable[[], None] | None = None,
+    ) -> bool: ...
 
 
 def wants(target: WebhookTarget, event: WebhookEvent) -> bool:

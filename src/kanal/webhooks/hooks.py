@@ -110,7 +110,7 @@ class Hooks:
         Raises:
             ValueError: a name is not a webhook event name (webhooks.md §3).
             TypeError: ``func`` is not callable.
-            RuntimeError: the node has already stopped.
+            RuntimeError: the node has already stopped, or it runs and this is not its loop.
         """
         wanted = _names(names)
         app = None if app_id is None else str(app_id)
@@ -120,6 +120,13 @@ class Hooks:
                 raise TypeError(f"a hook must be callable, not {function!r}")
             if self._state is _State.CLOSED:
                 raise RuntimeError("the node has stopped: hooks can no longer be registered")
+            if self._state is _State.RUNNING:
+                try:  # a running node's worker starts on its loop, now
+                    asyncio.get_running_loop()
+                except RuntimeError:
+                    raise RuntimeError(
+                        "register hooks before the app starts, or from its event loop"
+                    ) from None
             hook = Hook(function, wanted, app, _label(function), _is_async(function))
             self._add(hook)
             return function
