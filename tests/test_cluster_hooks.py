@@ -11,6 +11,7 @@ over all processes after a bounded quiet window, as for webhooks
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -247,3 +248,28 @@ async def test_when_the_process_running_hooks_stops_another_takes_over(
         )
     assert processes == {other}
     assert len(runs.calls) == 3
+
+
+async def test_processes_registering_different_hooks_are_warned(
+    cluster: Cluster,
+    embedded: tuple[Start, dict[str, AsgiNode]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    start, nodes = embedded
+    app = await cluster.app()
+    caplog.set_level(logging.WARNING, logger="kanal.cluster_webhooks")
+    a, b = await start("a", app), await start("b", app)
+    nodes["a"].app.hooks.on("channel_occupied", Runs().hook("a"))
+    nodes["b"].app.hooks.on("client_event", Runs().hook("b"), app_id="1")
+
+    def warned() -> bool:
+        return any("register hooks this one does not" in r.getMessage() for r in caplog.records)
+
+    await wait_until(warned, 5.0, "the warning")
+    messages = [r.getMessage() for r in caplog.records if "this one does not" in r.getMessage()]
+    assert any("(1/client_event)" in m for m in messages) or any(
+        "(*/channel_occupied)" in m for m in messages
+    )
+    await wait_until(  # still one process at a time runs the hooks
+        lambda: queue_of(a).runs_hooks != queue_of(b).runs_hooks, 5.0, "one hooks leader"
+    )
