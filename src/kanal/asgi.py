@@ -6,9 +6,12 @@
 API, whose ``realtime`` attribute publishes and queries without HTTP. Mount it in Starlette or
 FastAPI (``app.mount("/realtime", kanal_app)``; pusher-js then uses ``wsPath: "/realtime"``)
 and start it from the host app's lifespan (``FastAPI(lifespan=kanal_app.lifespan)``); it also
-starts itself on its first request where no lifespan reaches it (Django routing to it).
+starts itself on its first request where no lifespan reaches it (Django routing to it). Its
+``hooks`` attribute runs Python callables for the webhook events, with the webhooks' grace
+period and, in a cluster, once for the whole cluster.
 
 Like :mod:`kanal.server`, this module is a composition root: it only wires parts together.
+How-to: docs/embedding.md.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from kanal.settings import resolve_config
 from kanal.transport.asgi import AsgiTransport, Receive, Scope, Send
 from kanal.transport.frames import text_frame
 from kanal.transport.listener import ListenError
+from kanal.webhooks import Hooks
 from kanal.workers import several_workers
 
 __all__ = ["KanalApp", "create_app"]
@@ -71,6 +75,10 @@ class KanalApp:
         self.own_port = own_port
         self.port: int | None = None  # the own transport's port once it listens
         self.config = server.config
+        if server.hooks is None:
+            raise ValueError("build the node with build(config, hooks=True)")
+        #: In-process hooks for the webhook events (docs/embedding.md, "In-process hooks").
+        self.hooks: Hooks = server.hooks
         settings = server.config.server
         self.realtime = Realtime(server.service, server.apps, server.config.apps[0])
         self._transport = AsgiTransport(
@@ -153,5 +161,5 @@ def create_app(
             ``redis_url`` (and ``redis_prefix``) to join a cluster with the Redis adapter.
     """
     frame = text_frame if own_port else _json_as_is
-    built = build(resolve_config(config, app_settings, os.environ), frame=frame)
+    built = build(resolve_config(config, app_settings, os.environ), frame=frame, hooks=True)
     return KanalApp(built, own_port=own_port)

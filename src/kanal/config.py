@@ -94,7 +94,8 @@ class ServerSettings:
 
 @dataclass(frozen=True, slots=True)
 class WebhookSettings:
-    """``[webhooks]``: delivery behaviour shared by every target (webhooks.md §4-5)."""
+    """``[webhooks]``: delivery behaviour shared by every target (webhooks.md §4-5), the
+    in-process hooks of an embedded app included (``hook_*``, docs/embedding.md)."""
 
     grace_period: float = 3.0
     batch_window: float = 0.05
@@ -103,6 +104,8 @@ class WebhookSettings:
     retry_window: float = 300.0
     max_queue: int = 10000
     shutdown_timeout: float = 5.0
+    hook_timeout: float = 10.0
+    hook_max_queue: int = 10000
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,7 +35,7 @@ from kanal.transport.frames import text_frame
 from kanal.transport.http import HttpApi
 from kanal.transport.listener import Listener, ListenError, probe_bind, tls_context
 from kanal.transport.websocket import WebSocketEndpoint
-from kanal.webhooks import RedisWebhookQueue, WebhookDispatcher
+from kanal.webhooks import Hooks, RedisWebhookQueue, WebhookDispatcher
 from kanal.workers import supervise
 
 __all__ = ["Server", "StartupError", "build", "run", "serve"]
@@ -77,6 +77,8 @@ class Server:
     starters: list[Callable[[], Awaitable[None]]]
     closers: list[Callable[[], Awaitable[None]]]
     ticker: asyncio.Future[None] | None = None
+    hooks: Hooks | None = None  # an embedded node's in-process hooks (kanal.asgi)
+    webhooks: WebhookSink | None = None  # the hub's sink: dispatcher, cluster queue, or null
 
     async def start(self) -> None:
         """Start what runs beside the transports: cluster upkeep, webhooks, the heartbeat
@@ -103,18 +105,29 @@ Lifecycle = list[Callable[[], Awaitable[None]]]
 
 
 def _webhook_sink(
-    config: Config, metrics: Metrics, apps: StaticAppStore
+    config: Config, metrics: Metrics, apps: StaticAppStore, hooks: Hooks | None
 ) -> tuple[WebhookSink, Lifecycle, Lifecycle]:
-    """Local delivery, or (cluster mode) the shared Redis queue in front of it."""
-    if not any(app.webhooks for app in config.apps):
-        return NullWebhooks(), [], []
-    dispatcher = WebhookDispatcher(config.webhooks)
-    _register_webhook_metrics(metrics, dispatcher)
+    """Local delivery, or (cluster mode) the shared Redis queue in front of it.
+
+    In-process hooks are one more target of the same pipeline: on one node, of the dispatcher,
+    which an embedded node therefore gets even without endpoints; in a cluster, of the queue's
+    hooks stream, which every node writes for the hooks of the embedded processes (a node
+    without endpoints or hooks, ``kanal serve``'s, included; docs/scaling.md).
+    """
+    if hooks is not None:
+        _register_hook_metrics(metrics, hooks)
     scaling = config.scaling
-    if scaling.adapter != "redis":
+    cluster = scaling.adapter == "redis"
+    has_webhooks = any(app.webhooks for app in config.apps)
+    if not has_webhooks and hooks is None and not cluster:
+        return NullWebhooks(), [], []
+    dispatcher = WebhookDispatcher(config.webhooks, hooks=None if cluster else hooks)
+    if has_webhooks:
+        _register_webhook_metrics(metrics, dispatcher)
+    if not cluster:
         return dispatcher, [dispatcher.start], [dispatcher.close]
     # webhooks.md in a cluster: one shared stream, one sender (docs/scaling.md). The queue
-    # starts and closes the dispatcher itself.
+    # starts and closes the dispatcher and the hooks itself.
     client = webhook_queue_client(scaling.redis_url)
     queue = RedisWebhookQueue(
         client,
@@ -123,6 +136,8 @@ def _webhook_sink(
         settings=config.webhooks,
         dispatcher=dispatcher,
         apps=apps.by_id,
+        hooks=hooks,
+        lead_webhooks=has_webhooks,
     )
     return queue, [queue.start], [queue.close, client.aclose]
 
@@ -145,6 +160,25 @@ def _register_webhook_metrics(metrics: Metrics, dispatcher: WebhookDispatcher) -
     ):
         metrics.sampled_counter("kanal_webhooks_dropped_total", read, dropped, f'reason="{reason}"')
     metrics.gauge("kanal_webhooks_pending", lambda: dispatcher.pending, "Webhook events queued")
+
+
+def _register_hook_metrics(metrics: Metrics, hooks: Hooks) -> None:
+    stats = hooks.stats
+    metrics.sampled_counter(
+        "kanal_hooks_run_total", lambda: stats.ran, "In-process hook calls that returned"
+    )
+    failed = "In-process hook calls that raised or timed out"
+    for reason, read in (("error", lambda: stats.failed), ("timeout", lambda: stats.timed_out)):
+        metrics.sampled_counter("kanal_hooks_failed_total", read, failed, f'reason="{reason}"')
+    dropped = "Events an in-process hook never ran"
+    for reason, read in (
+        ("overflow", lambda: stats.dropped_overflow),
+        ("shutdown", lambda: stats.dropped_shutdown),
+    ):
+        metrics.sampled_counter("kanal_hooks_dropped_total", read, dropped, f'reason="{reason}"')
+    metrics.gauge(
+        "kanal_hooks_pending", lambda: hooks.pending, "Events queued or running, per hook"
+    )
 
 
 @dataclass
@@ -184,16 +218,20 @@ def _adapters(config: Config) -> tuple[Membership, Broker, _Cluster | None]:
     return membership, broker, cluster
 
 
-def build(config: Config, *, frame: Callable[[bytes], bytes] = text_frame) -> Server:
+def build(
+    config: Config, *, frame: Callable[[bytes], bytes] = text_frame, hooks: bool = False
+) -> Server:
     """Wire a node from ``config``; nothing is started.
 
     ``frame`` turns each broadcast's JSON into what a connection is handed, once per event:
     a complete RFC 6455 frame for kanal's own transport, the JSON itself for an ASGI server
-    (which frames messages itself).
+    (which frames messages itself). ``hooks``: give the node a registry of in-process hooks
+    (``Server.hooks``, for an embedding app; docs/embedding.md).
     """
     apps = StaticAppStore(config.apps)
     metrics = Metrics()
-    webhooks, webhook_start, webhook_close = _webhook_sink(config, metrics, apps)
+    registry = Hooks(config.webhooks) if hooks else None
+    webhooks, webhook_start, webhook_close = _webhook_sink(config, metrics, apps, registry)
     readiness = Readiness()
     membership, broker, cluster = _adapters(config)
     hub = Hub(
@@ -241,7 +279,18 @@ def build(config: Config, *, frame: Callable[[bytes], bytes] = text_frame) -> Se
         shutdown_timeout=settings.shutdown_timeout,
     )
     return Server(
-        config, hub, service, apps, http, websocket, listener, readiness, starters, closers
+        config,
+        hub,
+        service,
+        apps,
+        http,
+        websocket,
+        listener,
+        readiness,
+        starters,
+        closers,
+        hooks=registry,
+        webhooks=webhooks,
     )
 
 

@@ -22,7 +22,7 @@ does not depend on the agreement of the nodes' clocks.
 
 from __future__ import annotations
 
-__all__ = ["EMIT", "INSPECT", "LEAD", "PROMOTE", "RESIGN"]
+__all__ = ["DEMAND", "EMIT", "INSPECT", "LEAD", "PROMOTE", "RESIGN"]
 
 _HELPERS = r"""
 local NUL = '\0'
@@ -163,3 +163,21 @@ for _, info in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
 end
 return foreign
 """
+
+#: KEYS: the hooks' demand (a zset: ``app_id NUL event name`` -> when it expires, Redis ms).
+#: ARGV: ttl_ms, then the members this process advertises (none: it only reads). Drops what
+#: expired, (re)advertises, and returns every member still advertised by some process. The key
+#: itself expires with the last advertisement, so a cluster whose hooks are gone keeps nothing.
+DEMAND = (
+    _HELPERS
+    + r"""
+local now = now_ms()
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', num(now))
+if #ARGV > 1 then
+  local expires = num(now + tonumber(ARGV[1]))
+  for i = 2, #ARGV do redis.call('ZADD', KEYS[1], expires, ARGV[i]) end
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+end
+return redis.call('ZRANGE', KEYS[1], 0, -1)
+"""
+)

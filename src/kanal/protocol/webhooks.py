@@ -1,7 +1,8 @@
 """Webhook event values and the request body (webhooks.md §2-3).
 
 Pure data: :mod:`kanal.hub` creates these values at the moment a cluster-wide transition is
-known, :mod:`kanal.webhooks` delays, batches, signs and sends them.
+known, :mod:`kanal.webhooks` delays, batches, signs and sends them, or hands them to an embedded
+app's in-process hooks as a :class:`HookEvent`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import orjson
 
 __all__ = [
     "EVENT_TYPES",
+    "HookEvent",
     "WebhookEvent",
     "cache_miss",
     "channel_occupied",
@@ -62,6 +64,41 @@ class WebhookEvent:
         if self.subscription_count is not None:
             out["subscription_count"] = self.subscription_count
         return out
+
+
+@dataclass(frozen=True, slots=True)
+class HookEvent:
+    """What an in-process hook is called with (docs/embedding.md): the webhook event's fields,
+    plus what a webhook request carries around it, its app and its ``time_ms``.
+
+    ``time_ms`` is the Unix time in ms the event was released to its targets, the ``time_ms``
+    a webhook request with it would carry (webhooks.md §2): for ``channel_vacated`` and
+    ``member_removed`` the end of the grace period.
+    """
+
+    name: str
+    channel: str
+    app_id: str
+    time_ms: int
+    user_id: str | None = None
+    event: str | None = None
+    data: str | None = None
+    socket_id: str | None = None
+    subscription_count: int | None = None
+
+    @classmethod
+    def of(cls, app_id: str, event: WebhookEvent, time_ms: int) -> HookEvent:
+        return cls(
+            event.name,
+            event.channel,
+            app_id,
+            time_ms,
+            user_id=event.user_id,
+            event=event.event,
+            data=event.data,
+            socket_id=event.socket_id,
+            subscription_count=event.subscription_count,
+        )
 
 
 def channel_occupied(channel: str) -> WebhookEvent:

@@ -144,6 +144,8 @@ request_timeout      pos        Seconds to wait for a webhook endpoint to answer
 retry_window         nonneg     Seconds after creation that failed webhooks are retried; 0 = never.
 max_queue            pos        Most undelivered webhook events held; the oldest are dropped.
 shutdown_timeout     nonneg     Seconds to keep delivering queued webhooks when stopping.
+hook_timeout         pos        Seconds an in-process hook may run before it counts as failed.
+hook_max_queue       pos        Events queued per in-process hook; the oldest are dropped.
 [scaling]            KANAL_     --
 adapter              adapter    "memory" (one process) or "redis" (several processes or hosts).
 redis_url            redis_url  redis://, rediss:// or unix:// URL; required with adapter = "redis".

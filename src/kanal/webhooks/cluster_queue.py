@@ -18,6 +18,16 @@ holds to the stream, reads the stream through a consumer group and submits the e
 dispatcher; an entry is acknowledged (``XACK`` + ``XDEL``) only once every endpoint delivered it
 or definitively dropped it (retry window over, queue overflow).
 
+In-process hooks (an embedded app's, :class:`~kanal.webhooks.hooks.Hooks`) are fed the same
+way through a second set of the same keys under ``P{wh}:hooks:``: an event that some process's
+hooks want (every node knows which, :mod:`kanal.webhooks.cluster_hooks`) is also written there
+by the same ``EMIT`` script, so it passes the same cluster-wide grace period, and a second
+:class:`~kanal.webhooks.leader.WebhookLeader` reads that stream and submits to its process's
+hooks instead of the dispatcher. Only processes with a hook registered compete for that lease,
+so each event runs the hooks of exactly one of them; a node without hooks (``kanal serve``)
+only writes. Nodes without webhook endpoints do not compete for the webhook lease
+(``lead_webhooks``): their dispatcher would have nowhere to send.
+
 Why one leader rather than every node consuming: webhooks.md §5 asks for per-channel order,
 and §4's strict alternation (occupied, vacated, occupied, …) must survive retries. With several
 consumers, a ``channel_vacated`` read by node A and the next ``channel_occupied`` read by node
@@ -39,6 +49,11 @@ key                        type    content
 ``P{wh}:leader``           string  the leader's consumer name; PX = the lease
 ``P{wh}:b:<id>``           string  marker of one flushed batch (PX 10 min): a retried write
                                    whose first run was applied is not applied twice
+``P{wh}:hooks:q`` ...      same    the same five keys for in-process hooks (``hooks:q``,
+                                   ``hooks:hold``, ``hooks:due``, ``hooks:leader``,
+                                   ``hooks:b:<id>``)
+``P{wh}:hooks:wanted``     zset    ``app_id NUL name`` -> when that advertisement of some
+                                   process's hooks expires (:mod:`~kanal.webhooks.hook_demand`)
 =========================  ======  ============================================================
 
 A grace key is ``app NUL channel NUL`` for occupancy and ``app NUL channel NUL u<user_id>``
@@ -60,6 +75,7 @@ import secrets
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import orjson
 import redis.asyncio as aredis
@@ -69,7 +85,9 @@ from kanal.adapters.redis_membership import normalise_prefix
 from kanal.config import App, WebhookSettings
 from kanal.protocol.webhook_grace import CLOSING, OPENING, grace_key
 from kanal.protocol.webhooks import WebhookEvent
+from kanal.webhooks.cluster_hooks import ClusterHooks
 from kanal.webhooks.dispatch import WebhookDispatcher, wants
+from kanal.webhooks.hooks import Hooks
 from kanal.webhooks.leader import (
     GROUP,
     ClusterWebhookStats,
@@ -87,6 +105,14 @@ _MARKER_TTL_MS = 600_000  # how long a flushed batch stays recognisable as appli
 _CLEANUP_TIMEOUT = 1.0  # Redis work after the dispatcher closed (acks, hand-over, resign)
 
 _Event = tuple[str, str, str, str, str]  # kind, grace key, app id, event JSON, created ms
+
+
+@dataclass(frozen=True, slots=True)
+class _Stream:
+    """One of the two sets of keys (webhooks, hooks) and the counters of what went there."""
+
+    keys: WebhookKeys
+    stats: ClusterWebhookStats
 
 
 class _State(enum.Enum):
@@ -116,6 +142,9 @@ class RedisWebhookQueue:
             ``shutdown_timeout``, ``request_timeout`` (for the default ``claim_idle``).
         dispatcher: the node-local sender; started and closed by this queue.
         apps: app by id, for entries read from the stream.
+        hooks: this process's in-process hooks (an embedded app), started and closed by this
+            queue; it competes to run the cluster's hooks once one is registered.
+        lead_webhooks: compete to send the cluster's webhooks (nodes with an endpoint).
         wall: Unix time in seconds, the ``time_ms`` of emitted events (webhooks.md §2).
         lease: the leader lease in seconds; a dead leader is replaced once it expired.
         claim_idle: seconds an entry must have been idle before the leader takes it from
@@ -124,6 +153,7 @@ class RedisWebhookQueue:
         block: how long one stream read blocks, in seconds.
         max_stream_length: approximate cap of the stream (``XADD MAXLEN ~``).
         batch: events per script run and entries per read.
+        demand_every: seconds between two refreshes of the hooks' demand.
     """
 
     def __init__(
@@ -135,6 +165,8 @@ class RedisWebhookQueue:
         settings: WebhookSettings,
         dispatcher: WebhookDispatcher,
         apps: Callable[[str], App | None],
+        hooks: Hooks | None = None,
+        lead_webhooks: bool = True,
         wall: Callable[[], float] = time.time,
         lease: float = 10.0,
         claim_idle: float | None = None,
@@ -142,20 +174,22 @@ class RedisWebhookQueue:
         block: float = 1.0,
         max_stream_length: int = 100_000,
         batch: int = 256,
+        demand_every: float = 1.0,
     ) -> None:
         self.settings = settings
         self.dispatcher = dispatcher
+        self.lead_webhooks = lead_webhooks
         self.stats = ClusterWebhookStats()
         self._client = client
         self._wall = wall
         self._maxlen = max_stream_length
         self._batch = batch
         self._keys = WebhookKeys(f"{normalise_prefix(prefix)}{{wh}}:")
-        self._emit_lua = client.register_script(lua.EMIT)
+        name = f"{consumer}.{secrets.token_hex(4)}"
         self.leader = WebhookLeader(
             client,
             self._keys,
-            consumer=f"{consumer}.{secrets.token_hex(4)}",
+            consumer=name,
             dispatcher=dispatcher,
             apps=apps,
             stats=self.stats,
@@ -166,9 +200,31 @@ class RedisWebhookQueue:
             max_stream_length=max_stream_length,
             batch=batch,
         )
+        #: The hooks stream: what the cluster's hooks want, and (with ``hooks``) its leader.
+        self.cluster_hooks = ClusterHooks(
+            client,
+            WebhookKeys(self._keys.base + "hooks:"),
+            consumer=name,
+            settings=settings,
+            hooks=hooks,
+            apps=apps,
+            lease=lease,
+            claim_idle=claim_idle,
+            poll=poll,
+            block=block,
+            max_stream_length=max_stream_length,
+            batch=batch,
+            demand_every=demand_every,
+        )
+        self.hook_stats = self.cluster_hooks.stats  #: the same counters, of the hooks stream
+        self._streams = (
+            _Stream(self._keys, self.stats),
+            _Stream(self.cluster_hooks.keys, self.hook_stats),
+        )
+        self._emit_lua = client.register_script(lua.EMIT)
         self._state = _State.NEW
-        self._buffer: deque[_Event] = deque()
-        self._flushing: list[_Event] = []  # the batch being written, retried as is
+        self._buffer: deque[tuple[_Stream, _Event]] = deque()
+        self._flushing: list[tuple[_Stream, _Event]] = []  # the batch being written, retried as is
         self._flush_wake = asyncio.Event()
         self._flushed = asyncio.Event()
         self._flushed.set()
@@ -187,6 +243,11 @@ class RedisWebhookQueue:
         return self.leader.leading
 
     @property
+    def runs_hooks(self) -> bool:
+        """Whether this process currently runs the cluster's in-process hooks."""
+        return self.cluster_hooks.leading
+
+    @property
     def buffered(self) -> int:
         """Events emitted on this node and not yet written to Redis."""
         return len(self._buffer) + len(self._flushing)
@@ -194,7 +255,7 @@ class RedisWebhookQueue:
     @property
     def inflight(self) -> int:
         """Stream entries this node is delivering or has yet to acknowledge."""
-        return self.leader.inflight
+        return self.leader.inflight + self.cluster_hooks.inflight
 
     # --- the hub's side ------------------------------------------------------------------------
 
@@ -206,23 +267,38 @@ class RedisWebhookQueue:
             log.exception("webhook event %s on %s lost", event.name, event.channel)
 
     def _emit(self, app: App, event: WebhookEvent) -> None:
-        if not app.webhooks:
+        webhooks = self._webhook_kind(app, event)
+        hooks = self.cluster_hooks.kind(app.id, event.name)
+        if webhooks is None and hooks is None:
             return
-        if event.name in OPENING:
-            kind = "o"  # wanted or not, it may cancel a held removal (§4)
-        elif event.name in CLOSING:
-            kind = "c"
-        elif any(wants(t, event) for t in app.webhooks):
-            kind = "n"
-        else:
-            return
+        kinds = ((self._streams[0], webhooks), (self._streams[1], hooks))
         if self._state is _State.CLOSED:
-            self.stats.dropped_shutdown += 1
+            for stream, kind in kinds:
+                stream.stats.dropped_shutdown += kind is not None
             log.warning("webhook event %s emitted after shutdown: dropped", event.name)
             return
+        body = orjson.dumps(event.to_json()).decode()
+        created = str(round(self._wall() * 1000))
+        hold = _hold_key(app.id, event)
+        for stream, kind in kinds:
+            if kind is not None:
+                self._append(stream, (kind, hold, app.id, body, created))
+        self._flushed.clear()
+        self._flush_wake.set()
+
+    def _webhook_kind(self, app: App, event: WebhookEvent) -> str | None:
+        if not app.webhooks:
+            return None
+        if event.name in OPENING:
+            return "o"  # wanted or not, it may cancel a held removal (§4)
+        if event.name in CLOSING:
+            return "c"
+        return "n" if any(wants(t, event) for t in app.webhooks) else None
+
+    def _append(self, stream: _Stream, event: _Event) -> None:
         if self.buffered >= self.settings.max_queue and self._buffer:
-            self._buffer.popleft()
-            self.stats.dropped_overflow += 1
+            dropped, _ = self._buffer.popleft()
+            dropped.stats.dropped_overflow += 1
             self._overflowed += 1
             if self._overflowed == 1:
                 log.warning(
@@ -230,11 +306,7 @@ class RedisWebhookQueue:
                     "dropping the oldest events",
                     self.settings.max_queue,
                 )
-        body = orjson.dumps(event.to_json()).decode()
-        created = str(round(self._wall() * 1000))
-        self._buffer.append((kind, _hold_key(app.id, event), app.id, body, created))
-        self._flushed.clear()
-        self._flush_wake.set()
+        self._buffer.append((stream, event))
 
     async def wait_flushed(self) -> None:
         """Return once every event emitted so far was written to Redis (or dropped)."""
@@ -244,7 +316,7 @@ class RedisWebhookQueue:
 
     async def _flush(self) -> None:
         retry = Retry("writing webhook events to Redis", self.stats)
-        marker = ""
+        markers: tuple[str, str] = ("", "")
         while not self._flusher_stop:
             if not self._flushing:
                 if not self._buffer:
@@ -254,9 +326,13 @@ class RedisWebhookQueue:
                     continue
                 count = min(self._batch, len(self._buffer))
                 self._flushing = [self._buffer.popleft() for _ in range(count)]
-                marker = self._keys.marker(secrets.token_hex(8))
+                batch_id = secrets.token_hex(8)
+                markers = (self._keys.marker(batch_id), self._streams[1].keys.marker(batch_id))
             try:
-                await self._write(self._flushing, marker)
+                for stream, marker in zip(self._streams, markers, strict=True):
+                    events = [event for to, event in self._flushing if to is stream]
+                    if events:
+                        await self._write(events, marker, stream)
             except Exception as exc:
                 await retry.failed(exc)
                 continue
@@ -266,34 +342,44 @@ class RedisWebhookQueue:
                 log.warning("webhook buffer dropped %d events while full", self._overflowed)
                 self._overflowed = 0
 
-    async def _write(self, events: Sequence[_Event], marker: str) -> None:
+    async def _write(
+        self, events: Sequence[_Event], marker: str, stream: _Stream | None = None
+    ) -> None:
+        """One run of the ``EMIT`` script for one stream (the webhooks' by default); retried
+        with the same ``marker`` after a failure, it is applied once."""
+        to = stream or self._streams[0]
         grace_ms = round(self.settings.grace_period * 1000)
         args: list[str | int] = [grace_ms, self._maxlen, _MARKER_TTL_MS]
         for event in events:
             args.extend(event)
-        keys = [self._keys.stream, self._keys.hold, self._keys.due, marker]
+        keys = [to.keys.stream, to.keys.hold, to.keys.due, marker]
         queued, held, cancelled = await self._emit_lua(keys=keys, args=args)
         if queued >= 0:  # -1: a retry of a batch whose first run had been applied
-            self.stats.queued += queued
-            self.stats.held += held
-            self.stats.cancelled += cancelled
+            to.stats.queued += queued
+            to.stats.held += held
+            to.stats.cancelled += cancelled
 
     # --- lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start the dispatcher, the flusher and the leader election (idempotent)."""
+        """Start the dispatcher and hooks, the flusher, the demand's refresh and the leader
+        elections (idempotent)."""
         if self._state is not _State.NEW:
             return
         self._state = _State.RUNNING
-        await self.dispatcher.start()
+        if self.lead_webhooks:
+            await self.dispatcher.start()
         self._flusher = asyncio.get_running_loop().create_task(
             self._flush(), name="kanal-webhooks flush"
         )
-        self.leader.start()
+        if self.lead_webhooks:
+            self.leader.start()
+        await self.cluster_hooks.start()
 
     async def close(self) -> None:
-        """Stop reading; keep flushing and delivering for up to ``shutdown_timeout``; then
-        acknowledge what finished, hand what did not over to the next leader, resign.
+        """Stop reading; keep flushing, delivering and running hooks for up to
+        ``shutdown_timeout``; then acknowledge what finished, hand what did not over to the
+        next leader, resign.
 
         Takes at most ``shutdown_timeout`` plus about one second of Redis work. The lease is
         kept until the end, so the next leader starts after this node's last delivery.
@@ -302,18 +388,26 @@ class RedisWebhookQueue:
             return
         was_new = self._state is _State.NEW
         self._state = _State.CLOSED
+        targets = [self.cluster_hooks.close_hooks()]
+        if self.lead_webhooks:
+            targets.append(self.dispatcher.close())
         if was_new:
-            await self.dispatcher.close()
+            await asyncio.gather(*targets)
             self._drop_unflushed()
             return
-        await self.leader.stop_reading()
-        await asyncio.gather(self._final_flush(), self.dispatcher.close())
+        leaders = [self.leader] if self.lead_webhooks else []
+        hooks_leader = self.cluster_hooks.started_leader()
+        leaders += [hooks_leader] if hooks_leader is not None else []
+        for leader in leaders:
+            await leader.stop_reading()
+        await asyncio.gather(self._final_flush(), *targets)
         self._flusher_stop = True
         if self._flusher is not None:
             await settle([self._flusher])
+        await self.cluster_hooks.close_demand()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(_CLEANUP_TIMEOUT):
-                await self.leader.close()
+                await asyncio.gather(*(leader.close() for leader in leaders))
         self._drop_unflushed()
 
     async def _final_flush(self) -> None:
@@ -322,7 +416,8 @@ class RedisWebhookQueue:
 
     def _drop_unflushed(self) -> None:
         if self.buffered:
-            self.stats.dropped_shutdown += self.buffered
+            for stream, _ in [*self._buffer, *self._flushing]:
+                stream.stats.dropped_shutdown += 1
             log.error("webhooks: %d events never reached Redis before shutdown", self.buffered)
             self._buffer.clear()
             self._flushing = []

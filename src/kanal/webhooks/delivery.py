@@ -29,6 +29,7 @@ from kanal.protocol.webhooks import WebhookEvent, webhook_body
 __all__ = [
     "RESERVED_HEADERS",
     "Backoff",
+    "Countdown",
     "Entry",
     "TargetSender",
     "WebhookClient",
@@ -67,6 +68,22 @@ class WebhookStats:
     dropped_expired: int = 0  #: events given up after the retry window (logged at ERROR)
     dropped_overflow: int = 0  #: oldest events pushed out of a full queue (logged at WARNING)
     dropped_shutdown: int = 0  #: events still undelivered when close() gave up, or emitted after
+
+
+class Countdown:
+    """Calls ``then`` when :meth:`tick` was called ``count`` times (once per target of an
+    event: it is finished when every endpoint, or every hook, is done with it)."""
+
+    __slots__ = ("count", "then")
+
+    def __init__(self, count: int, then: Callable[[], None]) -> None:
+        self.count = count
+        self.then = then
+
+    def tick(self) -> None:
+        self.count -= 1
+        if self.count == 0:
+            self.then()
 
 
 @dataclass(frozen=True, slots=True)

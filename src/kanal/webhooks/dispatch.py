@@ -10,6 +10,11 @@ Flow: ``emit`` (synchronous, never blocks, never raises) -> grace period (remova
 pairs cancelled) -> routing -> the per-endpoint queue -> that endpoint's worker task. In a
 cluster, :mod:`kanal.webhooks.cluster_queue` applies the grace period in Redis and feeds the
 leader's dispatcher through ``submit``, which skips the grace period and reports completion.
+
+An embedded node's in-process hooks (:class:`~kanal.webhooks.hooks.Hooks`) are one more target
+of every app here, routed to next to its endpoints, so they see the same events after the same
+grace period; an app with hooks but no endpoint still passes its events through the grace
+period. (In a cluster the hooks are fed by the queue's hooks stream instead, not by ``submit``.)
 """
 
 from __future__ import annotations
@@ -21,14 +26,24 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from kanal.config import App, WebhookSettings, WebhookTarget
 from kanal.protocol.webhook_grace import GracePeriod
 from kanal.protocol.webhooks import WebhookEvent
-from kanal.webhooks.delivery import Backoff, Entry, TargetSender, WebhookClient, WebhookStats
+from kanal.webhooks.delivery import (
+    Backoff,
+    Countdown,
+    Entry,
+    TargetSender,
+    WebhookClient,
+    WebhookStats,
+)
+from kanal.webhooks.hooks import Hooks
 
 __all__ = [
     "State",
+    "Submitter",
     "WebhookClient",
     "WebhookDispatcher",
     "WebhookStats",
@@ -49,6 +64,21 @@ class State(enum.Enum):
     CLOSED = "closed"  #: close() began: new events are counted as dropped_shutdown
 
 
+class Submitter(Protocol):
+    """Takes events that passed a grace period elsewhere (:meth:`WebhookDispatcher.submit`
+    states the contract): a dispatcher, or an embedded node's
+    :class:`~kanal.webhooks.hooks.Hooks`. What the cluster queue's leaders hand entries to."""
+
+    def submit(
+        self,
+        app: App,
+        event: WebhookEvent,
+        *,
+        created: float,
+        on_done: Callable[[], None] | None = None,
+    ) -> bool: ...
+
+
 def wants(target: WebhookTarget, event: WebhookEvent) -> bool:
     """webhooks.md §1: the endpoint lists the event's name and its channel filters match."""
     return (
@@ -65,21 +95,6 @@ def default_client() -> WebhookClient:
     return AiohttpWebhookClient()
 
 
-class _Countdown:
-    """Calls ``then`` when :meth:`tick` was called ``count`` times (one per endpoint)."""
-
-    __slots__ = ("count", "then")
-
-    def __init__(self, count: int, then: Callable[[], None]) -> None:
-        self.count = count
-        self.then = then
-
-    def tick(self) -> None:
-        self.count -= 1
-        if self.count == 0:
-            self.then()
-
-
 class WebhookDispatcher:
     """Delivers the hub's webhook events (webhooks.md).
 
@@ -90,6 +105,8 @@ class WebhookDispatcher:
         client_factory: makes the HTTP client, called once by :meth:`start` on the loop.
         backoff_base, backoff_cap: first and largest retry delay in seconds (§5: 1 s, 60 s).
         rng: source of retry jitter (seed it for reproducible tests).
+        hooks: an embedded node's in-process hooks, a target of every app; this dispatcher
+            starts and closes them.
     """
 
     def __init__(
@@ -102,8 +119,10 @@ class WebhookDispatcher:
         backoff_base: float = 1.0,
         backoff_cap: float = 60.0,
         rng: random.Random | None = None,
+        hooks: Hooks | None = None,
     ) -> None:
         self.settings = settings
+        self.hooks = hooks
         self.stats = WebhookStats()
         self._wall = wall
         self._now = monotonic
@@ -128,7 +147,8 @@ class WebhookDispatcher:
     @property
     def pending(self) -> int:
         """Events held by the grace period, queued or in flight."""
-        return len(self._grace) + sum(s.pending for s in self._senders.values())
+        hooks = 0 if self.hooks is None else self.hooks.pending
+        return len(self._grace) + sum(s.pending for s in self._senders.values()) + hooks
 
     # --- the hub's side ----------------------------------------------------------------------
 
@@ -140,10 +160,13 @@ class WebhookDispatcher:
             log.exception("webhook event %s on %s lost", event.name, event.channel)
 
     def _emit(self, app: App, event: WebhookEvent) -> None:
-        if not app.webhooks:
+        hooks = self.hooks
+        if not app.webhooks and (hooks is None or not hooks.serves(app.id)):
             return
         if self._state is State.CLOSED:
             self.stats.dropped_shutdown += sum(wants(t, event) for t in app.webhooks)
+            if hooks is not None:
+                hooks.dropped_late(app.id, event.name)
             log.warning("webhook event %s emitted after shutdown: dropped", event.name)
             return
         for item in self._grace.offer(app.id, event, (app, event), self._now()):
@@ -156,6 +179,8 @@ class WebhookDispatcher:
         for target in app.webhooks:
             if wants(target, event):
                 self._sender(app, target).push(entry)
+        if self.hooks is not None:
+            self.hooks.submit(app, event, created=self._wall())
 
     # --- events that already passed a grace period elsewhere (the cluster queue) ---------------
 
@@ -179,12 +204,16 @@ class WebhookDispatcher:
         if self._state is State.CLOSED:
             return False
         targets = [t for t in app.webhooks if wants(t, event)]
-        if not targets:
+        hooks = self.hooks if self.hooks and self.hooks.wants(app.id, event.name) else None
+        if not targets and hooks is None:
             if on_done is not None:
                 on_done()
             return True
+        count = len(targets) + (hooks is not None)
+        done = None if on_done is None else Countdown(count, on_done).tick
+        if hooks is not None:
+            hooks.submit(app, event, created=created, on_done=done)
         age = max(0.0, self._wall() - created)
-        done = None if on_done is None else _Countdown(len(targets), on_done).tick
         entry = Entry(app, event, self._now() - age, round(created * 1000), done)
         for target in targets:
             self._sender(app, target).push(entry)
@@ -240,13 +269,18 @@ class WebhookDispatcher:
         self._client = self._client_factory()
         for sender in self._senders.values():
             sender.start(self._client)
+        if self.hooks is not None:
+            await self.hooks.start()
         self._arm_timer()
 
     async def wait_idle(self) -> None:
-        """Return once every queued webhook was delivered or dropped. Events still inside the
-        grace period are not waited for."""
-        while not all(s.pending == 0 for s in self._senders.values()):
+        """Return once every queued webhook was delivered or dropped, and every hook ran or
+        dropped its events. Events still inside the grace period are not waited for."""
+        hooks = self.hooks
+        while not all(s.pending == 0 for s in self._senders.values()) or (hooks and hooks.pending):
             await asyncio.gather(*(s.wait_idle() for s in self._senders.values()))
+            if hooks is not None:
+                await hooks.wait_idle()
 
     async def close(self) -> None:
         """Release held removals now, keep delivering for up to ``shutdown_timeout`` seconds,
@@ -265,6 +299,8 @@ class WebhookDispatcher:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.wait_idle(), self.settings.shutdown_timeout)
         await self._stop_senders()
+        if self.hooks is not None:
+            await self.hooks.close(drain_for=0)  # the wait above was theirs too
 
     async def _stop_senders(self) -> None:
         dropped = 0

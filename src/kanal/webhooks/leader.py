@@ -35,7 +35,7 @@ from redis.exceptions import RedisError, ResponseError
 from kanal.adapters import redis_webhook_scripts as lua
 from kanal.config import App
 from kanal.protocol.webhooks import WebhookEvent
-from kanal.webhooks.dispatch import WebhookDispatcher
+from kanal.webhooks.dispatch import Submitter
 
 __all__ = ["GROUP", "ClusterWebhookStats", "Retry", "WebhookKeys", "WebhookLeader", "settle"]
 
@@ -141,7 +141,9 @@ class WebhookLeader:
     """Leader election and the leader's work. See the module docstring.
 
     Args are those of :class:`kanal.webhooks.cluster_queue.RedisWebhookQueue` (which documents
-    them), resolved: ``lease``, ``claim_idle``, ``poll`` and ``block`` in seconds.
+    them), resolved: ``lease``, ``claim_idle``, ``poll`` and ``block`` in seconds. ``noun``
+    names what the stream carries in log lines and task names: ``webhook``, or ``hook`` for
+    the stream of in-process hooks, whose leader is one of the processes that have hooks.
     """
 
     def __init__(
@@ -150,7 +152,7 @@ class WebhookLeader:
         keys: WebhookKeys,
         *,
         consumer: str,
-        dispatcher: WebhookDispatcher,
+        dispatcher: Submitter,
         apps: Callable[[str], App | None],
         stats: ClusterWebhookStats,
         lease: float,
@@ -159,8 +161,10 @@ class WebhookLeader:
         block: float,
         max_stream_length: int,
         batch: int,
+        noun: str = "webhook",
     ) -> None:
         self.consumer = consumer
+        self._noun = noun
         self._client = client
         self._keys = keys
         self._dispatcher = dispatcher
@@ -191,6 +195,10 @@ class WebhookLeader:
         return self._leading
 
     @property
+    def started(self) -> bool:
+        return bool(self._tasks)
+
+    @property
     def inflight(self) -> int:
         """Stream entries this node is delivering or has yet to acknowledge."""
         return len(self._inflight) + len(self._acks)
@@ -201,8 +209,8 @@ class WebhookLeader:
         loop = asyncio.get_running_loop()
         self._running = True
         self._tasks = [
-            loop.create_task(self._elect(), name="kanal-webhooks lease"),
-            loop.create_task(self._acker(), name="kanal-webhooks ack"),
+            loop.create_task(self._elect(), name=f"kanal-{self._noun}s lease"),
+            loop.create_task(self._acker(), name=f"kanal-{self._noun}s ack"),
         ]
 
     async def stop_reading(self) -> None:
@@ -281,17 +289,19 @@ class WebhookLeader:
             await asyncio.sleep(pause)
 
     def _lead(self) -> None:
-        log.info("webhook queue: %s now sends the cluster's webhooks", self.consumer)
+        noun = self._noun
+        log.info("%s queue: %s now sends the cluster's %ss", noun, self.consumer, noun)
         self._leading = True
         self._term += 1
         loop = asyncio.get_running_loop()
         self._work = [
-            loop.create_task(self._consume(self._term), name="kanal-webhooks consume"),
-            loop.create_task(self._promote(self._term), name="kanal-webhooks promote"),
+            loop.create_task(self._consume(self._term), name=f"kanal-{noun}s consume"),
+            loop.create_task(self._promote(self._term), name=f"kanal-{noun}s promote"),
         ]
 
     def _step_down(self, why: str) -> None:
-        log.warning("webhook queue: %s stops sending webhooks: %s", self.consumer, why)
+        noun = self._noun
+        log.warning("%s queue: %s stops sending %ss: %s", noun, self.consumer, noun, why)
         self._leading = False
         self._term += 1
         for task in self._work:
@@ -301,7 +311,7 @@ class WebhookLeader:
     # --- promoting due holds (webhooks.md §4) --------------------------------------------------
 
     async def _promote(self, term: int) -> None:
-        retry = Retry("releasing held webhook events", self._stats)
+        retry = Retry(f"releasing held {self._noun} events", self._stats)
         keys = [self._keys.stream, self._keys.hold, self._keys.due]
         while self._term == term:
             try:
@@ -320,7 +330,7 @@ class WebhookLeader:
 
     async def _consume(self, term: int) -> None:
         """Deliver what other consumers left behind first, then new entries, in stream order."""
-        retry = Retry("reading webhook events from Redis", self._stats)
+        retry = Retry(f"reading {self._noun} events from Redis", self._stats)
         loop = asyncio.get_running_loop()
         claim_every = max(self._poll, self._claim_idle_ms / 2000)
         next_claim = 0.0
@@ -419,7 +429,7 @@ class WebhookLeader:
         self._ack_wake.set()
 
     async def _acker(self) -> None:
-        retry = Retry("acknowledging webhook events", self._stats)
+        retry = Retry(f"acknowledging {self._noun} events", self._stats)
         while self._running:
             if not self._acks:
                 self._ack_wake.clear()
