@@ -168,3 +168,8 @@ async def test_example() -> None:
         assert closed["code"] == 4009  # terminate_user_connections (users.md §5)
         removed = await js.wait_for(client="alice", type="member_removed", since=since)
         assert removed["member"]["id"] == "bob"
+        # The app's member_removed hook, after the grace period, tells the lobby.
+        left = await js.wait_for(
+            client="alice", type="event", event="member-left", since=since, timeout=15
+        )
+        assert left["data"]["name"] == "bob"

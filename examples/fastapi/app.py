@@ -2,7 +2,8 @@
 
 kanal is mounted at /realtime and started by the app's lifespan; a tiny login puts the user
 name in a signed cookie; /pusher/auth and /pusher/user-auth sign for pusher-js with
-``kanal_app.realtime``; POST /orders/{id}/ship publishes in-process, without HTTP.
+``kanal_app.realtime``; POST /orders/{id}/ship publishes in-process, without HTTP; a hook
+reacts to a member leaving the lobby, in this process, without a webhook endpoint.
 Run it with ``examples/fastapi/run`` (README.md beside this file).
 """
 
@@ -20,6 +21,7 @@ from fastapi.responses import FileResponse, RedirectResponse
 from pydantic import BaseModel, Field
 
 from kanal.asgi import create_app
+from kanal.webhooks import HookEvent
 
 HERE = Path(__file__).resolve().parent
 PUSHER_JS = HERE.parents[1] / "node_modules" / "pusher-js" / "dist" / "web" / "pusher.min.js"
@@ -100,6 +102,18 @@ async def pusher_user_auth(request: Request) -> dict[str, Any]:
     """``pusher.signin()``: then logout can close this user's connections."""
     user, form = current_user(request), await pusher_form(request)
     return realtime.authenticate_user(form["socket_id"], {"id": user, "user_info": {"name": user}})
+
+
+# --- reacting to presence in Python (docs/embedding.md, "In-process hooks") -------------------
+
+
+@kanal_app.hooks.on("member_removed")
+async def on_member_removed(event: HookEvent) -> None:
+    """A member really left the lobby: this runs after the webhook grace period, so a page
+    reload does not count, and once per cluster. Tell whoever is still there."""
+    if event.channel == "presence-lobby":
+        left = {"name": event.user_id, "at_ms": event.time_ms}
+        await realtime.trigger("presence-lobby", "member-left", left)
 
 
 # --- the app's own views --------------------------------------------------------------------
