@@ -587,6 +587,29 @@ async def test_redirects_are_not_followed(receiver: Receiver, make: Make) -> Non
     assert (dispatcher.stats.failed_attempts, dispatcher.stats.sent) == (1, 1)
 
 
+async def test_time_ms_is_the_events_time_even_behind_a_failing_delivery(
+    receiver: Receiver, make: Make
+) -> None:
+    """The second event waits while the first is retried; its ``time_ms`` is still the time
+    it happened, not the time it was finally sent."""
+    receiver.scripts["/busy"] = [500] * 6  # about 1.2 s of retries (0.2 s cap, seeded jitter)
+    dispatcher = make(backoff_base=0.2)
+    await dispatcher.start()
+    app = make_app(target(receiver.url("/busy")))
+    emitted_ms = [time.time() * 1000]
+    dispatcher.emit(app, ALL_EVENTS[0])
+    emitted_ms.append(time.time() * 1000)
+    emitted_at = asyncio.get_running_loop().time()
+    dispatcher.emit(app, ALL_EVENTS[2])  # not held by the grace period either
+    got = await receiver.wait_for(8)
+    await idle(dispatcher)
+    delivered = [json.loads(r.body) for r in got[6:]]
+    assert [d["events"][0]["name"] for d in delivered] == ["channel_occupied", "member_added"]
+    assert got[-1].at - emitted_at >= 1.0  # six failed attempts with back-off went first
+    for body, emitted in zip(delivered, emitted_ms, strict=True):
+        assert abs(body["time_ms"] - emitted) < 250
+
+
 async def test_timeouts_are_retried(receiver: Receiver, make: Make) -> None:
     receiver.scripts["/slow"] = ["hang"]
     dispatcher = make(request_timeout=0.2)

@@ -104,10 +104,9 @@ class Backoff:
 class Entry:
     """One event on its way to one endpoint; ``at`` is the monotonic time it was queued.
 
-    ``created_ms``: when the event was created elsewhere (the cluster queue,
-    :mod:`kanal.webhooks.cluster_queue`), the Unix time in ms its request body carries as
-    ``time_ms`` (webhooks.md §2: keep the creation time); ``None`` means "when the batch is
-    made". ``done``: called once the event's fate at this endpoint is final, delivered (2xx)
+    ``created_ms``: when the event happened (left the grace period, on this node or in the
+    cluster queue), the Unix time in ms its request body carries as ``time_ms`` (webhooks.md
+    §2: the event's time, not the send time); ``None`` means "when the batch is made". ``done``: called once the event's fate at this endpoint is final, delivered (2xx)
     or dropped (retry window over, queue overflow); never when :meth:`TargetSender.stop`
     abandons it.
     """

@@ -174,13 +174,18 @@ class WebhookDispatcher:
         self._arm_timer()
 
     def _route(self, item: _Item) -> None:
+        """An event leaves the grace period (at once for those it does not hold): stamped now,
+        the time its requests carry as ``time_ms`` however long it then waits behind a failing
+        delivery (webhooks.md §2). As in the cluster queue: the emit time, or for a held
+        removal the end of its grace period."""
         app, event = item
-        entry = Entry(app, event, self._now())
+        released = self._wall()
+        entry = Entry(app, event, self._now(), round(released * 1000))
         for target in app.webhooks:
             if wants(target, event):
                 self._sender(app, target).push(entry)
         if self.hooks is not None:
-            self.hooks.submit(app, event, created=self._wall())
+            self.hooks.submit(app, event, created=released)
 
     # --- events that already passed a grace period elsewhere (the cluster queue) ---------------
 
