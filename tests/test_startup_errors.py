@@ -3,6 +3,7 @@ the port is taken, the address is not this machine's, a TLS file is missing or n
 
 from __future__ import annotations
 
+import logging
 import socket
 import subprocess
 import sys
@@ -74,3 +75,20 @@ def test_tls_file_that_is_not_pem(tmp_path: Path) -> None:
         serve("--port", "0", "--tls-cert-file", str(junk), "--tls-key-file", str(junk))
     )
     assert line.startswith(f"kanal: error: cannot load the TLS certificate/key ({junk}, {junk}): ")
+
+
+def test_the_default_credentials_warning_never_shows_a_secret_of_your_own(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from kanal.config import App, Config, ServerSettings
+    from kanal.server import _warn_default_credentials
+
+    dev = App(id="1", key="app-key", secret="app-secret")
+    own_secret = App(id="2", key="app-key", secret="s3cret-of-my-own")
+    with caplog.at_level(logging.WARNING, "kanal"):
+        _warn_default_credentials(Config(server=ServerSettings(), apps=(dev, own_secret)))
+    warnings = [record.getMessage() for record in caplog.records]
+    assert len(warnings) == 2
+    assert "secret=app-secret" in warnings[0]  # the published one: nothing to hide
+    assert "s3cret-of-my-own" not in warnings[1]
+    assert "key=app-key" in warnings[1]

@@ -30,7 +30,7 @@ from kanal.hub import Hub, NullWebhooks, WebhookSink
 from kanal.metrics import Metrics
 from kanal.protocol.errors import CloseCode
 from kanal.service import ChannelsApi
-from kanal.settings import is_default_credentials
+from kanal.settings import DEV_APP, is_default_credentials
 from kanal.transport.frames import text_frame
 from kanal.transport.http import HttpApi
 from kanal.transport.listener import Listener, ListenError, probe_bind, tls_context
@@ -394,12 +394,15 @@ def _run_node(config: Config) -> None:
 def _warn_default_credentials(config: Config) -> None:
     for app in config.apps:
         if is_default_credentials(app):
+            # The secret is shown only when it is the published development one: an app that
+            # kept the development key but set its own secret must not see it in the logs.
+            secret = app.secret if app.secret == DEV_APP["secret"] else "(your own, not shown)"
             log.warning(
                 "serving the DEFAULT app: id=%s key=%s secret=%s -- for development only, "
                 "set your own credentials before exposing kanal",
                 app.id,
                 app.key,
-                app.secret,
+                secret,
             )
 
 

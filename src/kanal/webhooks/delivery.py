@@ -106,8 +106,9 @@ class Entry:
 
     ``created_ms``: when the event happened (left the grace period, on this node or in the
     cluster queue), the Unix time in ms its request body carries as ``time_ms`` (webhooks.md
-    §2: the event's time, not the send time); ``None`` means "when the batch is made". ``done``: called once the event's fate at this endpoint is final, delivered (2xx)
-    or dropped (retry window over, queue overflow); never when :meth:`TargetSender.stop`
+    §2: the event's time, not the send time); ``None`` means "when the batch is made".
+    ``done``: called once the event's fate at this endpoint is final, delivered (2xx) or
+    dropped (retry window over, queue overflow); never when :meth:`TargetSender.stop`
     abandons it.
     """
 
