@@ -15,6 +15,7 @@ import pytest
 import kanal.transport.listener
 from kanal.protocol.signatures import sign_request
 from tests.conftest import APP_ID, APP_KEY, APP_SECRET, RunningServer, StartServer
+from tests.wsclient import RawWebSocket, client_frame
 
 WAIT = 5.0
 
@@ -83,6 +84,47 @@ async def test_keep_alive_serves_several_requests_on_one_connection(raw: Raw) ->
 async def test_pipelined_requests_are_answered_in_order(raw: Raw) -> None:
     raw.writer.write(trigger(EVENT) + b"GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n" + trigger(EVENT))
     assert [(await raw.response())[0] for _ in range(3)] == [200, 404, 200]
+
+
+@pytest.mark.parametrize(
+    ("refused", "status"),
+    [
+        (b"NOT HTTP AT ALL\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\n\r\n", 400),  # no Host
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n\r\n", 413),
+    ],
+    ids=["malformed", "no Host", "body too large"],
+)
+async def test_a_refusal_pipelined_behind_requests_comes_after_their_answers(
+    raw: Raw, refused: bytes, status: int
+) -> None:
+    raw.writer.write(trigger(EVENT) + trigger(EVENT) + refused)
+    assert [(await raw.response())[0] for _ in range(3)] == [200, 200, status]
+    assert await raw.closed_by_server()
+
+
+async def test_a_100_continue_pipelined_comes_after_the_answers_before_it(raw: Raw) -> None:
+    head, body = trigger(EVENT, extra="Expect: 100-continue\r\n").split(b"\r\n\r\n", 1)
+    raw.writer.write(trigger(EVENT) + head + b"\r\n\r\n")
+    assert [(await raw.response())[0] for _ in range(2)] == [200, 100]
+    raw.writer.write(body)
+    assert (await raw.response())[0] == 200
+
+
+async def test_an_upgrade_pipelined_behind_a_request_is_handed_over_after_its_answer(
+    raw: Raw,
+) -> None:
+    upgrade = (
+        f"GET /app/{APP_KEY}?protocol=7&client=js&version=8.4.0 HTTP/1.1\r\nHost: x\r\n"
+        "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    ping = client_frame(0x1, b'{"event":"pusher:ping","data":{}}')
+    raw.writer.write(trigger(EVENT) + upgrade.encode() + ping)  # the ping waits for the 101
+    assert [(await raw.response())[0] for _ in range(2)] == [200, 101]
+    socket = RawWebSocket(raw.reader, raw.writer)
+    assert (await socket.read_json())["event"] == "pusher:connection_established"
+    assert (await socket.read_json())["event"] == "pusher:pong"
 
 
 async def test_chunked_body_is_read(raw: Raw) -> None:

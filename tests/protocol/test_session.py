@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from kanal.config import App
@@ -23,6 +24,7 @@ from kanal.protocol.session import (
     SignIn,
 )
 from kanal.protocol.signatures import sign_channel, sign_signin
+from tests.fuzzing import fuzz_target
 
 KEY, SECRET, SOCKET = "278d425bdf160c739803", "7ad3773142a6692b25b8", "1234.1234"
 
@@ -285,6 +287,19 @@ json_values = st.recursive(
     ),
     max_leaves=8,
 )
+
+
+def nest(depth: int) -> Any:
+    """A value nested ``depth`` lists deep: orjson reads up to 1024 levels but writes only
+    255, so what a client sends deep enough could be read and then not written."""
+    value: Any = {"deep": True}
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+deep_values = st.integers(0, 600).map(nest)
+any_values = json_values | deep_values
 events = st.sampled_from(
     [
         "pusher:subscribe",
@@ -297,15 +312,20 @@ events = st.sampled_from(
         "other",
     ]
 )
+# Texts as a socket never delivers them too: lone surrogates, NUL, non-JSON.
+raw_texts = st.text(st.characters(codec=None)) | st.binary() | deep_values.map(json.dumps)
 
 
-@given(st.binary() | st.text())
+@fuzz_target(examples=300)
+@given(raw_texts)
+@example(json.dumps({"event": "client-x", "channel": "private-a", "data": nest(300)}))
 def test_arbitrary_frames_never_raise(raw: bytes | str) -> None:
     for command in session().receive(raw, 1.0):
         assert isinstance(command, Send | Join | Leave | Relay | SignIn | Close)
 
 
-@given(events, json_values, json_values)
+@fuzz_target(examples=300)
+@given(events, any_values, any_values)
 def test_malformed_envelopes_only_produce_pusher_replies(
     event: str, data: Any, channel: Any
 ) -> None:
@@ -313,3 +333,155 @@ def test_malformed_envelopes_only_produce_pusher_replies(
     for command in session(enable_watchlist_events=True).receive(raw, 1.0):
         if isinstance(command, Send):
             assert orjson.loads(command.payload)["event"].startswith("pusher")
+
+
+# --- conversations: many frames to one session over time ----------------------------------------
+
+CHANNELS = [
+    *("news", "cache-c", "private-a", "private-cache-c", "private-encrypted-x"),
+    *("presence-room", "presence-cache-r", "#server-to-user-u1", "bad name", "", "a" * 200),
+]
+USER_IDS: list[Any] = ["u1", "u2", "", 5, 5.5, None, "x" * 200]
+REPLIES = {"pusher:pong", "pusher:error", "pusher:signin_success", "pusher:subscription_error"}
+
+
+@dataclass(frozen=True)
+class Step:
+    """One frame at a time, and what the test knows about it."""
+
+    text: str | bytes
+    at: float
+    signed_channel: str | None = None  # a subscription to it carries a valid auth
+    signed_user: str | None = None  # a signin for this user id carries a valid auth
+    client_event: bool = False
+
+
+def signed(kind: str, valid: bool, **fields: str) -> str:
+    if not valid:
+        return f"{KEY}:{'0' * 64}"
+    if kind == "signin":
+        return sign_signin(app_key=KEY, app_secret=SECRET, socket_id=SOCKET, **fields)
+    return sign_channel(app_key=KEY, app_secret=SECRET, socket_id=SOCKET, **fields)
+
+
+@st.composite
+def steps(draw: st.DrawFn, at: float) -> Step:
+    kind = draw(st.sampled_from(["subscribe", "signin", "client", "other", "raw"]))
+    as_string = draw(st.booleans())  # data as a JSON string, as some clients send it
+
+    def envelope(event: str, data: Any, **extra: Any) -> str:
+        body = {"event": event, "data": json.dumps(data) if as_string else data, **extra}
+        return json.dumps(body)
+
+    if kind == "subscribe":
+        channel = draw(st.sampled_from(CHANNELS) | st.text(max_size=12))
+        channel_data = None
+        if draw(st.booleans()):
+            member = {"user_id": draw(st.sampled_from(USER_IDS)), "user_info": draw(any_values)}
+            channel_data = json.dumps(member) if draw(st.integers(0, 5)) else "{nope"
+        valid = draw(st.booleans())
+        auth = signed("channel", valid, channel=channel, **channel_data_field(channel_data))
+        data: dict[str, Any] = {"channel": channel, "auth": auth}
+        if channel_data is not None:
+            data["channel_data"] = channel_data
+        text = envelope(draw(st.sampled_from(["pusher:subscribe", "pusher:unsubscribe"])), data)
+        return Step(text, at, signed_channel=channel if valid else None)
+    if kind == "signin":
+        user_id = draw(st.sampled_from(USER_IDS))
+        user = {"id": user_id, "user_info": draw(any_values), "watchlist": draw(any_values)}
+        user_data = json.dumps(user) if draw(st.integers(0, 5)) else "[]"
+        valid = draw(st.booleans())
+        auth = signed("signin", valid, user_data=user_data)
+        text = envelope("pusher:signin", {"auth": auth, "user_data": user_data})
+        return Step(text, at, signed_user=str(user_id) if valid else None)
+    if kind == "client":
+        event = draw(st.sampled_from(["client-x", "client-", "client-" + "e" * 200]))
+        target: str | None = draw(st.sampled_from(CHANNELS) | st.none())
+        payload: Any = draw(any_values | st.integers(10_230, 10_250).map(lambda n: "é" * n))
+        return Step(envelope(event, payload, channel=target), at, client_event=True)
+    if kind == "other":
+        return Step(envelope(draw(events), draw(any_values)), at)
+    return Step(draw(raw_texts), at)
+
+
+def channel_data_field(channel_data: str | None) -> dict[str, str]:
+    return {} if channel_data is None else {"channel_data": channel_data}
+
+
+@st.composite
+def conversations(draw: st.DrawFn) -> tuple[dict[str, Any], list[Step]]:
+    settings = {
+        "enable_client_messages": draw(st.booleans()),
+        "enable_encrypted_client_messages": draw(st.booleans()),
+        "enable_watchlist_events": draw(st.booleans()),
+        "max_client_events_per_second": draw(st.sampled_from([0, 1, 10])),
+    }
+    at, conversation = 1.0, []
+    for _ in range(draw(st.integers(1, 12))):
+        at += draw(st.sampled_from([0.0, 0.0, 0.01, 0.5, 1.0]))
+        conversation.append(draw(steps(at)))
+    return settings, conversation
+
+
+def check_reply(payload: bytes) -> None:
+    """Every reply is a Pusher frame the clients know, with its documented shape."""
+    reply = orjson.loads(payload)
+    assert reply["event"] in REPLIES, reply
+    data = reply["data"]
+    if reply["event"] == "pusher:error":
+        assert isinstance(data["message"], str) and data["code"] in (None, 4301, 4302), data
+    elif reply["event"] == "pusher:subscription_error":
+        assert set(orjson.loads(data)) == {"type", "error", "status"}, data
+        assert isinstance(reply["channel"], str)
+
+
+def deep_user_info() -> tuple[dict[str, Any], list[Step]]:
+    """A presence member whose user_info orjson could read but not write: the TypeError
+    escaped Session.receive. Now it is refused as a subscription error (LimitReached)."""
+    channel_data = json.dumps({"user_id": "u1", "user_info": nest(300)})
+    auth = signed("channel", True, channel="presence-room", channel_data=channel_data)
+    data = {"channel": "presence-room", "auth": auth, "channel_data": channel_data}
+    text = json.dumps({"event": "pusher:subscribe", "data": data})
+    return {"max_client_events_per_second": 10}, [Step(text, 1.0, signed_channel="presence-room")]
+
+
+@fuzz_target(examples=200)
+@given(conversations())
+@example(deep_user_info())
+def test_conversations_keep_the_rules(conversation: tuple[dict[str, Any], list[Step]]) -> None:
+    """A session fed many frames: it never raises; replies are Pusher frames; a private or
+    presence channel is joined only with a valid auth, a user signed in only with a valid one
+    and never replaced by another; client events are relayed only when the rules allow them,
+    never faster than the token bucket (channels.md §8.1)."""
+    settings, steps_ = conversation
+    s = session(**settings)
+    relayed: list[float] = []
+    user: str | None = None
+    for step in steps_:
+        for command in s.receive(step.text, step.at):
+            if isinstance(command, Send):
+                check_reply(command.payload)
+            elif isinstance(command, Join):
+                kind = command.channel_type
+                if kind.needs_auth:
+                    assert command.channel == step.signed_channel, command
+                assert (command.member is not None) == kind.is_presence
+                if kind.is_server_to_user:
+                    assert command.channel == f"#server-to-user-{user}"
+            elif isinstance(command, SignIn):
+                assert command.user.user_id == step.signed_user
+                assert user in (None, command.user.user_id), "signed in as another user"
+                user = command.user.user_id
+            elif isinstance(command, Relay):
+                assert step.client_event and settings.get("enable_client_messages", True)
+                assert command.channel.startswith(("private-", "presence-"))
+                relayed.append(step.at)
+            else:
+                assert isinstance(command, Leave), command
+    rate = settings.get("max_client_events_per_second", 10)
+    if rate:
+        for i, first in enumerate(relayed):
+            for j in range(i, len(relayed)):
+                assert j - i + 1 <= rate + rate * (relayed[j] - first) + 1e-6
+    s.close()
+    assert s.receive('{"event":"pusher:ping"}', steps_[-1].at) == []

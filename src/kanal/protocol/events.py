@@ -107,10 +107,18 @@ _INVALID_JSON = "Invalid JSON"
 
 
 def to_data_string(data: Any) -> str:
-    """Relay form of client ``data``: strings unchanged, anything else as compact JSON."""
+    """Relay form of client ``data``: strings unchanged, anything else as compact JSON.
+
+    Raises:
+        PusherError: (code ``None``) for data nested too deeply to write again (orjson reads
+            1024 levels but writes 255).
+    """
     if isinstance(data, str):
         return data
-    return orjson.dumps(data).decode()
+    try:
+        return orjson.dumps(data).decode()
+    except orjson.JSONEncodeError:
+        raise PusherError(None, "Client event rejected - data is nested too deeply") from None
 
 
 def _object_data(envelope: Mapping[str, Any]) -> Mapping[str, Any]:

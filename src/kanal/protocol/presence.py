@@ -67,7 +67,12 @@ def _check_limits(channel: str, member: Member, app: App) -> Member:
             400,
             f"Presence user_id is longer than {app.max_presence_user_id_length} characters",
         )
-    size = len(orjson.dumps(member.user_info))
+    try:
+        size = len(orjson.dumps(member.user_info))
+    except orjson.JSONEncodeError:  # read from JSON, but too deep to write (over 255 levels)
+        raise SubscriptionError(
+            channel, "LimitReached", 400, "Presence user_info is nested too deeply"
+        ) from None
     if size > app.max_presence_user_info_bytes:
         raise SubscriptionError(
             channel,

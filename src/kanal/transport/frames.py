@@ -40,12 +40,17 @@ _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 §1.3
 
 
 class FrameError(Exception):
-    """A frame that ends the connection with ``code`` (RFC 6455 §7.4.1)."""
+    """A frame that ends the connection with ``code`` (RFC 6455 §7.4.1).
+
+    ``messages``: the messages that the same :meth:`FrameReader.feed` completed before the
+    offending frame, in order (a client's Close among them comes before the failure).
+    """
 
     def __init__(self, code: int, reason: str) -> None:
         super().__init__(code, reason)
         self.code = code
         self.reason = reason
+        self.messages: list[tuple[int, bytes]] = []
 
 
 def accept_key(key: str) -> str:
@@ -125,20 +130,27 @@ class FrameReader:
 
     Fragmented messages are joined; control frames are returned as they come. ``max_message``
     (0 = no limit) caps a message's payload: one byte more raises ``FrameError(1009)`` as soon
-    as the header announces it, before the payload is buffered (limits.md §2).
+    as the header announces it, before the payload is buffered (limits.md §2). Every other
+    error is found in the header too, so a frame known to be bad is never waited for.
+
+    What it holds is bounded by one frame: the unread part of the current frame (never a
+    whole one) and the fragments of the message in progress (at most ``max_message`` bytes,
+    in one ``bytearray``: many small fragments cost neither one object each nor a pass over
+    all of them per frame).
     """
 
     __slots__ = ("_buffer", "_fragments", "_max_message", "_opcode", "_skip")
 
     def __init__(self, max_message: int = 0) -> None:
         self._buffer = b""
-        self._fragments: list[bytes] | None = None
+        self._fragments: bytearray | None = None  # the message in progress, if fragmented
         self._opcode = 0
         self._max_message = max_message
         self._skip = 0  # after a failure: payload bytes of a frame still to pass over
 
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
-        """Every message completed by ``data``; raises :class:`FrameError` on a bad frame.
+        """Every message completed by ``data``; raises :class:`FrameError` on a bad frame
+        (with the messages completed before it in ``FrameError.messages``).
 
         After a :class:`FrameError` the stream is only skimmed for the client's Close: call
         :meth:`after_failure` from then on.
@@ -154,12 +166,13 @@ class FrameReader:
                     break
                 start = position + header + 4
                 payload = _unmask(buffer[start : start + length], buffer[start - 4 : start])
-                message = self._message(first & 0x80, first & 0x0F, payload)
                 position = start + length
+                message = self._message(first & 0x80, first & 0x0F, payload)
                 if message is not None:
                     messages.append(message)
-        except FrameError:
+        except FrameError as error:
             self._buffer = buffer[position:]  # from the offending frame on, for after_failure
+            error.messages = messages
             raise
         self._buffer = buffer[position:] if position < end else b""
         return messages
@@ -196,11 +209,27 @@ class FrameReader:
         return None
 
     def _header(self, buffer: bytes, position: int, first: int, second: int) -> tuple[int, int]:
-        """(payload length, header length before the mask); header 0 means "need more"."""
+        """(payload length, header length before the mask); header 0 means "need more".
+
+        Raises:
+            FrameError: 1002 for what the first two bytes already show, or a bad length;
+                1009 for a message over ``max_message``.
+        """
         if first & 0x70:
             raise FrameError(1002, "Reserved bits are set")  # no extension was negotiated
         if not second & 0x80:
             raise FrameError(1002, "Client frames must be masked")  # §5.1
+        opcode = first & 0x0F
+        if opcode in _CONTROL_OPCODES:
+            if not first & 0x80:
+                raise FrameError(1002, "Control frames must not be fragmented")  # §5.5
+        elif opcode == CONTINUATION:
+            if self._fragments is None:
+                raise FrameError(1002, "Continuation frame without a message to continue")
+        elif opcode not in _DATA_OPCODES:
+            raise FrameError(1002, f"Unknown opcode {opcode}")  # §5.2
+        elif self._fragments is not None:
+            raise FrameError(1002, "New message before the previous one was finished")  # §5.4
         length, header = second & 0x7F, 2
         if length == 126:
             if len(buffer) - position < 4:
@@ -212,33 +241,29 @@ class FrameReader:
             length, header = struct.unpack_from("!Q", buffer, position + 2)[0], 10
             if length >> 63:
                 raise FrameError(1002, "Frame length with the most significant bit set")  # §5.2
-        opcode = first & 0x0F
         if opcode in _CONTROL_OPCODES:
-            if length > 125 or not first & 0x80:
-                raise FrameError(1002, "Control frames must be short and unfragmented")  # §5.5
+            if length > 125:
+                raise FrameError(1002, "Control frames must be at most 125 bytes")  # §5.5
         elif self._max_message and length + self._pending_size() > self._max_message:
             raise FrameError(1009, "Message too big")
         return length, header
 
     def _pending_size(self) -> int:
-        return sum(map(len, self._fragments)) if self._fragments else 0
+        """Bytes of the fragmented message in progress."""
+        return len(self._fragments) if self._fragments is not None else 0
 
     def _message(self, fin: int, opcode: int, payload: bytes) -> tuple[int, bytes] | None:
+        """The message a frame completes, if any (its header has passed :meth:`_header`)."""
         if opcode in _CONTROL_OPCODES:
             return opcode, payload
         if opcode == CONTINUATION:
-            if self._fragments is None:
-                raise FrameError(1002, "Continuation frame without a message to continue")
-            self._fragments.append(payload)
+            assert self._fragments is not None
+            self._fragments += payload
             if not fin:
                 return None
-            joined, self._fragments = b"".join(self._fragments), None
+            joined, self._fragments = bytes(self._fragments), None
             return self._opcode, joined
-        if opcode not in _DATA_OPCODES:
-            raise FrameError(1002, f"Unknown opcode {opcode}")
-        if self._fragments is not None:
-            raise FrameError(1002, "New message before the previous one was finished")
         if fin:
             return opcode, payload
-        self._fragments, self._opcode = [payload], opcode
+        self._fragments, self._opcode = bytearray(payload), opcode
         return None

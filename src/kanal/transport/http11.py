@@ -121,7 +121,12 @@ class HttpServer:
 
 
 class HttpConnection(asyncio.Protocol):
-    """One client connection until it closes or upgrades."""
+    """One client connection until it closes or upgrades.
+
+    Whatever must wait for the answers to the requests before it (RFC 9112 §9.3.2: answers
+    go in the order of the requests) waits: a refusal, the hand-over of an upgrade and a
+    ``100 Continue`` are written once the worker has answered everything queued before them.
+    """
 
     def __init__(self, server: HttpServer) -> None:
         self._server = server
@@ -131,13 +136,21 @@ class HttpConnection(asyncio.Protocol):
         self._headers: list[tuple[str, str]] = []
         self._request: Request | None = None
         self._body: list[bytes] = []
-        self._size = 0
+        self._size = 0  # body bytes of the current request
+        self._head_size = 0  # URL and header field bytes of the current request, trailers too
         self._rejected = False
-        self._in_head = False  # a request head has begun and is not complete yet
-        self._head_bytes = 0  # bytes read while in a head (a partial header line too)
+        # In a request head, or in a chunked body's size lines and trailer section: reading
+        # lines, which httptools keeps to itself (an unfinished one) until they end.
+        self._in_head = False
+        self._head_began = False  # ... and that began in the read being parsed
+        self._head_bytes = 0  # bytes read in later reads while still there
         self._queue: deque[tuple[Request, bool]] = deque()
         self._worker: asyncio.Task[None] | None = None
         self._idle: asyncio.TimerHandle | None = None
+        # waiting for the worker to answer the requests before them:
+        self._refusal: Response | None = None
+        self._upgrade_rest: bytes | None = None  # bytes read past the upgrade request
+        self._continue_due = False
 
     # --- asyncio.Protocol ------------------------------------------------------------------
 
@@ -148,23 +161,32 @@ class HttpConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self._parser is None:
+            if self._upgrade_rest is not None:  # read before the pause took effect
+                self._upgrade_rest += data
             return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
-            self._hand_over(data[upgrade.args[0] :])
+            if not self._rejected:
+                self._upgrade(data[upgrade.args[0] :])
             return
         except httptools.HttpParserError:
             self._fail(400, "Malformed HTTP request")
             return
-        if self._in_head:
-            # httptools keeps an unfinished header line to itself, so the head limit counts
-            # every byte read while a head is open: a line that never ends is refused after
-            # MAX_HEAD_BYTES, not buffered until the idle timeout. (A read that finishes one
-            # request and starts the next counts whole: exact to within one read.)
-            self._head_bytes += len(data)
-            if self._head_bytes > MAX_HEAD_BYTES:
-                self._fail(431, "Request header fields too large")
+        if not self._in_head:
+            return
+        if self._head_began:
+            # The read that began a head may also have ended a body; how much of it is head
+            # is unknown, so the count starts with the next read and never exceeds the head.
+            self._head_began = False
+            return
+        # httptools keeps an unfinished header line to itself, so the head limit counts every
+        # later read made while the head is open: a line that never ends is refused after
+        # MAX_HEAD_BYTES (httptools holding at most one read more), not buffered until the
+        # idle timeout.
+        self._head_bytes += len(data)
+        if self._head_bytes > MAX_HEAD_BYTES:
+            self._fail(431, "Request header fields too large")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._server.connections.discard(self)
@@ -173,27 +195,33 @@ class HttpConnection(asyncio.Protocol):
         if self._worker is not None and not self._worker.done():
             self._worker.cancel()
 
-    # --- httptools callbacks ---------------------------------------------------------------
+    # --- httptools callbacks (none acts once the request is refused) ------------------------
 
     def on_message_begin(self) -> None:
         self._url, self._headers, self._body, self._size = b"", [], [], 0
-        self._in_head, self._head_bytes = True, 0
+        self._request, self._head_size, self._continue_due = None, 0, False
+        self._begin_head()
+
+    def _begin_head(self) -> None:
+        self._in_head, self._head_began, self._head_bytes = True, True, 0
 
     def on_url(self, url: bytes) -> None:
-        self._url += url
-        self._count_head(len(url))
+        if not self._rejected:
+            self._url += url
+            self._count_head(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
-        self._count_head(len(name) + len(value))
+        """A header field, or a trailer field of a chunked body (counted alike, not used)."""
+        if not self._rejected:
+            self._headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+            self._count_head(len(name) + len(value))
 
     def _count_head(self, size: int) -> None:
-        self._size += size
-        if self._size > MAX_HEAD_BYTES:
+        self._head_size += size
+        if self._head_size > MAX_HEAD_BYTES:
             self._fail(431, "Request header fields too large")
 
     def on_headers_complete(self) -> None:
-        self._size = 0  # from here on it counts the body
         self._in_head = False
         if self._rejected or self._parser is None:
             return
@@ -213,11 +241,16 @@ class HttpConnection(asyncio.Protocol):
             secure=self._transport is not None
             and self._transport.get_extra_info("sslcontext") is not None,
         )
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            self._begin_head()  # the first chunk's size line
         length = headers.get("content-length", "")
         if length.isdigit() and int(length) > self._server.max_body:
             self._fail(413, f"Request body over {self._server.max_body} bytes")
-        elif headers.get("expect", "").lower() == "100-continue" and self._transport is not None:
-            self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        elif headers.get("expect", "").lower() == "100-continue":
+            if self._worker is None:
+                self._write_continue()
+            else:  # it would be taken for an answer to a request before this one
+                self._continue_due = True
 
     def _refused_head(self) -> str | None:
         """RFC 9112 §3.2: exactly one Host in HTTP/1.1 (at most one in 1.0); RFC 6455 §4.1:
@@ -230,14 +263,27 @@ class HttpConnection(asyncio.Protocol):
             return "WebSocket upgrades need HTTP/1.1"
         return None
 
+    def on_chunk_header(self) -> None:
+        """A chunk's size line has been read. After the last one come the trailer fields,
+        which httptools keeps to itself like a head's: like the size lines (whose extensions
+        are passed over unread), they count against the head limit."""
+        self._begin_head()
+
+    def on_chunk_complete(self) -> None:
+        self._begin_head()  # the next size line, or the end of the trailer section
+
     def on_body(self, body: bytes) -> None:
+        self._in_head, self._continue_due = False, False
+        if self._rejected:
+            return
         self._size += len(body)
         if self._size > self._server.max_body:
             self._fail(413, f"Request body over {self._server.max_body} bytes")
-        elif not self._rejected:
+        else:
             self._body.append(body)
 
     def on_message_complete(self) -> None:
+        self._in_head, self._continue_due = False, False
         request = self._request
         if request is None or self._rejected or self._parser is None:
             return
@@ -269,14 +315,30 @@ class HttpConnection(asyncio.Protocol):
                 if not keep_alive:
                     transport.close()
                     return
-                transport.resume_reading()
+                if self._upgrade_rest is None:  # else nothing is read until the hand-over
+                    transport.resume_reading()
         finally:
             self._worker = None
             self._server.answering(-1)
-        if self._server.closing:
-            self.close_if_idle()
+        self._answered()
+
+    def _answered(self) -> None:
+        """Every queued request is answered: what waited for those answers goes now."""
+        if self._refusal is not None:
+            self._refuse(self._refusal)
+        elif self._upgrade_rest is not None:
+            rest, self._upgrade_rest = self._upgrade_rest, None
+            if self._transport is not None and not self._transport.is_closing():
+                self._transport.resume_reading()
+                self._hand_over(rest)
         else:
-            self._arm_idle()
+            if self._continue_due:
+                self._continue_due = False
+                self._write_continue()
+            if self._server.closing:
+                self.close_if_idle()
+            else:
+                self._arm_idle()
 
     async def _answer(self, request: Request) -> Response:
         try:
@@ -287,18 +349,36 @@ class HttpConnection(asyncio.Protocol):
             log.exception("%s %s failed", request.method, request.path)
             return Response(500, b"Internal server error")
 
+    def _write_continue(self) -> None:
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
     def _fail(self, status: int, message: str) -> None:
-        """Answer a request that cannot be read and close: its framing can no longer be
-        trusted, so nothing after it on this connection can be either. What the client still
-        sends is dropped unread (``data_received`` without a parser) until it closes too or
-        :data:`LINGER_SECONDS` pass."""
+        """Refuse a request that cannot be read, and close: its framing can no longer be
+        trusted, so nothing after it on this connection can be either. Parsing stops for good
+        (a second error in the same read changes nothing); the refusal is written after the
+        answers to the requests before it (:meth:`_refuse`)."""
+        if self._rejected:
+            return
         self._rejected = True
         self._parser = None
-        self._in_head = False
+        self._in_head = self._continue_due = False
+        refusal = Response(status, message.encode())
+        if self._worker is None:
+            self._refuse(refusal)
+        else:
+            self._refusal = refusal
+
+    def _refuse(self, refusal: Response) -> None:
+        """Write the refusal and half-close. What the client still sends is dropped unread
+        (``data_received`` without a parser) until it closes too or :data:`LINGER_SECONDS`
+        pass."""
+        self._refusal = None
         transport = self._transport
         if transport is None or transport.is_closing():
             return
-        transport.write(Response(status, message.encode()).encode(keep_alive=False))
+        transport.write(refusal.encode(keep_alive=False))
         if not transport.can_write_eof():  # TLS: no half-close
             transport.close()
             return
@@ -306,12 +386,25 @@ class HttpConnection(asyncio.Protocol):
         self._disarm_idle()
         self._idle = asyncio.get_running_loop().call_later(LINGER_SECONDS, transport.close)
 
+    def _upgrade(self, rest: bytes) -> None:
+        """The request asks to upgrade: hand the socket over once the requests before it are
+        answered; until then nothing more is read (it belongs to the new protocol)."""
+        self._parser = None  # drop the parser (and its reference cycle to us) for good
+        if self._worker is None:
+            self._hand_over(rest)
+            return
+        self._upgrade_rest = rest
+        if self._transport is not None:
+            self._transport.pause_reading()
+
     def _hand_over(self, rest: bytes) -> None:
         request, transport = self._request, self._transport
-        self._parser = None  # drop the parser (and its reference cycle to us) for good
         self._server.connections.discard(self)
         self._disarm_idle()
-        if request is None or transport is None:
+        if transport is None:
+            return
+        if request is None:  # not expected: llhttp upgrades only after a complete head
+            transport.close()
             return
         self._server.upgrade(request, transport, rest)
 

@@ -155,23 +155,25 @@ class WebSocketConnection(asyncio.Protocol):
         if self._failed:
             self._await_close_reply(data)
             return
+        error: frames.FrameError | None = None
         try:
             messages = self._reader.feed(data)
-        except frames.FrameError as error:
-            self._failed = True
-            self.close(error.code, error.reason)
-            self._await_close_reply(b"")  # this read may already hold the client's Close
-            return
+        except frames.FrameError as failure:
+            error, messages = failure, failure.messages  # what came before the bad frame
         for opcode, payload in messages:
             if opcode == frames.TEXT:
                 self._text(payload)
             elif opcode == frames.CLOSE:
-                self._client_closed(payload)
+                self._client_closed(payload)  # what follows a Close is not read (§5.5.1)
                 return
             elif not self._closing:
                 self._endpoint.hub.activity(self.socket_id)
                 if opcode == frames.PING:  # Binary frames are ignored (protocol.md §2)
                     self.send(frames.control_frame(frames.PONG, payload) if payload else _PONG)
+        if error is not None:
+            self._failed = True
+            self.close(error.code, error.reason)
+            self._await_close_reply(b"")  # this read may already hold the client's Close
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
