@@ -4,6 +4,7 @@ the port is taken, the address is not this machine's, a TLS file is missing or n
 from __future__ import annotations
 
 import logging
+import resource
 import socket
 import subprocess
 import sys
@@ -92,3 +93,35 @@ def test_the_default_credentials_warning_never_shows_a_secret_of_your_own(
     assert "secret=app-secret" in warnings[0]  # the published one: nothing to hide
     assert "s3cret-of-my-own" not in warnings[1]
     assert "key=app-key" in warnings[1]
+
+
+def test_serve_raises_its_open_files_limit_and_says_when_it_is_low(tmp_path: Path) -> None:
+    """Started with a soft limit of 1024 under a hard limit: raised to the hard limit, and
+    (the hard limit here being 20,000) a warning that it is low."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard <= 1024:
+        pytest.skip(f"needs a finite hard limit above 1024, this machine has {hard}")
+
+    def lower_soft_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
+
+    command = [sys.executable, "-m", "kanal", "serve", "--host", "127.0.0.1", "--port", "0"]
+    process = subprocess.Popen(
+        command, stderr=subprocess.PIPE, text=True, cwd=tmp_path, preexec_fn=lower_soft_limit
+    )
+    assert process.stderr is not None
+    lines: list[str] = []
+    try:
+        for line in process.stderr:  # up to the listening line: start-up is logged by then
+            lines.append(line)
+            if "kanal listening on " in line:
+                break
+        limits = Path(f"/proc/{process.pid}/limits").read_text()
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+        process.stderr.close()
+    (open_files,) = [row for row in limits.splitlines() if row.startswith("Max open files")]
+    assert open_files.split()[3] == str(hard)  # the soft limit now equals the hard one
+    if hard < 65536:
+        assert any(f"at most {hard} open files per process" in line for line in lines), lines

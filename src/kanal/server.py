@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import resource
 import signal
 import sys
 import time
@@ -377,6 +378,7 @@ def run(config: Config) -> None:
         stream=sys.stderr,
     )
     _warn_default_credentials(config)
+    raise_open_files_limit()
     if config.server.workers > 1:
         check_listen(config.server)
         raise SystemExit(supervise(config.server.workers, lambda _index: _run_node(config)))
@@ -389,6 +391,32 @@ def _run_node(config: Config) -> None:
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     asyncio.run(_main(config))
+
+
+#: Below this many open files per process, say so at start-up: every connection is one.
+FEW_OPEN_FILES = 65536
+
+
+def raise_open_files_limit() -> int:
+    """Raise this process's soft limit on open files to its hard limit (each connection holds
+    one file descriptor; the soft limit is often 1024) and return the limit in force. Says at
+    start-up when the hard limit itself is low, since root may raise it but kanal cannot."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-files limit from %s to %s: %s", soft, hard, exc)
+        else:
+            log.info("open-files limit raised from %s to %s", soft, hard)
+            soft = hard
+    if soft != resource.RLIM_INFINITY and soft < FEW_OPEN_FILES:
+        log.warning(
+            "at most %s open files per process: about that many connections per node "
+            "(raise the hard limit: ulimit -Hn, systemd LimitNOFILE; docs/deployment.md)",
+            soft,
+        )
+    return soft
 
 
 def _warn_default_credentials(config: Config) -> None:
