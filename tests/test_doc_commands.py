@@ -19,6 +19,7 @@ import asyncio
 import json
 import os
 import re
+import shlex
 import sys
 import tomllib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -302,7 +303,10 @@ async def serves_mounted(text: str, ctx: Ctx) -> None:
     (ctx.tmp / "app.py").write_text(text)
     command = re.search(r"^# .*\brun: (.+)$", text, re.M)
     assert command is not None, "the block says how to run it: # app.py; run: <command>"
-    line = f"exec {command[1]} --host 127.0.0.1 --port 0"
+    # The snippet needs the test environment (FastAPI, uvicorn): the interpreter running these
+    # tests is in it, whether that is .venv (./scripts/test) or .venv-lowest (test-lowest).
+    here = shlex.quote(str(Path(sys.executable).parent))
+    line = f'export PATH={here}:"$PATH"; exec {command[1]} --host 127.0.0.1 --port 0'
     async with started("bash", "-c", line, cwd=ctx.tmp) as out:
         port = int((await out.wait_for(r"Uvicorn running on http://127\.0\.0\.1:(\d+)"))[1])
         served = RunningServer(ctx.server.server, port)  # the server object is not used
