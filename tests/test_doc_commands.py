@@ -32,7 +32,7 @@ import pytest
 
 from kanal.settings import load_config
 from tests.conftest import RunningServer
-from tests.wsclient import Clients, data_of, trigger
+from tests.wsclient import Clients, data_of, end_process, trigger
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = (ROOT / "README.md", ROOT / "docs" / "quickstart.md")
@@ -132,13 +132,7 @@ async def started(*argv: str, cwd: Path) -> AsyncIterator[Output]:
         assert proc.stdout is not None
         yield Output(proc.stdout)
     finally:
-        if proc.returncode is None:
-            proc.terminate()
-        try:
-            await asyncio.wait_for(proc.wait(), WAIT)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
+        await end_process(proc, WAIT)
 
 
 def one(found: Iterable[Block]) -> Block:

@@ -20,6 +20,7 @@ import aiohttp
 import pytest
 
 from tests.e2e.jsclient import JsDriver
+from tests.wsclient import end_process
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "fastapi"
@@ -71,13 +72,7 @@ async def example_app() -> AsyncIterator[tuple[str, list[str]]]:
             raise AssertionError(f"not listening within {START}s: {lines}") from None
         yield base, lines
     finally:
-        if proc.returncode is None:
-            proc.terminate()
-        try:
-            await asyncio.wait_for(proc.wait(), WAIT)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
+        await end_process(proc, WAIT)
         reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await reader

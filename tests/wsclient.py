@@ -299,6 +299,18 @@ def _close_timeout() -> Any:
     return TIMEOUT
 
 
+async def end_process(proc: asyncio.subprocess.Process, within: float = TIMEOUT) -> None:
+    """Terminate a server a test started (if it still runs) and reap it; kill it if it does
+    not exit within ``within`` seconds."""
+    if proc.returncode is None:
+        proc.terminate()
+    try:
+        await asyncio.wait_for(proc.wait(), within)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+
+
 class Clients:
     """Opens WebSocket clients against a running server and closes them all at the end."""
 
