@@ -365,10 +365,14 @@ def test_missing_and_malformed_files(tmp_path: Path) -> None:
 def test_dump_masks_secrets_and_passwords_and_stays_valid_toml(tmp_path: Path) -> None:
     text = (
         '[scaling]\nadapter = "redis"\nredis_url = "redis://user:hunter22@db:6379/0"\n'
-        + PUBLIC_SCHEMA.replace("[[apps.webhooks]]", "[[apps.webhooks]]\nheaders = {A = 'tok'}")
+        + PUBLIC_SCHEMA.replace(
+            "[[apps.webhooks]]", "[[apps.webhooks]]\nheaders = {A = 'tok'}"
+        ).replace("[server]", '[server]\nadmin_token = "console-password-1234"')
     )
     dumped = dump_config(load_text(tmp_path, text))
-    assert "my-secret-value" not in dumped and "hunter22" not in dumped and "tok" not in dumped
+    assert "my-secret-value" not in dumped and "hunter22" not in dumped and "'tok'" not in dumped
+    assert '"tok"' not in dumped and "console-password" not in dumped
+    assert 'admin_token = "***"' in dumped
     assert 'secret = "my***"' in dumped
     assert 'redis_url = "redis://user:***@db:6379/0"' in dumped
     document = tomllib.loads(dumped)
@@ -414,3 +418,12 @@ def test_docs_toml_examples_load(tmp_path: Path) -> None:
 def test_splice_needs_markers() -> None:
     with pytest.raises(ValueError, match="markers"):
         splice_settings_markdown("no markers here")
+
+
+def test_the_admin_token_is_long_or_empty() -> None:
+    assert load_config(None, {}, {}).server.admin_token == ""  # the console is off
+    token = "a" * 16
+    assert load_config(None, {"KANAL_ADMIN_TOKEN": token}, {}).server.admin_token == token
+    with pytest.raises(ConfigError, match="admin_token: must be empty"):
+        load_config(None, {"KANAL_ADMIN_TOKEN": "short"}, {})
+    assert token not in repr(load_config(None, {"KANAL_ADMIN_TOKEN": token}, {}))

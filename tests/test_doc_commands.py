@@ -165,6 +165,21 @@ async def serves(line: str, ctx: Ctx) -> None:
             assert json.loads(await r.read()) == {"ok": True}
 
 
+async def serves_console(line: str, ctx: Ctx) -> None:
+    """As :func:`serves`; the console answers with the line's token, and only with it."""
+    token = re.search(r"KANAL_ADMIN_TOKEN=(\S+)", line)
+    assert token is not None, line
+    command = line + " --port 0 --host 127.0.0.1"
+    async with started("bash", "-c", f"exec env {command}", cwd=ROOT) as out:
+        port = (await out.wait_for(r"kanal listening on 127\.0\.0\.1:(\d+)", INSTALL))[1]
+        url = f"http://127.0.0.1:{port}/console/api/apps"
+        async with aiohttp.ClientSession() as http:
+            async with http.get(url, headers={"Authorization": f"Bearer {token[1]}"}) as r:
+                assert r.status == 200 and (await r.json())["apps"], await r.read()
+            async with http.get(url) as r:
+                assert r.status == 401
+
+
 def answers(expected: Callable[[str], bool]) -> Check:
     """Run against the in-process server; the output must be what the line's comment says."""
 
@@ -206,6 +221,7 @@ COMMANDS: dict[str, Check | str] = {
     "./scripts/serve": serves,
     "./scripts/serve                       # installs into .venv, serves 127.0.0.1:6001": serves,
     "./scripts/test": "not run: it is the test command itself (CI's .ci/run runs it)",
+    "KANAL_ADMIN_TOKEN=change-me-to-a-long-secret ./scripts/serve": serves_console,
     "source .venv/bin/activate   # this shell only; `deactivate` undoes it": activates,
     "pipx install .              # or: kanal in its own virtualenv, the command in ~/.local/bin": (
         pipx_installs

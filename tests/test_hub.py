@@ -508,6 +508,9 @@ class YieldingMembership:
     async def remove_connection(self, app_id: str, socket_id: str) -> None:
         await self._inner.remove_connection(app_id, socket_id)
 
+    async def connection_count(self, app_id: str) -> int:
+        return await self._inner.connection_count(app_id)
+
 
 operation = st.tuples(st.sampled_from(["join", "leave", "close"]), st.sampled_from(USERS))
 

@@ -51,6 +51,14 @@ async def listening_port(process: asyncio.subprocess.Process) -> int:
     raise AssertionError("kanal from the wheel exited before listening")
 
 
+async def http_get(port: int, path: str) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    return answer
+
+
 async def test_wheel_installs_into_a_clean_venv_and_serves(tmp_path: Path) -> None:
     wheel = build_wheel(tmp_path)
     venv = tmp_path / "venv"
@@ -68,18 +76,19 @@ async def test_wheel_installs_into_a_clean_venv_and_serves(tmp_path: Path) -> No
         "127.0.0.1",
         "--port",
         "0",
+        "--admin-token",
+        "packaged-console-token",
         cwd=tmp_path,  # not the checkout: only the installed package can be imported
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
     )
     try:
         port = await listening_port(process)
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        answer = await asyncio.wait_for(reader.read(), 10)
-        writer.close()
+        answer = await http_get(port, "/")
         assert answer.startswith(b"HTTP/1.1 200 ")
         assert json.loads(answer.split(b"\r\n\r\n", 1)[1]) == {"ok": True}
+        for asset in ("", "console.js", "console.css"):  # the console's files are package data
+            assert (await http_get(port, "/console/" + asset)).startswith(b"HTTP/1.1 200 ")
     finally:
         process.terminate()
         assert await asyncio.wait_for(process.wait(), 20) == 0

@@ -90,6 +90,7 @@ class ServerSettings:
     tls_key_file: str = ""
     trust_proxy_headers: bool = False
     coalesce_writes: bool = True
+    admin_token: str = field(default="", repr=False)  # a password: never in a repr or a log
 
 
 @dataclass(frozen=True, slots=True)

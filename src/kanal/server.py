@@ -27,11 +27,13 @@ from kanal.adapters.resilient import ResilientBroker, ResilientMembership
 from kanal.apps import StaticAppStore
 from kanal.cluster import ClusterMaintainer
 from kanal.config import Config, ServerSettings
+from kanal.console import Recorder
 from kanal.hub import Hub, NullWebhooks, WebhookSink
 from kanal.metrics import Metrics
 from kanal.protocol.errors import CloseCode
 from kanal.service import ChannelsApi
 from kanal.settings import DEV_APP, is_default_credentials
+from kanal.transport.console import Console
 from kanal.transport.frames import text_frame
 from kanal.transport.http import HttpApi
 from kanal.transport.listener import Listener, ListenError, probe_bind, tls_context
@@ -96,6 +98,7 @@ class Server:
             self.ticker.cancel()
             self.ticker = None
         self.hub.close_all(CloseCode.RECONNECT, "Generic reconnect immediately")
+        await self.hub.console.close()  # answers the consoles' long polls: nothing to drain
         if drain is not None:
             await drain()
         for closer in self.closers:
@@ -106,7 +109,11 @@ Lifecycle = list[Callable[[], Awaitable[None]]]
 
 
 def _webhook_sink(
-    config: Config, metrics: Metrics, apps: StaticAppStore, hooks: Hooks | None
+    config: Config,
+    metrics: Metrics,
+    apps: StaticAppStore,
+    hooks: Hooks | None,
+    recorder: Recorder,
 ) -> tuple[WebhookSink, Lifecycle, Lifecycle]:
     """Local delivery, or (cluster mode) the shared Redis queue in front of it.
 
@@ -122,7 +129,9 @@ def _webhook_sink(
     has_webhooks = any(app.webhooks for app in config.apps)
     if not has_webhooks and hooks is None and not cluster:
         return NullWebhooks(), [], []
-    dispatcher = WebhookDispatcher(config.webhooks, hooks=None if cluster else hooks)
+    dispatcher = WebhookDispatcher(
+        config.webhooks, hooks=None if cluster else hooks, console=recorder
+    )
     if has_webhooks:
         _register_webhook_metrics(metrics, dispatcher)
     if not cluster:
@@ -232,7 +241,10 @@ def build(
     apps = StaticAppStore(config.apps)
     metrics = Metrics()
     registry = Hooks(config.webhooks) if hooks else None
-    webhooks, webhook_start, webhook_close = _webhook_sink(config, metrics, apps, registry)
+    recorder = Recorder()
+    webhooks, webhook_start, webhook_close = _webhook_sink(
+        config, metrics, apps, registry, recorder
+    )
     readiness = Readiness()
     membership, broker, cluster = _adapters(config)
     hub = Hub(
@@ -244,6 +256,7 @@ def build(
         wall=time.time,
         max_connections=config.server.max_connections,
         metrics=metrics,
+        console=recorder,
     )
     settings = config.server
     _register_gauges(hub)
@@ -264,6 +277,16 @@ def build(
         coalesce_writes=settings.coalesce_writes,
     )
     service = ChannelsApi(hub)
+    console = None
+    if settings.admin_token:
+        console = Console(
+            settings.admin_token,
+            recorder,
+            service,
+            apps,
+            cluster=cluster is not None,
+            node_connections=lambda: hub.connection_count,
+        )
     http = HttpApi(
         service,
         apps,
@@ -272,6 +295,7 @@ def build(
         max_request_bytes=settings.max_request_bytes,
         expose_signature_hint=settings.expose_signature_hint,
         ready=readiness.check,
+        console=console,
     )
     listener = Listener(
         websocket,

@@ -124,10 +124,23 @@ class ChannelsApi:
     async def terminate_user_connections(self, app: App, user_id: str) -> Any:
         """Close every connection of ``user_id`` on every node (users.md §5)."""
         self.admit(app, write=True)
-        await self._hub.terminate_user(app, api.parse_user_id(user_id))
+        user_id = api.parse_user_id(user_id)
+        if self._hub.console.watching:
+            self._hub.console.event(app.id, "terminated", user_id=user_id)
+        await self._hub.terminate_user(app, user_id)
         return {}
 
     async def _publish(self, app: App, event: api.TriggerEvent) -> None:
+        console = self._hub.console
+        if console.watching:
+            console.event(
+                app.id,
+                "api_message",
+                channels=list(event.channels),
+                event=event.name,
+                size=len(event.data.encode()),
+                socket_id=event.socket_id,
+            )
         for channel in event.channels:
             await self._hub.publish_event(app, channel, event.name, event.data, event.socket_id)
 
@@ -163,6 +176,41 @@ class ChannelsApi:
             cached = await self._hub.membership.cache_get(app.id, query.channel, self._wall())
             out[api.CACHE] = None if cached is None else {"data": cached.data, "ttl": cached.ttl}
         return out
+
+    async def overview(self, app: App, *, max_channels: int, max_members: int) -> JsonObject:
+        """The console's picture of an app, from the same store answers as the reads above
+        (the cluster's, in cluster mode): connections, the occupied channels as
+        :meth:`channels` lists them, and each presence channel's members (user_id,
+        user_info), at most ``max_channels`` and ``max_members`` of them. No admission: an
+        operator's read must not spend the app's request budget."""
+        membership = self._hub.membership
+        listed = await membership.channels(app.id, "")
+        visible = sorted(
+            (name, counts)
+            for name, counts in listed.items()
+            if not name.startswith("#") and counts.subscription_count > 0
+        )
+        channels = [
+            await self._described(app, n, c, max_members) for n, c in visible[:max_channels]
+        ]
+        return {
+            "connections": await membership.connection_count(app.id),
+            "channel_count": len(visible),
+            "channels": channels,
+        }
+
+    async def _described(
+        self, app: App, name: str, counts: ChannelCounts, max_members: int
+    ) -> JsonObject:
+        entry: JsonObject = {"name": name, "subscription_count": counts.subscription_count}
+        if channel_type(name).is_presence:
+            roster = await self._hub.membership.roster(app.id, name)
+            entry["user_count"] = counts.user_count
+            entry["members"] = [
+                {"user_id": user_id, "user_info": info}
+                for user_id, info in list(roster.items())[:max_members]
+            ]
+        return entry
 
     async def users(self, app: App, channel: str) -> Any:
         """The user ids subscribed to a presence channel (http-api.md §6)."""

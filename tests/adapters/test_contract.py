@@ -256,6 +256,9 @@ async def test_add_connection_enforces_the_limit_cluster_wide(cluster: Cluster) 
     await a.remove_connection(APP, "1.1")  # idempotent
     await a.remove_connection(APP, "7.7")
     assert await b.add_connection(APP, "2.2", 2)
+    assert await a.connection_count(APP) == await b.connection_count(APP) == 2
+    assert await b.connection_count(OTHER_APP) == 1
+    assert await a.connection_count("no-such-app") == 0
     assert not await a.add_connection(APP, "1.3", 2)
     assert await a.add_connection(APP, "1.3", 0)  # 0 = no limit
 

@@ -160,6 +160,10 @@ class Membership(Protocol):
         """Forget a counted connection (idempotent)."""
         ...
 
+    async def connection_count(self, app_id: str) -> int:
+        """How many connections are counted for the app, cluster-wide (the console's figure)."""
+        ...
+
 
 class Broker(Protocol):
     """Fan-out to every node; per channel, envelopes arrive in publish order."""

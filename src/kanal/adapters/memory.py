@@ -172,3 +172,6 @@ class MemoryMembership:
 
     async def remove_connection(self, app_id: str, socket_id: str) -> None:
         self._connections.get(app_id, set()).discard(socket_id)
+
+    async def connection_count(self, app_id: str) -> int:
+        return len(self._connections.get(app_id, ()))

@@ -94,3 +94,6 @@ class PublishOnlyMembership:
 
     async def remove_connection(self, app_id: str, socket_id: str) -> None:
         _refuse("remove_connection")
+
+    async def connection_count(self, app_id: str) -> int:
+        return await self._store.connection_count(app_id)

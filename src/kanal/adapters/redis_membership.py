@@ -411,6 +411,9 @@ class RedisMembership:
         async with self._gate.write():
             await self._remove_conn(keys=[self._own(app_id)], args=[self._base(app_id), socket_id])
 
+    async def connection_count(self, app_id: str) -> int:
+        return int(await self._client.scard(f"{self._base(app_id)}conns"))
+
     # --- leases and crash safety --------------------------------------------------------
 
     async def heartbeat(self, now: float) -> bool:

@@ -154,6 +154,10 @@ class ResilientMembership:
         await self._primary(lambda: self.primary.remove_connection(app_id, socket_id))
         await self.local.remove_connection(app_id, socket_id)
 
+    async def connection_count(self, app_id: str) -> int:
+        ok, result = await self._primary(lambda: self.primary.connection_count(app_id))
+        return result if ok and result is not None else await self.local.connection_count(app_id)
+
 
 class ResilientBroker:
     """Redis pub/sub fan-out; when Redis cannot deliver to this node, deliver locally."""

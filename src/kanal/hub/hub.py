@@ -29,6 +29,8 @@ from typing import Any
 
 from kanal.adapters.base import Broker, Envelope, JoinResult, LeaveResult, Membership
 from kanal.config import App
+from kanal.console import Recorder
+from kanal.hub import reports
 from kanal.hub.announce import Announcer, NullWebhooks, WebhookSink
 from kanal.hub.cache import ChannelCache
 from kanal.hub.connection import Connection, Local
@@ -47,6 +49,7 @@ from kanal.protocol.session import (
     Join,
     Leave,
     Probe,
+    Refusal,
     Relay,
     Send,
     Session,
@@ -67,6 +70,8 @@ class Hub:
             broadcast per node).
         monotonic: clock for heartbeats and throttles; ``wall``: Unix time for cache TTLs.
         max_connections: server-wide cap (0 = none); over it, close 4100.
+        console: where the live console's records go (:mod:`kanal.console`); every report
+            is guarded by ``console.watching``, so an unwatched node does no work for it.
     """
 
     def __init__(
@@ -80,8 +85,10 @@ class Hub:
         wall: Callable[[], float],
         max_connections: int = 0,
         metrics: Metrics | None = None,
+        console: Recorder | None = None,
     ) -> None:
         self.membership = membership
+        self.console = console if console is not None else Recorder()
         self.metrics = metrics if metrics is not None else Metrics()
         self._broker = broker
         self._announce = Announcer(broker, webhooks, monotonic)
@@ -113,13 +120,18 @@ class Hub:
         conn.send(self._frame(events.error_frame(code, reason)))
         conn.close(code, reason)
 
-    async def open(self, conn: Connection, app: App) -> bool:
-        """Admit a connection (quota checks, §1.2 steps 7-8); false if it was refused."""
+    async def open(self, conn: Connection, app: App, origin: str | None = None) -> bool:
+        """Admit a connection (quota checks, §1.2 steps 7-8); false if it was refused.
+        ``origin``: the handshake's Origin header, for the console's log only."""
+        refused = None
         if 0 < self._max_connections <= len(self._locals):
-            self.refuse(conn, CloseCode.OVER_CAPACITY, "Over capacity")
-            return False
-        if not await self.membership.add_connection(app.id, conn.socket_id, app.max_connections):
-            self.refuse(conn, CloseCode.OVER_QUOTA, "Application is over connection quota")
+            refused = CloseCode.OVER_CAPACITY, "Over capacity"
+        elif not await self.membership.add_connection(app.id, conn.socket_id, app.max_connections):
+            refused = CloseCode.OVER_QUOTA, "Application is over connection quota"
+        if self.console.watching:
+            reports.connected(self.console, app, conn.socket_id, origin, refused)
+        if refused is not None:
+            self.refuse(conn, *refused)
             return False
         session = Session(app, conn.socket_id, self._now())
         self._locals[conn.socket_id] = Local(conn, session)
@@ -133,6 +145,8 @@ class Hub:
         if local is None:
             return
         self.metrics.inc("kanal_messages_received_total")
+        if self.console.watching:
+            self.console.received(local.session.app.id)
         for command in local.session.receive(text, self._now()):
             await self._execute(local, command)
 
@@ -153,14 +167,17 @@ class Hub:
                 elif isinstance(command, Close):
                     self.refuse(local.conn, command.code, command.reason)
 
-    async def closed(self, socket_id: str) -> None:
-        """Clean up a connection exactly once, whatever closed it (protocol.md §3)."""
+    async def closed(self, socket_id: str, code: int | None = None) -> None:
+        """Clean up a connection exactly once, whatever closed it (protocol.md §3); ``code``
+        is the close code sent or received (1006: none), for the console's log."""
         local = self._locals.pop(socket_id, None)
         if local is None:
             return
         local.session.close()
         self.metrics.inc("kanal_connections_closed_total")
         app = local.session.app
+        if self.console.watching:
+            self.console.event(app.id, "disconnected", socket_id=socket_id, code=code)
         for channel in list(local.channels):
             await self._leave(local, channel)
         if local.user is not None:
@@ -177,6 +194,8 @@ class Hub:
     async def _execute(self, local: Local, command: Command) -> None:
         if isinstance(command, Send):
             self._send(local, command.payload)
+            if command.refusal is not None and self.console.watching:
+                reports.refused(self.console, local, command.refusal)
         elif isinstance(command, Join):
             await self._join(local, command)
         elif isinstance(command, Leave):
@@ -185,6 +204,8 @@ class Hub:
             await self._relay(local, command)
         elif isinstance(command, SignIn):
             await self._users.sign_in(local, command.user)
+            if self.console.watching:
+                reports.signed_in(self.console, local, command.user.user_id)
         elif isinstance(command, Close):
             self.refuse(local.conn, command.code, command.reason)
 
@@ -228,7 +249,9 @@ class Hub:
         if result.refused:
             self._drop_unused_roster(app.id, channel)
             text = f"Presence channel member limit reached ({app.max_presence_members})"
-            self._send(local, events.subscription_error_frame(channel, "LimitReached", text, 403))
+            refusal = Refusal(channel, 403, text)
+            frame = events.subscription_error_frame(channel, "LimitReached", text, 403)
+            await self._execute(local, Send(frame, refusal))
             self._send(local, events.error_frame(None, text))
             return
         already = channel in local.channels
@@ -245,6 +268,8 @@ class Hub:
             self._fan_out(app.id, channel, frame, exclude=socket_id)
         if already:  # §3.1 step 3: idempotent re-subscribe, no events or webhooks
             return
+        if self.console.watching:
+            reports.subscribed(self.console, local, channel, command.member)
         # channels.md §3.1 step 8: member_added, cache, subscription_count; webhooks in the
         # order channel_occupied, member_added, cache_miss, subscription_count.
         await self._announce.joined(app, channel, result, command.member, socket_id)
@@ -275,6 +300,8 @@ class Hub:
             return
         del local.channels[channel]
         app, socket_id = local.session.app, local.conn.socket_id
+        if self.console.watching:
+            self.console.event(app.id, "unsubscribed", socket_id=socket_id, channel=channel)
         kind = channel_type(channel)
         if kind.is_server_to_user:
             return
@@ -325,6 +352,8 @@ class Hub:
         member = local.channels[channel]
         user_id = member.user_id if member is not None else None
         frame = events.channel_event_frame(command.event, channel, command.data, user_id)
+        if self.console.watching:
+            reports.client_event(self.console, local, command, user_id)
         await self._announce.publish(app.id, channel, frame, exclude=local.conn.socket_id)
         self._announce.emit(
             app,
@@ -387,6 +416,8 @@ class Hub:
                 conn.send(frame)
         sent = len(subscribers) - (exclude in subscribers)
         self.metrics.inc("kanal_deliveries_total", sent)
+        if self.console.watching:
+            self.console.delivered(app_id, sent)
 
     # --- used by kanal.service ------------------------------------------------------------
 

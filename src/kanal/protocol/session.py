@@ -37,6 +37,7 @@ __all__ = [
     "Join",
     "Leave",
     "Probe",
+    "Refusal",
     "Relay",
     "Send",
     "Session",
@@ -56,10 +57,22 @@ class SignedInUser:
 
 
 @dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a frame was refused, for the console's log (``channel`` None: not a subscription;
+    ``code``: the ``pusher:error`` code, or the ``pusher:subscription_error`` status)."""
+
+    channel: str | None
+    code: int | None
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
 class Send:
-    """Send ``payload`` (one JSON text frame) to this connection only."""
+    """Send ``payload`` (one JSON text frame) to this connection only; ``refusal`` says why,
+    when it is an error reply."""
 
     payload: bytes
+    refusal: Refusal | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,12 +190,14 @@ class Session:
                 Send(
                     events.subscription_error_frame(
                         error.channel, error.kind, error.message, error.status
-                    )
+                    ),
+                    Refusal(error.channel, error.status, error.message),
                 ),
                 Send(events.error_frame(None, error.message)),
             ]
         except PusherError as error:
-            return [Send(events.error_frame(error.code, error.message))]
+            refusal = Refusal(None, error.code, error.message)
+            return [Send(events.error_frame(error.code, error.message), refusal)]
 
     def _dispatch(self, message: events.ClientMessage, now: float) -> list[Command]:
         if isinstance(message, events.Ping):

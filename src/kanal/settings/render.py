@@ -45,6 +45,8 @@ def _dump_rows(section: str, obj: object) -> list[str]:
 def _masked(name: str, value: Any) -> Any:
     if name == "secret":
         return _mask(value)
+    if name == "admin_token":
+        return "***" if value else value
     if name in ("redis_url", "url"):
         parts = urlsplit(value)
         if parts.password is None:

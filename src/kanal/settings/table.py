@@ -85,6 +85,12 @@ def _credential(value: str) -> str | None:
     return None
 
 
+def _admin_token(value: str) -> str | None:
+    # A console token can trigger events on every app: short ones are guessable.
+    ok = value == "" or (len(value) >= 16 and not re.search(r"\s", value))
+    return None if ok else "must be empty (console off) or 16+ characters without blanks"
+
+
 def _path_prefix(value: str) -> str | None:
     ok = value == "" or (value.startswith("/") and not value.endswith("/"))
     return None if ok else "must be empty or start with '/' and not end with '/'"
@@ -136,6 +142,7 @@ tls_cert_file        -          PEM certificate chain: serve wss:// and https://
 tls_key_file         -          PEM private key for tls_cert_file.
 trust_proxy_headers  -          Trust X-Forwarded-Proto from a TLS-terminating proxy (require_tls).
 coalesce_writes      -          Write each connection's frames once per loop iteration (faster).
+admin_token          admin_token Turns on /console; its password (16+ characters). Empty: off.
 [webhooks]           KANAL_WEBHOOKS_ --webhooks-
 grace_period         nonneg     Seconds to hold channel_vacated/member_removed (dropped if undone).
 batch_window         nonneg     Seconds to gather events into one request for batching apps.
@@ -207,6 +214,7 @@ _CHECKS: dict[str, Check | None] = {
     "adapter": _one_of("memory", "redis"),
     "redis_url": _redis_url,
     "credential": _credential,
+    "admin_token": _admin_token,
     "http_url": _http_url,
     "events": _event_types,
     "headers": _headers,

@@ -83,6 +83,11 @@ class AsgiConnection:
     def probe(self) -> None:
         """ASGI has no Ping frames; the hub's ``pusher:ping`` checks liveness instead."""
 
+    @property
+    def close_code(self) -> int | None:
+        """The code of our Close, if we closed first."""
+        return None if self._close is None else self._close[0]
+
     def close(self, code: int, reason: str) -> None:
         if self._closing:
             return
@@ -220,6 +225,7 @@ class AsgiTransport:
         headers = [
             (b"content-type", response.content_type.encode()),
             (b"content-length", str(len(response.body)).encode()),
+            *((name.lower().encode(), value.encode("latin-1")) for name, value in response.headers),
         ]
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         head = scope["method"] == "HEAD"
@@ -251,15 +257,16 @@ class AsgiTransport:
         await send({"type": "websocket.accept"})
         conn = AsgiConnection(new_socket_id(), self._output_limit, self._text_of)
         writer = asyncio.ensure_future(conn.write(send))
-        app = self._websocket.handshake(_request(scope, b""))
-        admitted = False
+        request = _request(scope, b"")
+        app = self._websocket.handshake(request)
+        admitted, code = False, 1006
         try:
             if isinstance(app, ConnectionRefused):
                 self._hub.refuse(conn, app.close_code, app.message)
             else:
-                admitted = await self._admit(conn, app)
+                admitted = await self._admit(conn, app, request.headers.get("origin"))
             if admitted:
-                await self._read_messages(conn, receive)
+                code = await self._read_messages(conn, receive)
             else:
                 await writer  # the pusher:error and the close go out before we return
         finally:
@@ -267,22 +274,23 @@ class AsgiTransport:
             with contextlib.suppress(Exception):  # the client may be gone: send fails
                 await writer
             if admitted:
-                await self._hub.closed(conn.socket_id)
+                await self._hub.closed(conn.socket_id, conn.close_code or code)
 
-    async def _admit(self, conn: AsgiConnection, app: App) -> bool:
+    async def _admit(self, conn: AsgiConnection, app: App, origin: str | None) -> bool:
         try:
-            return await self._hub.open(conn, app)
+            return await self._hub.open(conn, app, origin)
         except Exception:  # e.g. the cluster store failed: this client reconnects, others live
             log.exception("could not admit %s", conn.socket_id)
             conn.close(CloseCode.RECONNECT, "Internal server error, reconnect")
             return False
 
-    async def _read_messages(self, conn: AsgiConnection, receive: Receive) -> None:
-        """Hand text messages to the hub in order until the client disconnects."""
+    async def _read_messages(self, conn: AsgiConnection, receive: Receive) -> int:
+        """Hand text messages to the hub in order until the client disconnects; its close
+        code (ASGI's default 1005 when the client gave none)."""
         while True:
             message = await receive()
             if message["type"] == "websocket.disconnect":
-                return
+                return int(message.get("code", 1005))
             text = message.get("text")
             if text is None:  # binary messages are ignored (protocol.md §2)
                 continue

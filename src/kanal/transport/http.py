@@ -23,6 +23,7 @@ from kanal.protocol import api
 from kanal.protocol.errors import ApiError
 from kanal.protocol.signatures import verify_request
 from kanal.service import ChannelsApi
+from kanal.transport.console import Console
 from kanal.transport.http11 import Request, Response
 
 __all__ = ["HttpApi"]
@@ -75,6 +76,7 @@ class HttpApi:
         expose_signature_hint: bool,
         ready: Callable[[], tuple[bool, str]],
         wall: Callable[[], float] = time.time,
+        console: Console | None = None,
     ) -> None:
         self._service = service
         self._apps = apps
@@ -85,6 +87,8 @@ class HttpApi:
         self._ready = ready
         self._wall = wall
         self._table = self._routes()
+        if console is not None:  # off unless [server] admin_token is set (docs/console.md)
+            self._table += [_Route(*route) for route in console.routes()]
 
     def _routes(self) -> list[_Route]:
         wrap = self._wrap

@@ -91,6 +91,7 @@ class WebSocketConnection(asyncio.Protocol):
         "_inbox",
         "_reader",
         "_transport",
+        "close_code",
         "socket_id",
     )
 
@@ -106,6 +107,7 @@ class WebSocketConnection(asyncio.Protocol):
         self._closer: asyncio.TimerHandle | None = None  # drops the socket if no Close reply
         self._done = False  # the hub has been (or is about to be) told the socket is gone
         self._failed = False  # a bad frame failed the connection (RFC 6455 §7.1.7)
+        self.close_code = 1006  # the code sent or received; 1006 if none (RFC 6455 §7.1.5)
 
     # --- the hub's Connection --------------------------------------------------------------
 
@@ -144,6 +146,7 @@ class WebSocketConnection(asyncio.Protocol):
             coalescer.flush_one(self)
         transport = self._transport
         self._closing = True
+        self.close_code = code
         self._closer = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, transport.abort)
         if not transport.is_closing():
             transport.write(frames.close_frame(code, reason))
@@ -226,20 +229,21 @@ class WebSocketConnection(asyncio.Protocol):
             except frames.FrameError as error:
                 code, reason = error.code, error.reason
             self._closing = True
+            self.close_code = code
             if not transport.is_closing():
                 transport.write(frames.close_frame(1000 if code == 1005 else code, reason))
             self._finish()
         transport.close()
 
-    def admit(self, app: App) -> None:
+    def admit(self, app: App, origin: str | None) -> None:
         """Let the hub admit the connection; messages that arrive meanwhile wait their turn."""
         self._inbox = deque()
-        self._endpoint.spawn(self._open(app))
+        self._endpoint.spawn(self._open(app, origin))
 
-    async def _open(self, app: App) -> None:
+    async def _open(self, app: App, origin: str | None) -> None:
         try:
             try:
-                admitted = await self._endpoint.hub.open(self, app)
+                admitted = await self._endpoint.hub.open(self, app, origin)
             except Exception:
                 log.exception("could not admit %s", self.socket_id)
                 self.close(CloseCode.RECONNECT, "Internal server error, reconnect")
@@ -264,7 +268,7 @@ class WebSocketConnection(asyncio.Protocol):
         finally:
             self._inbox = None
             if self._done:
-                await hub.closed(self.socket_id)
+                await hub.closed(self.socket_id, self.close_code)
 
     def _finish(self) -> None:
         """Memberships are released as soon as the socket is closing, not when TCP ends."""
@@ -272,7 +276,7 @@ class WebSocketConnection(asyncio.Protocol):
             return
         self._done = True
         if self._inbox is None:  # else the running _handle task tells the hub
-            self._endpoint.spawn(self._endpoint.hub.closed(self.socket_id))
+            self._endpoint.spawn(self._endpoint.hub.closed(self.socket_id, self.close_code))
 
 
 class WebSocketEndpoint:
@@ -343,7 +347,7 @@ class WebSocketEndpoint:
         if isinstance(app, ConnectionRefused):
             self.hub.refuse(conn, app.close_code, app.message)
         else:
-            conn.admit(app)
+            conn.admit(app, request.headers.get("origin"))
 
     def handshake(self, request: Request) -> App | ConnectionRefused:
         """The app a new connection belongs to, or why it is refused (protocol.md §1.2); used

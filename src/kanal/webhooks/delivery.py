@@ -23,6 +23,7 @@ from typing import Protocol
 from urllib.parse import urlsplit
 
 from kanal.config import App, WebhookSettings, WebhookTarget
+from kanal.console.recorder import BODY_LIMIT, Recorder
 from kanal.protocol.signatures import webhook_signature
 from kanal.protocol.webhooks import WebhookEvent, webhook_body
 
@@ -127,6 +128,8 @@ class _Batch:
     headers: dict[str, str]
     size: int
     deadline: float  # monotonic; no retry starts after it
+    app_id: str
+    names: tuple[str, ...]  # the events' names, for the console's webhook inspector
 
 
 def request_headers(app: App, target: WebhookTarget, signature: str) -> dict[str, str]:
@@ -159,6 +162,7 @@ class TargetSender:
         backoff: retry delays.
         wall: Unix time in seconds, for ``time_ms``; ``monotonic``: for every deadline.
         rng: source of retry jitter.
+        console: the live console's recorder; every attempt is reported to it.
     """
 
     def __init__(
@@ -171,8 +175,10 @@ class TargetSender:
         wall: Callable[[], float],
         monotonic: Callable[[], float],
         rng: random.Random,
+        console: Recorder | None = None,
     ) -> None:
         self.target = target
+        self._console = console
         self._settings = settings
         self._stats = stats
         self._backoff = backoff
@@ -292,7 +298,8 @@ class TargetSender:
         headers = request_headers(app, self.target, webhook_signature(app.secret, body))
         # §5: retry until retry_window after the oldest event in the batch occurred.
         deadline = min(e.at for e in entries) + self._settings.retry_window
-        return _Batch(body, headers, len(entries), deadline)
+        names = tuple(e.event.name for e in entries)
+        return _Batch(body, headers, len(entries), deadline, app.id, names)
 
     async def _gather(self, until: float, limit: int) -> None:
         while len(self._queue) < limit and not self._draining:
@@ -307,14 +314,18 @@ class TargetSender:
         """webhooks.md §5: retry with back-off until the deadline, then drop and log."""
         failures = 0
         while True:
-            problem = await self._attempt(client, batch)
+            started = self._now()
+            status, problem = await self._attempt(client, batch)
+            took = self._now() - started
             if problem is None:
                 self._stats.sent += batch.size
+                self._inspect(batch, status, None, took, failures + 1, None)
                 return
             self._stats.failed_attempts += 1
             delay = self._backoff.delay(failures, self._rng)
             failures += 1
             if self._now() + delay > batch.deadline:
+                self._inspect(batch, status, problem, took, failures, None)
                 self._stats.dropped_expired += batch.size
                 log.error(
                     "webhook to %s dropped after %d attempt(s), last: %s; %d event(s) lost",
@@ -331,18 +342,48 @@ class TargetSender:
                 failures,
                 delay,
             )
+            self._inspect(batch, status, problem, took, failures, delay)
             await asyncio.sleep(delay)
 
-    async def _attempt(self, client: WebhookClient, batch: _Batch) -> str | None:
-        """One POST; ``None`` on any 2xx, else why it failed. Redirects are failures (§5)."""
+    async def _attempt(self, client: WebhookClient, batch: _Batch) -> tuple[int | None, str | None]:
+        """One POST: its status (None without an answer), and ``None`` on any 2xx, else why
+        it failed. Redirects are failures (§5)."""
         try:
             async with asyncio.timeout(self._settings.request_timeout):
                 status = await client.post(self.target.url, batch.body, batch.headers)
         except TimeoutError:
-            return f"no answer within {self._settings.request_timeout}s"
+            return None, f"no answer within {self._settings.request_timeout}s"
         except Exception as exc:  # connection refused, DNS, TLS, protocol errors, …
-            return f"{type(exc).__name__}: {exc}"
-        return None if 200 <= status < 300 else f"HTTP {status}"
+            return None, f"{type(exc).__name__}: {exc}"
+        return status, None if 200 <= status < 300 else f"HTTP {status}"
+
+    def _inspect(
+        self,
+        batch: _Batch,
+        status: int | None,
+        problem: str | None,
+        took: float,
+        attempt: int,
+        retry_in: float | None,
+    ) -> None:
+        """One attempt for the console's webhook inspector: never the headers (they carry
+        the signature and possibly a token), the endpoint without credentials or query."""
+        if self._console is None:
+            return
+        outcome = "delivered" if problem is None else "retrying" if retry_in else "dropped"
+        self._console.webhook(
+            batch.app_id,
+            outcome,
+            endpoint=self._url,
+            events=list(batch.names),
+            body=batch.body[:BODY_LIMIT].decode(errors="replace"),
+            truncated=len(batch.body) > BODY_LIMIT,
+            status=status,
+            error=problem,
+            duration_ms=round(took * 1000, 1),
+            attempt=attempt,
+            next_retry=None if retry_in is None else round((self._wall() + retry_in) * 1000),
+        )
 
 
 def _finish(entries: list[Entry]) -> None:

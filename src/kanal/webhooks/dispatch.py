@@ -29,7 +29,8 @@ from collections.abc import Callable
 from typing import Protocol
 
 from kanal.config import App, WebhookSettings, WebhookTarget
-from kanal.protocol.webhook_grace import GracePeriod
+from kanal.console import Recorder
+from kanal.protocol.webhook_grace import CLOSING, GracePeriod
 from kanal.protocol.webhooks import WebhookEvent
 from kanal.webhooks.delivery import (
     Backoff,
@@ -107,6 +108,8 @@ class WebhookDispatcher:
         rng: source of retry jitter (seed it for reproducible tests).
         hooks: an embedded node's in-process hooks, a target of every app; this dispatcher
             starts and closes them.
+        console: the live console's recorder: events the grace period holds or cancels, and
+            (through each endpoint's sender) every delivery attempt.
     """
 
     def __init__(
@@ -120,9 +123,11 @@ class WebhookDispatcher:
         backoff_cap: float = 60.0,
         rng: random.Random | None = None,
         hooks: Hooks | None = None,
+        console: Recorder | None = None,
     ) -> None:
         self.settings = settings
         self.hooks = hooks
+        self.console = console
         self.stats = WebhookStats()
         self._wall = wall
         self._now = monotonic
@@ -169,9 +174,27 @@ class WebhookDispatcher:
                 hooks.dropped_late(app.id, event.name)
             log.warning("webhook event %s emitted after shutdown: dropped", event.name)
             return
-        for item in self._grace.offer(app.id, event, (app, event), self._now()):
+        passed = self._grace.offer(app.id, event, (app, event), self._now())
+        for item in passed:
             self._route(item)
+        if self.console is not None and not any(item[1] is event for item in passed):
+            self._report_grace(app, event)
         self._arm_timer()
+
+    def _report_grace(self, app: App, event: WebhookEvent) -> None:
+        """The grace period kept ``event``: a removal is held, or an opening cancelled a held
+        removal and is itself dropped (webhooks.md §4); the inspector shows both."""
+        assert self.console is not None
+        hooks = self.hooks
+        wanted = any(wants(target, event) for target in app.webhooks)
+        if not wanted and not (hooks is not None and hooks.wants(app.id, event.name)):
+            return  # held or cancelled, but no endpoint or hook would have been sent it
+        fields = {"events": [event.name], "channel": event.channel, "user_id": event.user_id}
+        if event.name in CLOSING:
+            release = self._wall() + self.settings.grace_period
+            self.console.webhook(app.id, "held", release_at=round(release * 1000), **fields)
+        else:
+            self.console.webhook(app.id, "cancelled", **fields)
 
     def _route(self, item: _Item) -> None:
         """An event leaves the grace period (at once for those it does not hold): stamped now,
@@ -235,6 +258,7 @@ class WebhookDispatcher:
                 wall=self._wall,
                 monotonic=self._now,
                 rng=self._rng,
+                console=self.console,
             )
             self._senders[(app.id, target)] = sender
             if self._client is not None:
