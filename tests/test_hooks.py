@@ -275,8 +275,8 @@ async def test_a_raising_and_a_slow_hook_delay_neither_messages_nor_other_hooks(
     assert all(r.exc_info and isinstance(r.exc_info[1], RuntimeError) for r in failures)
     assert "test_hooks.test_a_raising_and_a_slow_hook" in failures[0].getMessage()
     text = await scrape(server)
-    assert 'kanal_hooks_failed_total{reason="error"} 3' in text
-    assert "kanal_hooks_run_total 12" in text
+    assert 'kanal_hooks_failed_total{reason="error"} 3.0' in text
+    assert "kanal_hooks_run_total 12.0" in text
 
 
 async def test_a_hook_that_times_out_is_logged_and_its_next_event_waits_for_it(
@@ -319,7 +319,7 @@ async def test_a_hook_that_times_out_is_logged_and_its_next_event_waits_for_it(
         r.getMessage() for r in caplog.records if "did not return within 0.2s" in r.getMessage()
     ]
     assert len(late) == 2 and all("client_event private-chat" in m for m in late)
-    assert 'kanal_hooks_failed_total{reason="timeout"} 2' in await scrape(server)
+    assert 'kanal_hooks_failed_total{reason="timeout"} 2.0' in await scrape(server)
 
 
 async def test_a_full_hook_queue_drops_the_oldest_events_and_counts_them(embed: Embed) -> None:
@@ -347,7 +347,7 @@ async def test_a_full_hook_queue_drops_the_oldest_events_and_counts_them(embed: 
                 assert data_of(frame) == n
             await wait_until(lambda: hooks.stats.dropped_overflow == 6, what="six drops")
             assert hooks.pending == 4  # the call in progress and the queue's three
-            assert 'kanal_hooks_dropped_total{reason="overflow"} 6' in await scrape(server)
+            assert 'kanal_hooks_dropped_total{reason="overflow"} 6.0' in await scrape(server)
     finally:
         release.set()
     await wait_until(lambda: len(ran) == 4, what="the queued events")

@@ -1,28 +1,45 @@
-"""``GET /metrics``: Prometheus text with connection, delivery and HTTP counters."""
+"""``GET /metrics``: prometheus-client's exposition of kanal's counters, gauges and histograms
+(docs/metrics.md); the metrics port; summing the expositions of a worker group."""
 
 from __future__ import annotations
 
-import aiohttp
+import asyncio
+import math
 
-from kanal.metrics import Metrics
-from tests.conftest import RunningServer
+import aiohttp
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from kanal.metrics import Histogram, Metrics, merge_expositions
+from tests.cluster_nodes import free_port
+from tests.conftest import APP_ID, RunningServer, StartServer
 from tests.wsclient import Clients, trigger
 
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
-async def scrape(server: RunningServer) -> dict[str, float]:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(server.base_url + "/metrics") as response,
-    ):
+
+def parse(text: str) -> Samples:
+    """Every sample of an exposition, by name and labels, read with prometheus-client."""
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+async def scrape_text(url: str) -> str:
+    async with aiohttp.ClientSession() as session, session.get(url + "/metrics") as response:
         assert response.status == 200
         assert response.content_type == "text/plain"
-        text = await response.text()
-    values: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            values[name] = float(value)
-    return values
+        return await response.text()
+
+
+async def scrape(server: RunningServer) -> Samples:
+    return parse(await scrape_text(server.base_url))
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples[(name, frozenset(labels.items()))]
 
 
 async def test_metrics_count_connections_deliveries_and_requests(
@@ -40,30 +57,115 @@ async def test_metrics_count_connections_deliveries_and_requests(
         for client in subscribers[1:]:
             await client.expect_next("second", channel="news")
         values = await scrape(kanal_server)
-    assert values["kanal_connections"] == 3
-    assert values["kanal_channels"] == 1
-    assert values["kanal_deliveries_total"] == 3 + 2
-    assert values["kanal_connections_opened_total"] == 3
-    assert values['kanal_http_requests_total{endpoint="events",status="200"}'] == 2
+    assert value(values, "kanal_connections", app=APP_ID) == 3
+    assert value(values, "kanal_channels") == 1
+    assert value(values, "kanal_deliveries_total", app=APP_ID) == 3 + 2
+    assert value(values, "kanal_connections_opened_total", app=APP_ID) == 3
+    assert value(values, "kanal_messages_received_total", app=APP_ID) == 3  # the subscribes
+    requests = {"app": APP_ID, "endpoint": "events"}
+    assert value(values, "kanal_http_requests_total", status="200", **requests) == 2
+    assert value(values, "kanal_http_request_duration_seconds_count", endpoint="events") == 2
+    assert value(values, "kanal_broadcast_fanout_seconds_count") == 2  # one per broadcast
+    assert value(values, "kanal_scrape_workers", state="answered") == 1
 
 
-def test_render_format() -> None:
+async def test_api_calls_without_a_known_app_have_an_empty_app_label(
+    kanal_server: RunningServer,
+) -> None:
+    """Label values come from the configured apps only: an unknown id in the path is not one
+    (else any client could create series at will)."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(kanal_server.base_url + "/apps/999/channels") as response,
+    ):
+        assert response.status == 404
+    values = await scrape(kanal_server)
+    labels = {"app": "", "endpoint": "channels", "status": "404"}
+    assert value(values, "kanal_http_requests_total", **labels) == 1
+    assert not [key for key in values if ("app", "999") in key[1]]
+
+
+async def test_metrics_port_serves_metrics_and_the_main_port_no_longer_does(
+    start_server: StartServer,
+) -> None:
+    server = await start_server(metrics_port=free_port())
+    listener = server.server.metrics_listener
+    assert listener is not None
+    metrics_url = f"http://127.0.0.1:{listener.port}"
+    async with aiohttp.ClientSession() as session:
+        async with session.get(server.base_url + "/metrics") as response:
+            assert response.status == 404
+        async with session.get(metrics_url + "/") as response:
+            assert response.status == 404  # /metrics only: no API, no health, no WebSocket
+        async with session.post(metrics_url + "/metrics") as response:
+            assert response.status == 405
+        with pytest.raises(aiohttp.WSServerHandshakeError):
+            await session.ws_connect(metrics_url + "/app/app-key")
+    assert ("kanal_channels", frozenset()) in parse(await scrape_text(metrics_url))
+
+
+def test_histogram_buckets_are_less_or_equal_and_cumulative() -> None:
+    histogram = Histogram((0.1, 1.0))
+    for observed in (0.05, 0.1, 0.5, 1.0, 7.0):
+        histogram.observe(observed)
+    assert histogram.cumulative() == [("0.1", 2), ("1.0", 4), ("+Inf", 5)]
+    assert histogram.count == 5
+    assert math.isclose(histogram.total, 8.65)
+
+
+def test_a_family_is_registered_with_one_kind_and_one_set_of_labels() -> None:
     metrics = Metrics()
-    metrics.describe("a_total", "things")
-    metrics.inc("a_total", 2)
-    metrics.inc_labelled("b_total", {"x": "1"})
-    metrics.sampled_counter("c_total", lambda: 5, "sampled", 'reason="r"')
-    metrics.gauge("g", lambda: 1.5, "a gauge")
-    assert metrics.render().splitlines() == [
-        "# HELP a_total things",
-        "# TYPE a_total counter",
-        "a_total 2",
-        "# TYPE b_total counter",
-        'b_total{x="1"} 1',
-        "# HELP c_total sampled",
-        "# TYPE c_total counter",
-        'c_total{reason="r"} 5',
-        "# HELP g a gauge",
-        "# TYPE g gauge",
-        "g 1.5",
-    ]
+    metrics.counter("kanal_x_total", "x", lambda: 1, reason="a")
+    metrics.counter("kanal_x_total", "x", lambda: 2, reason="b")
+    with pytest.raises(ValueError, match="registered as counter"):
+        metrics.gauge("kanal_x_total", "x", lambda: 1, reason="c")
+    with pytest.raises(ValueError, match="registered as counter"):
+        metrics.counter("kanal_x_total", "x", lambda: 1, other="c")
+    values = parse(metrics.render().decode())
+    assert value(values, "kanal_x_total", reason="a") == 1
+    assert value(values, "kanal_x_total", reason="b") == 2
+
+
+def test_merging_sums_every_sample_of_every_worker() -> None:
+    workers = []
+    for index in range(3):
+        metrics = Metrics()
+        metrics.apps["1"].opened += index + 1
+        metrics.apps[str(index)].deliveries += 10  # an app only one worker has seen
+        metrics.fanout.observe(1e-4 * (index + 1))
+        metrics.request("1", "events", 200, 0.001)
+        metrics.gauge("kanal_channels", "channels", lambda: 2)
+        workers.append(metrics.render().decode())
+    merged = parse(merge_expositions(workers, missing=1).decode())
+    assert value(merged, "kanal_connections_opened_total", app="1") == 1 + 2 + 3
+    assert value(merged, "kanal_connections", app="1") == 6
+    assert value(merged, "kanal_deliveries_total", app="2") == 10
+    assert value(merged, "kanal_channels") == 6
+    assert value(merged, "kanal_broadcast_fanout_seconds_bucket", le="0.0001") == 1
+    assert value(merged, "kanal_broadcast_fanout_seconds_bucket", le="0.00025") == 2
+    assert value(merged, "kanal_broadcast_fanout_seconds_bucket", le="+Inf") == 3
+    assert math.isclose(value(merged, "kanal_broadcast_fanout_seconds_sum"), 6e-4)
+    labels = {"app": "1", "endpoint": "events", "status": "200"}
+    assert value(merged, "kanal_http_requests_total", **labels) == 3
+    assert value(merged, "kanal_scrape_workers", state="answered") == 3
+    assert value(merged, "kanal_scrape_workers", state="missing") == 1
+    # the merged text is a valid exposition with the same families and types
+    families = {f.name: f.type for f in text_string_to_metric_families(workers[0])}
+    merged_families = {f.name: f.type for f in text_string_to_metric_families(
+        merge_expositions(workers).decode())}  # fmt: skip
+    assert merged_families == families
+
+
+async def test_a_scrape_during_a_fan_out_is_consistent(kanal_server: RunningServer) -> None:
+    """The counters are read between two event-loop steps: a scrape never sees half of a
+    broadcast (the hub adds once, after handing the frame to everyone)."""
+    async with Clients() as clients:
+        subscribers = [await clients.connect(kanal_server) for _ in range(5)]
+        for client in subscribers:
+            await client.subscribe("news")
+        triggers = [trigger(kanal_server, "news", f"e{n}", "{}") for n in range(10)]
+        results = await asyncio.gather(*triggers, *(scrape(kanal_server) for _ in range(5)))
+        for samples in results[10:]:
+            assert isinstance(samples, dict)
+            deliveries = value(samples, "kanal_deliveries_total", app=APP_ID)
+            assert deliveries % 5 == 0

@@ -169,7 +169,7 @@ async def test_reconcile_sends_local_subscribers_what_they_missed() -> None:
             ("pusher_internal:member_removed", {"user_id": "left"}),
         ]
     assert h.webhooks.events == webhooks  # client events only: no webhook
-    assert h.hub.metrics.counters["kanal_presence_reconciled_total"] == 2
+    assert h.hub.metrics.presence_reconciled == 2
 
     late = await h.connect()  # a joiner gets exactly what the others hold
     await h.join(late, "late")

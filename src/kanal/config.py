@@ -91,6 +91,7 @@ class ServerSettings:
     trust_proxy_headers: bool = False
     coalesce_writes: bool = True
     admin_token: str = field(default="", repr=False)  # a password: never in a repr or a log
+    metrics_port: int = 0
 
 
 @dataclass(frozen=True, slots=True)

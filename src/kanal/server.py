@@ -13,8 +13,10 @@ import contextlib
 import gc
 import logging
 import resource
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -30,14 +32,22 @@ from kanal.config import Config, ServerSettings
 from kanal.console import Recorder
 from kanal.hub import Hub, NullWebhooks, WebhookSink
 from kanal.metrics import Metrics
+from kanal.metrics.sources import register_hooks, register_node, register_queue, register_webhooks
 from kanal.protocol.errors import CloseCode
 from kanal.service import ChannelsApi
 from kanal.settings import DEV_APP, is_default_credentials
 from kanal.transport.console import Console
 from kanal.transport.frames import text_frame
-from kanal.transport.http import HttpApi
-from kanal.transport.listener import Listener, ListenError, probe_bind, tls_context
+from kanal.transport.http import HttpApi, Scrape
+from kanal.transport.listener import (
+    Listener,
+    ListenError,
+    MetricsListener,
+    probe_bind,
+    tls_context,
+)
 from kanal.transport.websocket import WebSocketEndpoint
+from kanal.transport.worker_metrics import WorkerGroup, WorkerMetrics
 from kanal.webhooks import Hooks, RedisWebhookQueue, WebhookDispatcher
 from kanal.workers import supervise
 
@@ -82,6 +92,7 @@ class Server:
     ticker: asyncio.Future[None] | None = None
     hooks: Hooks | None = None  # an embedded node's in-process hooks (kanal.asgi)
     webhooks: WebhookSink | None = None  # the hub's sink: dispatcher, cluster queue, or null
+    metrics_listener: MetricsListener | None = None  # with [server] metrics_port
 
     async def start(self) -> None:
         """Start what runs beside the transports: cluster upkeep, webhooks, the heartbeat
@@ -123,7 +134,7 @@ def _webhook_sink(
     without endpoints or hooks, ``kanal serve``'s, included; docs/scaling.md).
     """
     if hooks is not None:
-        _register_hook_metrics(metrics, hooks)
+        register_hooks(metrics, hooks)
     scaling = config.scaling
     cluster = scaling.adapter == "redis"
     has_webhooks = any(app.webhooks for app in config.apps)
@@ -132,9 +143,9 @@ def _webhook_sink(
     dispatcher = WebhookDispatcher(
         config.webhooks, hooks=None if cluster else hooks, console=recorder
     )
-    if has_webhooks:
-        _register_webhook_metrics(metrics, dispatcher)
     if not cluster:
+        if has_webhooks:
+            register_webhooks(metrics, dispatcher, None)
         return dispatcher, [dispatcher.start], [dispatcher.close]
     # webhooks.md in a cluster: one shared stream, one sender (docs/scaling.md). The queue
     # starts and closes the dispatcher and the hooks itself.
@@ -149,46 +160,10 @@ def _webhook_sink(
         hooks=hooks,
         lead_webhooks=has_webhooks,
     )
+    if has_webhooks:
+        register_webhooks(metrics, dispatcher, queue)
+        register_queue(metrics, queue)
     return queue, [queue.start], [queue.close, client.aclose]
-
-
-def _register_webhook_metrics(metrics: Metrics, dispatcher: WebhookDispatcher) -> None:
-    stats = dispatcher.stats
-    metrics.sampled_counter(
-        "kanal_webhooks_sent_total", lambda: stats.sent, "Webhook events delivered (2xx)"
-    )
-    metrics.sampled_counter(
-        "kanal_webhooks_failed_attempts_total",
-        lambda: stats.failed_attempts,
-        "Webhook HTTP attempts that failed",
-    )
-    dropped = "Webhook events given up"
-    for reason, read in (
-        ("expired", lambda: stats.dropped_expired),
-        ("overflow", lambda: stats.dropped_overflow),
-        ("shutdown", lambda: stats.dropped_shutdown),
-    ):
-        metrics.sampled_counter("kanal_webhooks_dropped_total", read, dropped, f'reason="{reason}"')
-    metrics.gauge("kanal_webhooks_pending", lambda: dispatcher.pending, "Webhook events queued")
-
-
-def _register_hook_metrics(metrics: Metrics, hooks: Hooks) -> None:
-    stats = hooks.stats
-    metrics.sampled_counter(
-        "kanal_hooks_run_total", lambda: stats.ran, "In-process hook calls that returned"
-    )
-    failed = "In-process hook calls that raised or timed out"
-    for reason, read in (("error", lambda: stats.failed), ("timeout", lambda: stats.timed_out)):
-        metrics.sampled_counter("kanal_hooks_failed_total", read, failed, f'reason="{reason}"')
-    dropped = "Events an in-process hook never ran"
-    for reason, read in (
-        ("overflow", lambda: stats.dropped_overflow),
-        ("shutdown", lambda: stats.dropped_shutdown),
-    ):
-        metrics.sampled_counter("kanal_hooks_dropped_total", read, dropped, f'reason="{reason}"')
-    metrics.gauge(
-        "kanal_hooks_pending", lambda: hooks.pending, "Events queued or running, per hook"
-    )
 
 
 @dataclass
@@ -229,14 +204,19 @@ def _adapters(config: Config) -> tuple[Membership, Broker, _Cluster | None]:
 
 
 def build(
-    config: Config, *, frame: Callable[[bytes], bytes] = text_frame, hooks: bool = False
+    config: Config,
+    *,
+    frame: Callable[[bytes], bytes] = text_frame,
+    hooks: bool = False,
+    group: WorkerGroup | None = None,
 ) -> Server:
     """Wire a node from ``config``; nothing is started.
 
     ``frame`` turns each broadcast's JSON into what a connection is handed, once per event:
     a complete RFC 6455 frame for kanal's own transport, the JSON itself for an ASGI server
     (which frames messages itself). ``hooks``: give the node a registry of in-process hooks
-    (``Server.hooks``, for an embedding app; docs/embedding.md).
+    (``Server.hooks``, for an embedding app; docs/embedding.md). ``group``: this node is a
+    worker of ``kanal serve --workers N``, whose scrapes report the whole group.
     """
     apps = StaticAppStore(config.apps)
     metrics = Metrics()
@@ -259,7 +239,7 @@ def build(
         console=recorder,
     )
     settings = config.server
-    _register_gauges(hub)
+    register_node(metrics, hub, [app.id for app in config.apps])
     starters, closers = list(webhook_start), []
     if cluster is not None:
         maintainer = cluster.attach(hub, apps, readiness)
@@ -287,6 +267,12 @@ def build(
             cluster=cluster is not None,
             node_connections=lambda: hub.connection_count,
         )
+    scrape = _scrape(metrics, group, starters, closers)
+    metrics_listener = None
+    if settings.metrics_port:  # then the main port does not serve /metrics (docs/metrics.md)
+        metrics_listener = MetricsListener(scrape, max_request_bytes=settings.max_request_bytes)
+        starters.append(_metrics_port_starter(metrics_listener, settings))
+        closers.insert(0, metrics_listener.stop)
     http = HttpApi(
         service,
         apps,
@@ -296,6 +282,7 @@ def build(
         expose_signature_hint=settings.expose_signature_hint,
         ready=readiness.check,
         console=console,
+        scrape=None if metrics_listener is not None else scrape,
     )
     listener = Listener(
         websocket,
@@ -316,7 +303,43 @@ def build(
         closers,
         hooks=registry,
         webhooks=webhooks,
+        metrics_listener=metrics_listener,
     )
+
+
+def _scrape(
+    metrics: Metrics, group: WorkerGroup | None, starters: Lifecycle, closers: Lifecycle
+) -> Scrape:
+    """What ``GET /metrics`` answers: this process's metrics, or its worker group's sum."""
+    if group is None:
+
+        async def scrape() -> bytes:
+            return metrics.render()
+
+        return scrape
+    workers = WorkerMetrics(group, metrics.render)
+    starters.append(workers.start)
+    closers.append(workers.close)
+    return workers.scrape
+
+
+def _metrics_port_starter(
+    listener: MetricsListener, settings: ServerSettings
+) -> Callable[[], Awaitable[None]]:
+    async def start() -> None:
+        try:
+            port = await listener.start(
+                settings.host,
+                settings.metrics_port,
+                reuse_port=settings.workers > 1,
+                tls_cert_file=settings.tls_cert_file,
+                tls_key_file=settings.tls_key_file,
+            )
+        except ListenError as exc:
+            raise StartupError(str(exc)) from None
+        log.info("kanal metrics on %s:%s/metrics", settings.host, port)
+
+    return start
 
 
 def _freeze_startup_heap() -> None:
@@ -325,18 +348,6 @@ def _freeze_startup_heap() -> None:
     node that pause lands in the middle of a fan-out (docs/performance.md, latency)."""
     gc.collect()
     gc.freeze()
-
-
-def _register_gauges(hub: Hub) -> None:
-    metrics = hub.metrics
-    metrics.gauge("kanal_connections", lambda: hub.connection_count, "Open WebSocket connections")
-    metrics.gauge("kanal_channels", lambda: hub.channel_count, "Channels with local subscribers")
-    metrics.describe("kanal_deliveries_total", "Frames handed to local subscribers")
-    metrics.describe("kanal_messages_received_total", "Text frames received from clients")
-    metrics.describe(
-        "kanal_presence_reconciled_total",
-        "Presence member events sent to local subscribers by reconciliation with Redis",
-    )
 
 
 async def _tick(hub: Hub) -> None:
@@ -390,6 +401,8 @@ def check_listen(settings: ServerSettings) -> None:
     try:
         tls_context(settings.tls_cert_file, settings.tls_key_file)
         probe_bind(settings.host, settings.port)
+        if settings.metrics_port:
+            probe_bind(settings.host, settings.metrics_port)
     except ListenError as exc:
         raise StartupError(str(exc)) from None
 
@@ -403,18 +416,27 @@ def run(config: Config) -> None:
     )
     _warn_default_credentials(config)
     raise_open_files_limit()
-    if config.server.workers > 1:
+    workers = config.server.workers
+    if workers > 1:
         check_listen(config.server)
-        raise SystemExit(supervise(config.server.workers, lambda _index: _run_node(config)))
+        # The workers answer each other's metrics on Unix sockets in here (mode 0700).
+        directory = tempfile.mkdtemp(prefix="kanal-workers-")
+        try:
+            status = supervise(
+                workers, lambda index: _run_node(config, WorkerGroup(directory, index, workers))
+            )
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
+        raise SystemExit(status)
     _run_node(config)
 
 
-def _run_node(config: Config) -> None:
+def _run_node(config: Config, group: WorkerGroup | None = None) -> None:
     with contextlib.suppress(ImportError):
         import uvloop
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    asyncio.run(_main(config))
+    asyncio.run(_main(config, group))
 
 
 #: Below this many open files per process, say so at start-up: every connection is one.
@@ -458,8 +480,8 @@ def _warn_default_credentials(config: Config) -> None:
             )
 
 
-async def _main(config: Config) -> None:
-    server = build(config)
+async def _main(config: Config, group: WorkerGroup | None) -> None:
+    server = build(config, group=group)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -135,7 +135,7 @@ class Hub:
             return False
         session = Session(app, conn.socket_id, self._now())
         self._locals[conn.socket_id] = Local(conn, session)
-        self.metrics.inc("kanal_connections_opened_total")
+        self.metrics.apps[app.id].opened += 1
         conn.send(self._frame(session.established().payload))
         return True
 
@@ -144,7 +144,7 @@ class Hub:
         local = self._locals.get(socket_id)
         if local is None:
             return
-        self.metrics.inc("kanal_messages_received_total")
+        self.metrics.apps[local.session.app.id].received += 1
         if self.console.watching:
             self.console.received(local.session.app.id)
         for command in local.session.receive(text, self._now()):
@@ -174,8 +174,8 @@ class Hub:
         if local is None:
             return
         local.session.close()
-        self.metrics.inc("kanal_connections_closed_total")
         app = local.session.app
+        self.metrics.apps[app.id].closed += 1
         if self.console.watching:
             self.console.event(app.id, "disconnected", socket_id=socket_id, code=code)
         for channel in list(local.channels):
@@ -337,7 +337,7 @@ class Hub:
             confirmations=confirmations,
             restart=restart,
         )
-        self.metrics.inc("kanal_presence_reconciled_total", sent)
+        self.metrics.presence_reconciled += sent
         return sent
 
     async def _relay(self, local: Local, command: Relay) -> None:
@@ -410,12 +410,17 @@ class Hub:
         subscribers = self._channels.get(app_id, channel)
         if not subscribers or (len(subscribers) == 1 and exclude in subscribers):
             return
+        started = self._now()
         frame = self._frame(payload)
         for socket_id, conn in subscribers.items():
             if socket_id != exclude:
                 conn.send(frame)
         sent = len(subscribers) - (exclude in subscribers)
-        self.metrics.inc("kanal_deliveries_total", sent)
+        metrics = self.metrics
+        # One addition per broadcast, never per recipient (docs/metrics.md), and one sample
+        # of the fan-out time.
+        metrics.apps[app_id].deliveries += sent
+        metrics.fanout.observe(self._now() - started)
         if self.console.watching:
             self.console.delivered(app_id, sent)
 

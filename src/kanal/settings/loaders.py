@@ -295,6 +295,11 @@ def _cross_check(config: Config, sections: Mapping[str, Layer], apps: list[Layer
             f"{origin('server', 'workers')}: server.workers: more than 1 worker "
             "needs scaling.adapter = 'redis'"
         )
+    if config.server.metrics_port and config.server.metrics_port == config.server.port:
+        raise ConfigError(
+            f"{origin('server', 'metrics_port')}: server.metrics_port: must differ from "
+            "server.port (0 serves /metrics on the main port)"
+        )
     if bool(config.server.tls_cert_file) != bool(config.server.tls_key_file):
         raise ConfigError(
             f"{origin('server', 'tls_cert_file')}: server.tls_cert_file: tls_cert_file and "

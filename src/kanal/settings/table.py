@@ -143,6 +143,7 @@ tls_key_file         -          PEM private key for tls_cert_file.
 trust_proxy_headers  -          Trust X-Forwarded-Proto from a TLS-terminating proxy (require_tls).
 coalesce_writes      -          Write each connection's frames once per loop iteration (faster).
 admin_token          admin_token Turns on /console; its password (16+ characters). Empty: off.
+metrics_port         port       Serve /metrics on this port instead of the main one; 0 = main port.
 [webhooks]           KANAL_WEBHOOKS_ --webhooks-
 grace_period         nonneg     Seconds to hold channel_vacated/member_removed (dropped if undone).
 batch_window         nonneg     Seconds to gather events into one request for batching apps.

@@ -18,7 +18,7 @@ import orjson
 
 from kanal.apps import AppStore
 from kanal.config import App
-from kanal.metrics import Metrics
+from kanal.metrics import CONTENT_TYPE, Metrics
 from kanal.protocol import api
 from kanal.protocol.errors import ApiError
 from kanal.protocol.signatures import verify_request
@@ -32,6 +32,8 @@ log = logging.getLogger("kanal.http")
 
 Handler = Callable[[Request, App, bytes], Awaitable[Any]]
 Endpoint = Callable[[Request], Awaitable[Response]]
+#: The exposition ``GET /metrics`` answers: this process's, or its worker group's.
+Scrape = Callable[[], Awaitable[bytes]]
 
 
 class _Route:
@@ -63,7 +65,8 @@ def _json(body: Any, status: int = 200) -> Response:
 
 
 class HttpApi:
-    """The six endpoints, the Python SDK's terminate path, ``GET /`` and ``GET /ready``."""
+    """The six endpoints, the Python SDK's terminate path, ``GET /``, ``GET /ready`` and
+    ``GET /metrics`` (unless ``scrape`` is None: ``metrics_port`` serves it instead)."""
 
     def __init__(
         self,
@@ -77,6 +80,7 @@ class HttpApi:
         ready: Callable[[], tuple[bool, str]],
         wall: Callable[[], float] = time.time,
         console: Console | None = None,
+        scrape: Scrape | None = None,
     ) -> None:
         self._service = service
         self._apps = apps
@@ -86,17 +90,18 @@ class HttpApi:
         self._hint = expose_signature_hint
         self._ready = ready
         self._wall = wall
+        self._scrape = scrape
         self._table = self._routes()
         if console is not None:  # off unless [server] admin_token is set (docs/console.md)
             self._table += [_Route(*route) for route in console.routes()]
 
     def _routes(self) -> list[_Route]:
         wrap = self._wrap
-
+        metrics = [_Route("GET", "metrics", self.metrics)] if self._scrape is not None else []
         return [
             _Route("GET", "", self.health),
             _Route("GET", "ready", self.readiness),
-            _Route("GET", "metrics", self.metrics),
+            *metrics,
             _Route("POST", "apps/{app_id}/events", wrap(self.events)),
             _Route("POST", "apps/{app_id}/batch_events", wrap(self.batch)),
             _Route("GET", "apps/{app_id}/channels", wrap(self.channels)),
@@ -135,21 +140,26 @@ class HttpApi:
 
     async def metrics(self, request: Request) -> Response:
         """Prometheus text format (docs/metrics.md)."""
-        return Response(200, self._metrics.render().encode())
+        assert self._scrape is not None  # the route exists only with a scrape
+        return Response(200, await self._scrape(), CONTENT_TYPE)
 
     async def readiness(self, request: Request) -> Response:
         ok, detail = self._ready()
         return _json({"ready": ok, "detail": detail}, 200 if ok else 503)
 
     def _wrap(self, handler: Handler) -> Endpoint:
+        name = handler.__name__
+
         async def endpoint(request: Request) -> Response:
+            started = time.perf_counter()
+            app_id = ""  # until authenticated: an unknown id in the path is no label value
             try:
                 app, body = self._authenticate(request)
+                app_id = app.id
                 response = _json(await handler(request, app, body))
             except ApiError as error:
                 response = Response(error.status, error.message.encode())
-            labels = {"endpoint": handler.__name__, "status": str(response.status)}
-            self._metrics.inc_labelled("kanal_http_requests_total", labels)
+            self._metrics.request(app_id, name, response.status, time.perf_counter() - started)
             return response
 
         return endpoint

@@ -1,4 +1,5 @@
-"""One listening socket serving the WebSocket endpoint and the HTTP API.
+"""One listening socket serving the WebSocket endpoint and the HTTP API, and the optional
+second one that serves only ``/metrics`` (``metrics_port``).
 
 Ownership rule: the listening socket lives here; ``kanal.server`` starts and stops it
 through :class:`Listener` without knowing the network code. Each accepted connection starts
@@ -15,7 +16,8 @@ import os
 import socket
 import ssl
 
-from kanal.transport.http import HttpApi
+from kanal.metrics import CONTENT_TYPE
+from kanal.transport.http import HttpApi, Scrape
 from kanal.transport.http11 import HttpServer, Request, Response
 from kanal.transport.websocket import WebSocketEndpoint
 
@@ -24,6 +26,7 @@ __all__ = [
     "LISTEN_BACKLOG",
     "ListenError",
     "Listener",
+    "MetricsListener",
     "probe_bind",
     "tls_context",
 ]
@@ -82,6 +85,24 @@ def probe_bind(host: str, port: int) -> None:
             raise _bind_error(host, port, exc) from None
 
 
+async def _listen(
+    connections: HttpServer, host: str, port: int, reuse_port: bool, tls: ssl.SSLContext | None
+) -> asyncio.Server:
+    # A reconnect storm (every pusher-js client after a 4200 close) arrives at once: with
+    # a backlog of 128 the kernel drops SYNs and clients retry for seconds.
+    try:
+        return await asyncio.get_running_loop().create_server(
+            connections.protocol,
+            host,
+            port,
+            reuse_port=reuse_port or None,
+            ssl=tls,
+            backlog=LISTEN_BACKLOG,
+        )
+    except OSError as exc:
+        raise _bind_error(host, port, exc) from None
+
+
 class Listener:
     """Routes ``{prefix}/app/{key}``, the HTTP API and health checks; start/stop the port."""
 
@@ -124,20 +145,9 @@ class Listener:
         Raises:
             ListenError: the TLS files are unusable or the address cannot be bound.
         """
-        tls = tls_context(tls_cert_file, tls_key_file)
-        # A reconnect storm (every pusher-js client after a 4200 close) arrives at once: with
-        # a backlog of 128 the kernel drops SYNs and clients retry for seconds.
-        try:
-            self._server = await asyncio.get_running_loop().create_server(
-                self._connections.protocol,
-                host,
-                port,
-                reuse_port=reuse_port or None,
-                ssl=tls,
-                backlog=LISTEN_BACKLOG,
-            )
-        except OSError as exc:
-            raise _bind_error(host, port, exc) from None
+        self._server = await _listen(
+            self._connections, host, port, reuse_port, tls_context(tls_cert_file, tls_key_file)
+        )
         self.port = self._server.sockets[0].getsockname()[1]
         return self.port
 
@@ -158,3 +168,55 @@ class Listener:
                 await self._websocket.quiet.wait()
         await self._websocket.abort_all()
         self._server = None
+
+
+class MetricsListener:
+    """``metrics_port``: ``GET /metrics`` and nothing else, so that the main port (the one
+    clients and the internet reach) need not expose the unauthenticated metrics."""
+
+    def __init__(self, scrape: Scrape, *, max_request_bytes: int) -> None:
+        self._scrape = scrape
+        self._connections = HttpServer(
+            self._dispatch, _no_upgrade, max_body=max_request_bytes, idle_timeout=HTTP_IDLE_TIMEOUT
+        )
+        self._server: asyncio.Server | None = None
+        self.port = 0
+
+    async def _dispatch(self, request: Request) -> Response:
+        if request.path != "/metrics":
+            return Response(404, b"Not found")
+        if request.method not in ("GET", "HEAD"):
+            return Response(405, b"Method not allowed")
+        return Response(200, await self._scrape(), CONTENT_TYPE)
+
+    async def start(
+        self,
+        host: str,
+        port: int,
+        *,
+        reuse_port: bool = False,
+        tls_cert_file: str = "",
+        tls_key_file: str = "",
+    ) -> int:
+        """Bind and serve (TLS like the main port); returns the bound port.
+
+        Raises:
+            ListenError: the TLS files are unusable or the address cannot be bound.
+        """
+        tls = tls_context(tls_cert_file, tls_key_file)
+        self._server = await _listen(self._connections, host, port, reuse_port, tls)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self.port
+
+    async def stop(self) -> None:
+        if self._server is None:
+            return
+        self._server.close()
+        self._connections.close_idle()
+        self._connections.abort_all()  # a scrape in flight is retried at the next interval
+        self._server = None
+
+
+def _no_upgrade(request: Request, transport: asyncio.Transport, rest: bytes) -> None:
+    transport.write(Response(404, b"Not found").encode(keep_alive=False))
+    transport.close()

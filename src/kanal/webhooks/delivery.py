@@ -18,12 +18,14 @@ import logging
 import random
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 from urllib.parse import urlsplit
 
 from kanal.config import App, WebhookSettings, WebhookTarget
 from kanal.console.recorder import BODY_LIMIT, Recorder
+from kanal.metrics import Histogram
+from kanal.metrics.registry import ATTEMPT_BUCKETS, DELIVERY_BUCKETS, REQUEST_BUCKETS
 from kanal.protocol.signatures import webhook_signature
 from kanal.protocol.webhooks import WebhookEvent, webhook_body
 
@@ -69,6 +71,12 @@ class WebhookStats:
     dropped_expired: int = 0  #: events given up after the retry window (logged at ERROR)
     dropped_overflow: int = 0  #: oldest events pushed out of a full queue (logged at WARNING)
     dropped_shutdown: int = 0  #: events still undelivered when close() gave up, or emitted after
+    #: seconds each POST took to answer (or time out), whatever the outcome
+    request_seconds: Histogram = field(default_factory=lambda: Histogram(REQUEST_BUCKETS))
+    #: seconds from queued (the grace period over) to a 2xx, per request
+    delivery_seconds: Histogram = field(default_factory=lambda: Histogram(DELIVERY_BUCKETS))
+    #: POSTs per request until it was delivered or dropped (retry window over)
+    attempts: Histogram = field(default_factory=lambda: Histogram(ATTEMPT_BUCKETS))
 
 
 class Countdown:
@@ -128,6 +136,7 @@ class _Batch:
     headers: dict[str, str]
     size: int
     deadline: float  # monotonic; no retry starts after it
+    queued: float  # monotonic: when its oldest event was queued
     app_id: str
     names: tuple[str, ...]  # the events' names, for the console's webhook inspector
 
@@ -297,9 +306,10 @@ class TargetSender:
         body = webhook_body(time_ms, (e.event for e in entries))
         headers = request_headers(app, self.target, webhook_signature(app.secret, body))
         # §5: retry until retry_window after the oldest event in the batch occurred.
-        deadline = min(e.at for e in entries) + self._settings.retry_window
+        queued = min(e.at for e in entries)
         names = tuple(e.event.name for e in entries)
-        return _Batch(body, headers, len(entries), deadline, app.id, names)
+        deadline = queued + self._settings.retry_window
+        return _Batch(body, headers, len(entries), deadline, queued, app.id, names)
 
     async def _gather(self, until: float, limit: int) -> None:
         while len(self._queue) < limit and not self._draining:
@@ -313,20 +323,25 @@ class TargetSender:
     async def _deliver(self, client: WebhookClient, batch: _Batch) -> None:
         """webhooks.md §5: retry with back-off until the deadline, then drop and log."""
         failures = 0
+        stats = self._stats
         while True:
             started = self._now()
             status, problem = await self._attempt(client, batch)
             took = self._now() - started
+            stats.request_seconds.observe(took)
             if problem is None:
-                self._stats.sent += batch.size
+                stats.sent += batch.size
+                stats.delivery_seconds.observe(self._now() - batch.queued)
+                stats.attempts.observe(failures + 1)
                 self._inspect(batch, status, None, took, failures + 1, None)
                 return
-            self._stats.failed_attempts += 1
+            stats.failed_attempts += 1
             delay = self._backoff.delay(failures, self._rng)
             failures += 1
             if self._now() + delay > batch.deadline:
                 self._inspect(batch, status, problem, took, failures, None)
-                self._stats.dropped_expired += batch.size
+                stats.dropped_expired += batch.size
+                stats.attempts.observe(failures)
                 log.error(
                     "webhook to %s dropped after %d attempt(s), last: %s; %d event(s) lost",
                     self._url,
