@@ -85,9 +85,12 @@ async def test_api_calls_without_a_known_app_have_an_empty_app_label(
     assert not [key for key in values if ("app", "999") in key[1]]
 
 
+@pytest.mark.parametrize("transport", ["serve", "asgi"])
 async def test_metrics_port_serves_metrics_and_the_main_port_no_longer_does(
-    start_server: StartServer,
+    start_server: StartServer, transport: str
 ) -> None:
+    """``kanal serve`` and an embedded app alike: the main port (or the ASGI app) answers
+    404 for /metrics, the metrics port serves it and nothing else."""
     server = await start_server(metrics_port=free_port())
     listener = server.server.metrics_listener
     assert listener is not None

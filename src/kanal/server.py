@@ -267,7 +267,12 @@ def build(
             cluster=cluster is not None,
             node_connections=lambda: hub.connection_count,
         )
-    scrape = _scrape(metrics, group, starters, closers)
+    scrape: Scrape = metrics.scrape
+    if group is not None:  # one scrape reports every worker (docs/metrics.md)
+        workers = WorkerMetrics(group, metrics.render)
+        starters.append(workers.start)
+        closers.append(workers.close)
+        scrape = workers.scrape
     metrics_listener = None
     if settings.metrics_port:  # then the main port does not serve /metrics (docs/metrics.md)
         metrics_listener = MetricsListener(scrape, max_request_bytes=settings.max_request_bytes)
@@ -305,22 +310,6 @@ def build(
         webhooks=webhooks,
         metrics_listener=metrics_listener,
     )
-
-
-def _scrape(
-    metrics: Metrics, group: WorkerGroup | None, starters: Lifecycle, closers: Lifecycle
-) -> Scrape:
-    """What ``GET /metrics`` answers: this process's metrics, or its worker group's sum."""
-    if group is None:
-
-        async def scrape() -> bytes:
-            return metrics.render()
-
-        return scrape
-    workers = WorkerMetrics(group, metrics.render)
-    starters.append(workers.start)
-    closers.append(workers.close)
-    return workers.scrape
 
 
 def _metrics_port_starter(

@@ -170,6 +170,11 @@ class Metrics:
         """This process's metrics in the Prometheus text format."""
         return generate_latest(self._registry)
 
+    async def scrape(self) -> bytes:
+        """:meth:`render` as ``GET /metrics`` calls it (a worker group's scrape awaits the
+        other workers: :mod:`kanal.transport.worker_metrics`)."""
+        return self.render()
+
     def collect(self) -> Iterator[Metric]:
         yield from self._builtin()
         for name, family in sorted(self._families.items()):
