@@ -10,6 +10,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from kanal.hub.hub import FANOUT_SAMPLE
 from kanal.metrics import Histogram, Metrics, merge_expositions
 from tests.cluster_nodes import free_port
 from tests.conftest import APP_ID, RunningServer, StartServer
@@ -65,8 +66,23 @@ async def test_metrics_count_connections_deliveries_and_requests(
     requests = {"app": APP_ID, "endpoint": "events"}
     assert value(values, "kanal_http_requests_total", status="200", **requests) == 2
     assert value(values, "kanal_http_request_duration_seconds_count", endpoint="events") == 2
-    assert value(values, "kanal_broadcast_fanout_seconds_count") == 2  # one per broadcast
+    # sampled: the first broadcast, then one in FANOUT_SAMPLE
+    assert value(values, "kanal_broadcast_fanout_seconds_count") == 1
     assert value(values, "kanal_scrape_workers", state="answered") == 1
+
+
+async def test_one_broadcast_in_fanout_sample_is_timed(kanal_server: RunningServer) -> None:
+    """Every broadcast is counted; its fan-out time is sampled (docs/metrics.md)."""
+    async with Clients() as clients:
+        client = await clients.connect(kanal_server)
+        await client.subscribe("news")
+        for n in range(FANOUT_SAMPLE + 1):
+            await trigger(kanal_server, "news", f"e{n}", "{}")
+            await client.expect_next(f"e{n}", channel="news")
+        values = await scrape(kanal_server)
+    assert value(values, "kanal_deliveries_total", app=APP_ID) == FANOUT_SAMPLE + 1
+    assert value(values, "kanal_broadcast_fanout_seconds_count") == 2
+    assert value(values, "kanal_broadcast_fanout_seconds_sum") > 0
 
 
 async def test_api_calls_without_a_known_app_have_an_empty_app_label(
