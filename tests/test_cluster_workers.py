@@ -106,10 +106,20 @@ def kill_leftovers(pids: list[int]) -> None:
                 os.kill(pid, signal.SIGKILL)
 
 
+async def stop_pool(parent: NodeProcess) -> None:
+    """SIGTERM first, so that the parent removes its directory of metrics sockets (a killed
+    parent cannot); then SIGKILL the parent and every worker it had, if still running."""
+    seen = children_of(parent.pid)
+    with contextlib.suppress(AssertionError):  # did not stop in time: killed below
+        await parent.terminate()
+    await parent.kill()
+    kill_leftovers(seen)
+
+
 @contextlib.asynccontextmanager
 async def worker_pool(cluster: Cluster, name: str) -> AsyncIterator[tuple[NodeProcess, int]]:
     """``kanal serve --workers 2`` on a free port, every worker listening; afterwards the
-    parent and every worker it had are killed (by pid) if they are still running."""
+    parent and every worker it had are stopped (by pid) if they are still running."""
     port = free_port()
     parent = await cluster.spawn(name, port=port, args=["--workers", str(WORKERS)])
     try:
@@ -122,9 +132,7 @@ async def worker_pool(cluster: Cluster, name: str) -> AsyncIterator[tuple[NodePr
         )
         yield parent, port
     finally:
-        seen = children_of(parent.pid)
-        await parent.kill()
-        kill_leftovers(seen)
+        await stop_pool(parent)
 
 
 async def current_workers(parent: NodeProcess) -> list[int]:

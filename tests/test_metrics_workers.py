@@ -11,7 +11,7 @@ import pytest
 
 from tests.cluster_nodes import Cluster, NodeProcess, cluster, free_port, poll
 from tests.conftest import APP_ID
-from tests.test_cluster_workers import children_of, kill_leftovers, needs_proc, sockets_by_worker
+from tests.test_cluster_workers import children_of, needs_proc, sockets_by_worker, stop_pool
 from tests.test_metrics import Samples, parse, scrape_text, value
 from tests.wsclient import Clients, WsClient
 
@@ -98,9 +98,7 @@ async def test_every_scrape_reports_the_whole_group(cluster: Cluster) -> None:
             )
             assert value(parse(samples), "kanal_connections", app=APP_ID) == len(connected) - lost
     finally:
-        seen = children_of(parent.pid)
-        await parent.kill()
-        kill_leftovers(seen)
+        await stop_pool(parent)
 
 
 @pytest.mark.redis
@@ -115,6 +113,4 @@ async def test_the_metrics_port_of_a_group_reports_the_whole_group(cluster: Clus
                 text = await scrape_text(f"http://127.0.0.1:{metrics_port}")
                 check_total(parse(text), len(connected))
     finally:
-        seen = children_of(parent.pid)
-        await parent.kill()
-        kill_leftovers(seen)
+        await stop_pool(parent)
