@@ -302,6 +302,7 @@ def build(
         http,
         max_request_bytes=settings.max_request_bytes,
         shutdown_timeout=settings.shutdown_timeout,
+        eager=cluster is None,  # memory mode: no request needs a task before it waits
     )
     return Server(
         config,

@@ -89,6 +89,10 @@ class HttpApi:
         self._table = self._routes()
         if console is not None:  # off unless [server] admin_token is set (docs/console.md)
             self._table += [_Route(*route) for route in console.routes()]
+        # Routes by segment count: a request is matched against only those of its length.
+        self._by_length: dict[int, list[_Route]] = {}
+        for route in self._table:
+            self._by_length.setdefault(len(route.segments), []).append(route)
 
     def _routes(self) -> list[_Route]:
         wrap = self._wrap
@@ -120,7 +124,7 @@ class HttpApi:
             path = path[len(self._prefix) :]
         parts = path.strip("/").split("/")
         known = False
-        for route in self._table:
+        for route in self._by_length.get(len(parts), ()):
             found = route.match(parts)
             if found is None:
                 continue

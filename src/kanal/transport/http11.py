@@ -15,14 +15,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, cast
-from urllib.parse import parse_qsl
+from urllib.parse import unquote_plus
 
 import httptools
+
+from kanal.transport import eager
 
 __all__ = ["HttpConnection", "HttpServer", "Request", "Response"]
 
@@ -56,7 +59,23 @@ class Request:
 
     @property
     def query_items(self) -> list[tuple[str, str]]:
-        return parse_qsl(self.query_string, keep_blank_values=True)
+        return parse_query(self.query_string)
+
+
+def parse_query(query_string: str) -> list[tuple[str, str]]:
+    """``urllib.parse.parse_qsl(query_string, keep_blank_values=True)``, faster: the SDKs'
+    signed queries (auth_key=...&auth_signature=...) need no unescaping, so a pair without
+    ``%`` or ``+`` is split as it is and only the others go through ``unquote_plus``.
+    tests/test_http11.py checks the two agree on any input."""
+    pairs = []
+    for part in query_string.split("&"):
+        if not part:
+            continue
+        name, _, value = part.partition("=")
+        if "%" in part or "+" in part:
+            name, value = unquote_plus(name), unquote_plus(value)
+        pairs.append((name, value))
+    return pairs
 
 
 @dataclass(slots=True, frozen=True)
@@ -83,13 +102,38 @@ Dispatch = Callable[[Request], Awaitable[Response]]
 Upgrade = Callable[[Request, asyncio.Transport, bytes], None]
 
 
+def _split_target(target: bytes) -> tuple[str, str]:
+    """A request target's path and query. The origin form every client sends ("/path?query",
+    printable ASCII) is split here; anything else goes through httptools' URL parser, which
+    also refuses what is not a valid URL (tests/test_http11.py checks the two agree)."""
+    text = target.decode("latin-1")
+    if text.startswith("/") and text.isascii() and text.isprintable() and not _ODD.search(text):
+        path, _, query = text.partition("?")
+        return path, query
+    url = httptools.parse_url(target)
+    return (url.path or b"/").decode("latin-1"), (url.query or b"").decode("latin-1")
+
+
+_ODD = re.compile("[# ]")  # a fragment or a space: left to httptools
+
+
 class HttpServer:
     """Shared state of every connection: handlers, limits and the set of open connections."""
 
     def __init__(
-        self, dispatch: Dispatch, upgrade: Upgrade, *, max_body: int, idle_timeout: float
+        self,
+        dispatch: Dispatch,
+        upgrade: Upgrade,
+        *,
+        max_body: int,
+        idle_timeout: float,
+        eager: bool = False,
     ) -> None:
         self.dispatch = dispatch
+        # Answer in the reading callback when ``dispatch`` does not wait (eager.py). Only for
+        # a dispatch that never needs a current task before its first wait: asyncio.timeout
+        # does, so the Redis adapters' calls rule it out; memory mode's path has none.
+        self.eager = eager
         self.upgrade = upgrade
         self.max_body = max_body
         self.idle_timeout = idle_timeout
@@ -146,7 +190,8 @@ class HttpConnection(asyncio.Protocol):
         self._head_bytes = 0  # bytes read in later reads while still there
         self._queue: deque[tuple[Request, bool]] = deque()
         self._worker: asyncio.Task[None] | None = None
-        self._idle: asyncio.TimerHandle | None = None
+        self._idle: asyncio.TimerHandle | None = None  # the idle timer, or the linger
+        self._idle_deadline: float | None = None  # loop time the idle timer closes at
         # waiting for the worker to answer the requests before them:
         self._refusal: Response | None = None
         self._upgrade_rest: bytes | None = None  # bytes read past the upgrade request
@@ -190,7 +235,7 @@ class HttpConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._server.connections.discard(self)
-        self._disarm_idle()
+        self._cancel_timer()
         self._parser = None
         if self._worker is not None and not self._worker.done():
             self._worker.cancel()
@@ -203,7 +248,10 @@ class HttpConnection(asyncio.Protocol):
         self._begin_head()
 
     def _begin_head(self) -> None:
+        """A head, a chunk-size line or a trailer section begins: each has its own limit (the
+        request head's fields and a trailer section's are not added up)."""
         self._in_head, self._head_began, self._head_bytes = True, True, 0
+        self._head_size = 0
 
     def on_url(self, url: bytes) -> None:
         if not self._rejected:
@@ -213,7 +261,8 @@ class HttpConnection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         """A header field, or a trailer field of a chunked body (counted alike, not used)."""
         if not self._rejected:
-            self._headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+            if self._request is None:  # a trailer field comes after the head: not kept
+                self._headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
             self._count_head(len(name) + len(value))
 
     def _count_head(self, size: int) -> None:
@@ -232,11 +281,11 @@ class HttpConnection(asyncio.Protocol):
         headers: dict[str, str] = {}
         for name, value in self._headers:
             headers[name] = f"{headers[name]}, {value}" if name in headers else value
-        url = httptools.parse_url(self._url)
+        path, query = _split_target(self._url)
         self._request = Request(
             method=self._parser.get_method().decode("latin-1"),
-            path=(url.path or b"/").decode("latin-1"),
-            query_string=(url.query or b"").decode("latin-1"),
+            path=path,
+            query_string=query,
             headers=headers,
             secure=self._transport is not None
             and self._transport.get_extra_info("sslcontext") is not None,
@@ -297,7 +346,10 @@ class HttpConnection(asyncio.Protocol):
             self._transport.pause_reading()
         if self._worker is None:
             self._server.answering(+1)
-            self._worker = asyncio.get_running_loop().create_task(self._respond())
+            if self._server.eager:  # answered now if no I/O is needed (eager.py says why)
+                self._worker = eager.start(self._respond())
+            else:
+                self._worker = asyncio.get_running_loop().create_task(self._respond())
 
     # --- responses -------------------------------------------------------------------------
 
@@ -383,7 +435,7 @@ class HttpConnection(asyncio.Protocol):
             transport.close()
             return
         transport.write_eof()
-        self._disarm_idle()
+        self._cancel_timer()
         self._idle = asyncio.get_running_loop().call_later(LINGER_SECONDS, transport.close)
 
     def _upgrade(self, rest: bytes) -> None:
@@ -400,7 +452,7 @@ class HttpConnection(asyncio.Protocol):
     def _hand_over(self, rest: bytes) -> None:
         request, transport = self._request, self._transport
         self._server.connections.discard(self)
-        self._disarm_idle()
+        self._cancel_timer()
         if transport is None:
             return
         if request is None:  # not expected: llhttp upgrades only after a complete head
@@ -411,12 +463,35 @@ class HttpConnection(asyncio.Protocol):
     # --- timeouts and shutdown -------------------------------------------------------------
 
     def _arm_idle(self) -> None:
-        self._disarm_idle()
+        """Close after ``idle_timeout`` with nothing to do. Cheap per request: one timer
+        stays armed and, when it fires early, re-arms itself for the current deadline,
+        instead of a timer made and cancelled for every request of a keep-alive connection."""
         timeout = self._server.idle_timeout
-        if timeout > 0:
-            self._idle = asyncio.get_running_loop().call_later(timeout, self.close_if_idle)
+        if timeout <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        self._idle_deadline = loop.time() + timeout
+        if self._idle is None:
+            self._idle = loop.call_at(self._idle_deadline, self._idle_due)
 
     def _disarm_idle(self) -> None:
+        """Busy: the armed timer, when it fires, finds no deadline and does nothing."""
+        self._idle_deadline = None
+
+    def _idle_due(self) -> None:
+        self._idle = None
+        deadline = self._idle_deadline
+        if deadline is None:
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() < deadline:
+            self._idle = loop.call_at(deadline, self._idle_due)
+        else:
+            self.close_if_idle()
+
+    def _cancel_timer(self) -> None:
+        """No more idle timeout at all (closed, handed over, or lingering instead)."""
+        self._idle_deadline = None
         if self._idle is not None:
             self._idle.cancel()
             self._idle = None

@@ -92,6 +92,7 @@ class Listener:
         *,
         max_request_bytes: int,
         shutdown_timeout: float = 10.0,
+        eager: bool = False,
     ) -> None:
         self._websocket = websocket
         self._http = http
@@ -101,6 +102,7 @@ class Listener:
             websocket.upgrade,
             max_body=max_request_bytes,
             idle_timeout=HTTP_IDLE_TIMEOUT,
+            eager=eager,
         )
         self._server: asyncio.Server | None = None
         self.port = 0
