@@ -3,7 +3,7 @@
 ``./scripts/serve`` and ``examples/chat/run`` run as written, from the repository root, with
 ``--port 0`` appended so that each gets a free port, read back from its log; the chat finds
 kanal through ``$PUSHER_URL``. Each process is terminated by pid when its ``async with`` ends.
-Used by tests/browser/test_chat.py and tests/test_example_chat.py.
+Used by tests/browser/test_chat.py, tests/test_example_chat.py and tests/browser/screenshots.py.
 """
 
 from __future__ import annotations
