@@ -111,11 +111,11 @@ class Page:
         await self._do("click", selector=selector)
 
     async def wait_for_text(self, selector: str, text: str, timeout: float = WAIT) -> None:
-        """Until an element matching ``selector`` shows ``text`` (in its innerText)."""
+        """Until a visible element matching ``selector`` shows ``text`` (in its innerText)."""
         await self._wait("wait_for_text", selector, text, timeout)
 
     async def wait_for_no_text(self, selector: str, text: str, timeout: float = WAIT) -> None:
-        """Until no element matching ``selector`` shows ``text``."""
+        """Until no visible element matching ``selector`` shows ``text``."""
         await self._wait("wait_for_no_text", selector, text, timeout)
 
     async def _wait(self, cmd: str, selector: str, text: str, timeout: float) -> None:
@@ -123,7 +123,8 @@ class Page:
         await self._do(cmd, timeout, selector=selector, text=text, timeoutMs=ms)
 
     async def texts(self, selector: str) -> list[str]:
-        """The innerText of every element matching ``selector``, in document order."""
+        """The innerText of every visible element matching ``selector``, in document order
+        (hidden ones are left out: the user does not see them)."""
         found: list[str] = await self._do("texts", selector=selector)
         return found
 

@@ -11,7 +11,7 @@
 //   goto {page,url}   close_page {page}    fill / type (appends) {page,selector,text}
 //   press {page,selector,key}   click {page,selector}   screenshot {page,path,fullPage}
 //   wait_for_text / wait_for_no_text {page,selector,text,timeoutMs}
-//   texts {page,selector} -> [innerText of each match]   evaluate {page,expression} -> value
+//   texts {page,selector} -> [innerText of each visible match]   evaluate {page,expression}
 //   close                                  closes the browser, then the driver exits
 'use strict';
 
@@ -42,9 +42,12 @@ function page(cmd) {
   return found;
 }
 
-// innerText of every element matching selector, as the user sees it.
+// innerText of every visible element matching selector: what the user sees. (A hidden
+// element's innerText is its whole textContent, so hidden ones must be left out.)
 function texts(selector) {
-  return [...document.querySelectorAll(selector)].map((element) => element.innerText);
+  return [...document.querySelectorAll(selector)]
+    .filter((element) => element.checkVisibility())
+    .map((element) => element.innerText);
 }
 
 async function waitForText(cmd, present) {
@@ -52,17 +55,17 @@ async function waitForText(cmd, present) {
   const selector = need(cmd, 'selector');
   const text = need(cmd, 'text');
   const holds = ([sel, wanted, want]) => {
-    const found = [...document.querySelectorAll(sel)].some((e) => e.innerText.includes(wanted));
-    return found === want;
+    const shown = (e) => e.checkVisibility() && e.innerText.includes(wanted);
+    return [...document.querySelectorAll(sel)].some(shown) === want;
   };
   try {
     await target.waitForFunction(holds, [selector, text, present], { timeout: need(cmd, 'timeoutMs') });
   } catch (err) {
     if (err.name !== 'TimeoutError') throw err;
     const seen = await target.evaluate(texts, selector);
-    const what = present ? 'no' : 'still an';
-    throw new Error(`${what} element matching ${JSON.stringify(selector)} contains ` +
-      `${JSON.stringify(text)} after ${cmd.timeoutMs} ms; its matches: ${JSON.stringify(seen)}`);
+    const what = present ? 'no' : 'still a';
+    throw new Error(`${what} visible element matching ${JSON.stringify(selector)} shows ` +
+      `${JSON.stringify(text)} after ${cmd.timeoutMs} ms; visible matches: ${JSON.stringify(seen)}`);
   }
 }
 

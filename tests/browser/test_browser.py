@@ -17,7 +17,7 @@ pytestmark = pytest.mark.browser
 PAGE = """<!doctype html>
 <link rel="icon" href="data:,">
 <form id="f"><input id="name"><button>Greet</button></form>
-<ul id="out"></ul>
+<ul id="out"><li hidden>hello hidden</li></ul>
 <script>
   console.log("loaded");  // while new_page waits for the load: must not be lost
   document.getElementById("f").addEventListener("submit", (event) => {
@@ -58,6 +58,7 @@ async def test_fill_click_and_wait_for_text(site: str, browser: Browser) -> None
     await page.wait_for_text("#out li", "hello alice!")
     assert await page.texts("#out li") == ["hello alice", "hello alice!"]
     await page.wait_for_no_text("#out li", "bob")
+    await page.wait_for_no_text("#out li", "hidden")  # in the page, but not shown
     assert page.console == ["log: loaded", "log: greeted", "log: greeted"]
 
 
@@ -78,7 +79,7 @@ async def test_a_failing_wait_says_what_the_page_showed(site: str, browser: Brow
     message = str(failed.value)
     assert '"#out li"' in message and '"hello bob"' in message, message
     assert '["hello alice"]' in message, message
-    with pytest.raises(BrowserError, match="still an element"):
+    with pytest.raises(BrowserError, match="still a visible element"):
         await page.wait_for_no_text("#out li", "alice", timeout=0.2)
 
 
