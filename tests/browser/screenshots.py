@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from tests.browser import servers
+from tests.browser import consolepage, servers
 from tests.browser.browser import NO_CHROMIUM, ROOT, Browser, find_chromium
 from tests.browser.chatpage import join, send
 
@@ -50,7 +50,33 @@ async def chat(browser: Browser, images: Path) -> list[Path]:
         ]
 
 
-SHOTS: dict[str, Shot] = {"chat": chat}
+async def console(browser: Browser, images: Path) -> list[Path]:
+    """docs/console.md: the console watching the chat: two members, a message, a client
+    event, webhooks (one removal held by the grace period), a trigger from the form."""
+    async with consolepage.scene() as made:
+        page = await consolepage.open_console(browser, made, width=1280, height=900)
+        alice = await join(browser, made.chat_url, "alice", **DESKTOP)
+        bob = await join(browser, made.chat_url, "bob", **DESKTOP)
+        carol = await join(browser, made.chat_url, "carol", **DESKTOP)
+        await send(alice, "Hi bob! Is the new release out?")
+        await bob.type("#text", "Yes")
+        await page.wait_for_text("#log tr.kind-client_event", "client-typing")
+        await carol.close()
+        await page.wait_for_text("#webhooks li[data-kind=held]", "member_removed")
+        await page.fill("#trigger-channel", "presence-chat")
+        await page.fill("#trigger-event", "message")
+        await page.fill("#trigger-data", '{"from": "console", "text": "Deploy at 5pm", "at": 0}')
+        await page.click("#trigger-submit")
+        await alice.wait_for_text("#messages .text", "Deploy at 5pm")
+        await page.wait_for_text("#channel-list", "2 subscribers · 2 users")
+        shots = [await page.screenshot(images / "console.png", full_page=True)]
+        phone = await consolepage.open_console(browser, made, **PHONE)
+        await phone.wait_for_text("#channel-list", "alice")
+        shots.append(await phone.screenshot(images / "console-phone.png"))
+        return shots
+
+
+SHOTS: dict[str, Shot] = {"chat": chat, "console": console}
 
 
 async def take(names: list[str], images: Path) -> list[Path]:
