@@ -27,6 +27,7 @@ from kanal.config import (
     WebhookSettings,
     WebhookTarget,
 )
+from kanal.protocol.handshake import origin_pattern_error
 from kanal.protocol.webhooks import EVENT_TYPES
 
 __all__ = [
@@ -107,6 +108,14 @@ def _http_url(value: str) -> str | None:
     return None if ok else "must be an http:// or https:// URL"
 
 
+def _origins(value: tuple[str, ...]) -> str | None:
+    for pattern in value:
+        problem = origin_pattern_error(pattern)
+        if problem is not None:
+            return f"{pattern!r}: {problem}"
+    return None
+
+
 def _event_types(value: tuple[str, ...]) -> str | None:
     if value and set(value) <= set(WEBHOOK_EVENT_TYPES):
         return None
@@ -171,7 +180,7 @@ enable_subscription_count -     Send pusher_internal:subscription_count events a
 enable_encrypted_subscription_count - Also count subscriptions of private-encrypted- channels.
 enable_watchlist_events -       Send watchlist online/offline events to signed-in users.
 require_tls          -          Refuse plain ws:// connections (close 4000).
-allowed_origins      -          Origins allowed to connect (https://example.com); empty = any.
+allowed_origins      origins    Origins allowed to connect (https://*.example.com); empty = any.
 activity_timeout     pos        Seconds of silence before clients ping; sent to clients.
 pong_timeout         pos        Seconds to wait for pusher:pong before closing with 4201.
 max_connections      nonneg     Connections for this app, then close 4004; 0 = unlimited.
@@ -211,6 +220,7 @@ _CHECKS: dict[str, Check | None] = {
     "port": _port,
     "prefix": _path_prefix,
     "log_level": _one_of("debug", "info", "warning", "error"),
+    "origins": _origins,
     "adapter": _one_of("memory", "redis"),
     "redis_url": _redis_url,
     "credential": _credential,
