@@ -332,6 +332,7 @@ def test_bad_file_values_name_the_key_and_the_file(tmp_path: Path, text: str, ke
             "KANAL_APP_ALLOWED_ORIGINS: apps[0].allowed_origins: 'https://a.*.example.com': a "
             "'*' may only stand for the first labels of the host",
         ),
+        ({"KANAL_LOG_FORMAT": "xml"}, "KANAL_LOG_FORMAT: server.log_format: must be one of"),
     ],
 )
 def test_bad_env_values_name_the_variable(environ: dict[str, str], message: str) -> None:

@@ -85,6 +85,8 @@ class ServerSettings:
     expose_signature_hint: bool = True
     strict_protocol_version: bool = False
     log_level: str = "info"
+    log_format: str = "text"
+    verbose: bool = False
     workers: int = 1
     tls_cert_file: str = ""
     tls_key_file: str = ""

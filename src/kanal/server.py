@@ -19,6 +19,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from kanal import logs
 from kanal.adapters.base import Broker, Membership
 from kanal.adapters.memory import MemoryBroker, MemoryMembership
 from kanal.adapters.redis import RedisMembership, default_node_id, webhook_queue_client
@@ -275,6 +276,7 @@ def build(
         strict_protocol=settings.strict_protocol_version,
         trust_proxy_headers=settings.trust_proxy_headers,
         coalesce_writes=settings.coalesce_writes,
+        trace=settings.verbose,
     )
     service = ChannelsApi(hub)
     console = None
@@ -396,11 +398,8 @@ def check_listen(settings: ServerSettings) -> None:
 
 def run(config: Config) -> None:
     """Run a node (or ``workers`` nodes) in the foreground until SIGINT or SIGTERM."""
-    logging.basicConfig(
-        level=config.server.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
-        stream=sys.stderr,
-    )
+    settings = config.server
+    logs.configure(settings.log_level, settings.log_format, settings.verbose, sys.stderr)
     _warn_default_credentials(config)
     raise_open_files_limit()
     if config.server.workers > 1:

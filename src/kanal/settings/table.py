@@ -146,6 +146,8 @@ shutdown_timeout     nonneg     Seconds to drain connections (close 4200) when s
 expose_signature_hint -         Put the expected string-to-sign in signature error messages.
 strict_protocol_version -       Refuse connections without ?protocol= (close 4008).
 log_level            log_level  Log verbosity: debug, info, warning or error.
+log_format           log_format "text" (readable lines) or "json" (one JSON object per line).
+verbose              -          Log every WebSocket frame in and out with its socket_id (debug aid).
 workers              pos        Worker processes; more than 1 needs adapter = "redis".
 tls_cert_file        -          PEM certificate chain: serve wss:// and https:// directly.
 tls_key_file         -          PEM private key for tls_cert_file.
@@ -220,6 +222,7 @@ _CHECKS: dict[str, Check | None] = {
     "port": _port,
     "prefix": _path_prefix,
     "log_level": _one_of("debug", "info", "warning", "error"),
+    "log_format": _one_of("text", "json"),
     "origins": _origins,
     "adapter": _one_of("memory", "redis"),
     "redis_url": _redis_url,

@@ -27,6 +27,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 from urllib.parse import unquote
 
+from kanal import logs
 from kanal.apps import AppStore
 from kanal.config import App
 from kanal.hub import Hub
@@ -114,7 +115,10 @@ class WebSocketConnection(asyncio.Protocol):
     def send(self, frame: bytes) -> None:
         if self._closing:
             return
-        coalescer = self._endpoint.coalescer
+        endpoint = self._endpoint
+        if endpoint.trace:
+            logs.trace("out", self.socket_id, frames.describe(frame))
+        coalescer = endpoint.coalescer
         if coalescer is None:
             self.write([frame])
         else:
@@ -148,6 +152,8 @@ class WebSocketConnection(asyncio.Protocol):
         self._closing = True
         self.close_code = code
         self._closer = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, transport.abort)
+        if self._endpoint.trace:
+            logs.trace("out", self.socket_id, f"[close {code} {reason}]")
         if not transport.is_closing():
             transport.write(frames.close_frame(code, reason))
         self._finish()
@@ -204,6 +210,8 @@ class WebSocketConnection(asyncio.Protocol):
         except UnicodeDecodeError:
             self.close(1007, "Text frame is not valid UTF-8")  # RFC 6455 §8.1
             return
+        if self._endpoint.trace:
+            logs.trace("in", self.socket_id, text)
         inbox = self._inbox
         if inbox is None:
             self._inbox = deque((text,))
@@ -228,6 +236,8 @@ class WebSocketConnection(asyncio.Protocol):
                 code, reason = frames.parse_close(payload), ""
             except frames.FrameError as error:
                 code, reason = error.code, error.reason
+            if self._endpoint.trace:
+                logs.trace("in", self.socket_id, f"[close {code}]")
             self._closing = True
             self.close_code = code
             if not transport.is_closing():
@@ -293,6 +303,7 @@ class WebSocketEndpoint:
         strict_protocol: bool,
         trust_proxy_headers: bool = False,
         coalesce_writes: bool = True,
+        trace: bool = False,
         socket_id: Callable[[], str] = new_socket_id,
     ) -> None:
         self.hub = hub
@@ -302,6 +313,9 @@ class WebSocketEndpoint:
         self.output_limit = max_output_buffer_bytes
         self._strict = strict_protocol
         self._trust_proxy = trust_proxy_headers
+        # [server] verbose: every frame in and out is logged (kanal.logs.trace); read once
+        # per frame, so tracing costs one attribute test while off.
+        self.trace = trace
         self._socket_id = socket_id
         # coalesce_writes = false writes every frame at once (for comparison, docs/performance.md)
         self.coalescer: Coalescer | None = Coalescer() if coalesce_writes else None
