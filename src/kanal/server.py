@@ -34,6 +34,7 @@ from kanal.metrics import Metrics
 from kanal.protocol.errors import CloseCode
 from kanal.service import ChannelsApi
 from kanal.settings import DEV_APP, is_default_credentials
+from kanal.transport.admission import Admission
 from kanal.transport.console import Console
 from kanal.transport.frames import text_frame
 from kanal.transport.http import HttpApi
@@ -267,14 +268,18 @@ def build(
         starters = [*cluster.starters, maintainer.start, *starters]
         closers = [maintainer.close, *cluster.closers]
     closers += webhook_close
-    websocket = WebSocketEndpoint(
-        hub,
+    admission = Admission(
         apps,
         path_prefix=settings.path_prefix,
-        max_frame_bytes=settings.max_frame_bytes,
-        max_output_buffer_bytes=settings.max_output_buffer_bytes,
         strict_protocol=settings.strict_protocol_version,
         trust_proxy_headers=settings.trust_proxy_headers,
+        max_connections_per_ip_per_second=settings.max_connections_per_ip_per_second,
+    )
+    websocket = WebSocketEndpoint(
+        hub,
+        admission,
+        max_frame_bytes=settings.max_frame_bytes,
+        max_output_buffer_bytes=settings.max_output_buffer_bytes,
         coalesce_writes=settings.coalesce_writes,
         trace=settings.verbose,
     )
@@ -345,6 +350,7 @@ async def _tick(hub: Hub) -> None:
     while True:
         await asyncio.sleep(TICK_SECONDS)
         hub.tick()
+        logs.flush_suppressed()  # counts of refusal lines left out, once their window ends
 
 
 class StartupError(Exception):

@@ -2,7 +2,8 @@
 
 The checks run after the upgrade so the client can receive a close code, in the spec's
 order: protocol version, app key, app disabled, TLS-only, origin allow-list. The per-app
-connection quota (4004) and server capacity (4100) need cluster state and are the hub's.
+connection quota (4004) and server capacity (4100) need cluster state and are the hub's; the
+per-IP rate of new connections is :mod:`kanal.protocol.flood`'s.
 
 ``allowed_origins`` entries (docs/configuration.md, "Origins"): ``"*"`` allows every origin;
 an entry without ``*`` is compared with the ``Origin`` header as a string; a wildcard entry

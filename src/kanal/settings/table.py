@@ -139,6 +139,7 @@ host                 -          Interface to listen on; 0.0.0.0 listens on all i
 port                 port       TCP port for WebSocket and HTTP API; 0 lets the OS pick one.
 path_prefix          prefix     URL prefix before /app and /apps, e.g. /ws; empty for none.
 max_connections      nonneg     Server-wide connection cap, then close 4100; 0 = unlimited.
+max_connections_per_ip_per_second nonneg New connections per second per IP, over it 4100; 0 = off.
 max_frame_bytes      pos        Largest inbound WebSocket frame; above it close 1009.
 max_request_bytes    pos        Largest HTTP API request body; above it 413.
 max_output_buffer_bytes pos     Unsent bytes per connection before the connection is dropped.
@@ -151,7 +152,7 @@ verbose              -          Log every WebSocket frame in and out with its so
 workers              pos        Worker processes; more than 1 needs adapter = "redis".
 tls_cert_file        -          PEM certificate chain: serve wss:// and https:// directly.
 tls_key_file         -          PEM private key for tls_cert_file.
-trust_proxy_headers  -          Trust X-Forwarded-Proto from a TLS-terminating proxy (require_tls).
+trust_proxy_headers  -          Trust X-Forwarded-Proto and X-Forwarded-For from your proxy.
 coalesce_writes      -          Write each connection's frames once per loop iteration (faster).
 admin_token          admin_token Turns on /console; its password (16+ characters). Empty: off.
 [webhooks]           KANAL_WEBHOOKS_ --webhooks-

@@ -270,13 +270,16 @@ class AsgiTransport:
         conn = AsgiConnection(new_socket_id(), self._output_limit, self._text_of, self._trace)
         writer = asyncio.ensure_future(conn.write(send))
         request = _request(scope, b"")
-        app = self._websocket.handshake(request)
+        admission = self._websocket.admission
+        client = admission.client(request)
+        app = admission.check(request, client)
         admitted, code = False, 1006
         try:
             if isinstance(app, ConnectionRefused):
                 self._hub.refuse(conn, app.close_code, app.message)
             else:
-                admitted = await self._admit(conn, app, request.headers.get("origin"))
+                origin = request.headers.get("origin")
+                admitted = await self._admit(conn, app, origin, client)
             if admitted:
                 code = await self._read_messages(conn, receive)
             else:
@@ -288,9 +291,9 @@ class AsgiTransport:
             if admitted:
                 await self._hub.closed(conn.socket_id, conn.close_code or code)
 
-    async def _admit(self, conn: AsgiConnection, app: App, origin: str | None) -> bool:
+    async def _admit(self, conn: AsgiConnection, app: App, origin: str | None, client: str) -> bool:
         try:
-            return await self._hub.open(conn, app, origin)
+            return await self._hub.open(conn, app, origin, client)
         except Exception:  # e.g. the cluster store failed: this client reconnects, others live
             log.exception("could not admit %s", conn.socket_id)
             conn.close(CloseCode.RECONNECT, "Internal server error, reconnect")
@@ -345,4 +348,11 @@ def _request(scope: Scope, body: bytes) -> Request:
         headers=headers,
         body=body,
         secure=scope.get("scheme") in ("https", "wss"),
+        client=_client(scope),
     )
+
+
+def _client(scope: Scope) -> str:
+    """The peer's address from the ASGI scope (``client`` is optional, e.g. a Unix socket)."""
+    client = scope.get("client")
+    return str(client[0]) if client else ""
