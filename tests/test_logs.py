@@ -1,5 +1,9 @@
 """kanal.logs: the text and JSON formats, redaction, the refusal throttle and frame tracing;
-then what a node traces with ``verbose`` (issue 17 item 3)."""
+then what a node logs, in this process, at DEBUG and with ``verbose`` (issue 17 item 3).
+
+The whole-process view (``kanal serve`` with its start-up summary, shutdown phases and the
+search of its output for secrets) is tests/test_logs_serve.py.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +16,8 @@ import pytest
 
 from kanal import logs
 from kanal.protocol.signatures import hmac_sha256_hex
-from tests.conftest import StartServer
-from tests.wsclient import Clients
+from tests.conftest import APP_SECRET, RunningServer, StartServer, make_app
+from tests.wsclient import Clients, api_request, trigger
 
 DIGEST = hmac_sha256_hex("secret", "1234.5678:private-x")
 
@@ -151,6 +155,49 @@ def test_the_throttle_does_not_count_what_is_not_logged() -> None:
 
 
 # --- what a node logs (in this process) ------------------------------------------------------
+
+
+def messages(caplog: pytest.LogCaptureFixture, logger: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == logger]
+
+
+async def test_debug_shows_connections_refusals_and_api_calls(
+    start_server: StartServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="kanal")
+    server: RunningServer = await start_server(apps=[make_app(allowed_origins=("https://*.a.b",))])
+    async with Clients() as clients:
+        client = await clients.connect(server, headers={"Origin": "https://x.a.b"})
+        await client.send_subscribe("private-x", auth=f"app-key:{DIGEST}")
+        await client.expect("pusher:subscription_error", "private-x")
+        await client.send("pusher:subscribe", {"channel": "bad name!"})
+        await client.expect("pusher:subscription_error")
+        refused = await clients.open(server, headers={"Origin": "https://evil.example"})
+        await refused.expect_closed()
+        await trigger(server, "news", "ev", "{}")
+        bad = await api_request(server, "GET", "/apps/1/channels", secret="wrong-secret")
+        assert bad.status == 401
+        await client.close()
+        await refused.close()
+    hub = messages(caplog, "kanal.hub")
+    socket_id = client.socket_id
+    assert f"connection {socket_id} opened: app 1, from 127.0.0.1" in hub
+    assert any(m.startswith(f"connection {socket_id} closed: app 1, code ") for m in hub)
+    signature = f"signature refused: connection {socket_id}, app 1, channel private-x: "
+    assert signature + "Invalid signature (401)" in hub
+    assert any(m.startswith("frame refused: ") and "Invalid channel name" in m for m in hub)
+    [origin] = [m for m in messages(caplog, "kanal.websocket") if "Origin not allowed" in m]
+    assert origin.startswith("refused connection from 127.0.0.1 to /app/app-key")
+    assert origin.endswith("(origin https://evil.example): Origin not allowed (4009)")
+    http = messages(caplog, "kanal.http")
+    assert "API POST /apps/1/events from 127.0.0.1: 200 (2 bytes)" in http
+    assert "refused API call GET /apps/1/channels from 127.0.0.1: Invalid signature (401)" in http
+    levels = {r.getMessage(): r.levelno for r in caplog.records}
+    assert levels[signature + "Invalid signature (401)"] == logging.INFO
+    assert levels[origin] == logging.INFO
+    for record in caplog.records:
+        text = logs.TextFormatter().format(record)
+        assert DIGEST not in text and APP_SECRET not in text
 
 
 async def test_verbose_traces_every_frame_with_its_socket_id(

@@ -34,6 +34,7 @@ from kanal.metrics import Metrics
 from kanal.protocol.errors import CloseCode
 from kanal.service import ChannelsApi
 from kanal.settings import DEV_APP, is_default_credentials
+from kanal.settings.render import startup_summary
 from kanal.transport.admission import Admission
 from kanal.transport.console import Console
 from kanal.transport.frames import text_frame
@@ -94,17 +95,30 @@ class Server:
 
     async def stop(self, *, drain: Callable[[], Awaitable[None]] | None = None) -> None:
         """Close every connection with 4200 (clients reconnect), let ``drain`` wait for the
-        transport, then stop upkeep and flush webhooks. Safe to call if ``start`` failed."""
+        transport, then stop upkeep and flush webhooks. Safe to call if ``start`` failed.
+        Each phase is logged (docs/deployment.md, "Logs")."""
+        began = time.monotonic()
         self.readiness.draining = True
         if self.ticker is not None:
             self.ticker.cancel()
             self.ticker = None
+        log.info(
+            "shutdown: /ready answers 503; closing %d connections with 4200 (reconnect)",
+            self.hub.connection_count,
+        )
         self.hub.close_all(CloseCode.RECONNECT, "Generic reconnect immediately")
         await self.hub.console.close()  # answers the consoles' long polls: nothing to drain
         if drain is not None:
+            log.info(
+                "shutdown: waiting up to %g s for connections and requests to end",
+                self.config.server.shutdown_timeout,
+            )
             await drain()
+            log.info("shutdown: %d connections left after draining", self.hub.connection_count)
         for closer in self.closers:
             await closer()
+        logs.flush_suppressed()
+        log.info("shutdown: done in %.1f s", time.monotonic() - began)
 
 
 Lifecycle = list[Callable[[], Awaitable[None]]]
@@ -266,8 +280,12 @@ def build(
     if cluster is not None:
         maintainer = cluster.attach(hub, apps, readiness)
         starters = [*cluster.starters, maintainer.start, *starters]
-        closers = [maintainer.close, *cluster.closers]
-    closers += webhook_close
+        leave = _phase("leaving the cluster: this node's entries leave Redis", maintainer.close)
+        closers = [leave, *cluster.closers]
+    if webhook_close:
+        wait = config.webhooks.shutdown_timeout
+        flush = _phase(f"webhooks: delivering what is queued (up to {wait:g} s)", webhook_close[0])
+        closers += [flush, *webhook_close[1:]]
     admission = Admission(
         apps,
         path_prefix=settings.path_prefix,
@@ -326,6 +344,16 @@ def build(
     )
 
 
+def _phase(what: str, close: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+    """``close``, saying first which shutdown phase it is."""
+
+    async def closer() -> None:
+        log.info("shutdown: %s", what)
+        await close()
+
+    return closer
+
+
 def _freeze_startup_heap() -> None:
     """Keep the ~50,000 objects that exist once the node is up (modules, config, the loop)
     out of every later garbage collection: a full collection walks them all, and on a busy
@@ -380,6 +408,8 @@ async def serve(
             )
         except ListenError as exc:
             raise StartupError(str(exc)) from None
+        for line in startup_summary(server.config, default_node_id(), port):
+            log.info("%s", line)
         log.info("kanal listening on %s:%s", settings.host, port)
         _freeze_startup_heap()
         if started is not None:
@@ -467,6 +497,12 @@ async def _main(config: Config) -> None:
     server = build(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def stop_on(signum: signal.Signals) -> None:
+        if not stop.is_set():
+            log.info("shutdown: %s received", signum.name)
+        stop.set()
+
     for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, stop_on, signum)
     await serve(server, stop)
