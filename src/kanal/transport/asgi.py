@@ -131,7 +131,7 @@ class AsgiTransport:
     """The ASGI callable: ``lifespan``, ``http`` (the HTTP API) and ``websocket`` scopes.
 
     Args:
-        hub, http, websocket: the node's parts (the endpoint is used for its handshake rules).
+        hub, http, websocket: the node's parts (the endpoint is used for its admission rules).
         start, stop: the node's lifecycle; called from the lifespan protocol, or on the first
             request when the ASGI server sends no lifespan events (Django routing to kanal).
         max_request_bytes, max_frame_bytes, max_output_buffer_bytes: the limits ``kanal
