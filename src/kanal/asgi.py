@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from kanal import logs
 from kanal.config import Config
 from kanal.realtime import Realtime
 from kanal.server import Server, StartupError, build
@@ -92,7 +93,10 @@ class KanalApp:
             max_output_buffer_bytes=settings.max_output_buffer_bytes,
             shutdown_timeout=settings.shutdown_timeout,
             framed=own_port,
+            trace=settings.verbose,
         )
+        if settings.verbose:  # the host app's handlers then show the traces (docs/embedding.md)
+            logs.FRAMES.setLevel(logging.DEBUG)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self._transport(scope, receive, send)

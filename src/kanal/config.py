@@ -78,6 +78,7 @@ class ServerSettings:
     port: int = 6001
     path_prefix: str = ""
     max_connections: int = 0
+    max_connections_per_ip_per_second: int = 0
     max_frame_bytes: int = 262144
     max_request_bytes: int = 1048576
     max_output_buffer_bytes: int = 1048576
@@ -85,6 +86,8 @@ class ServerSettings:
     expose_signature_hint: bool = True
     strict_protocol_version: bool = False
     log_level: str = "info"
+    log_format: str = "text"
+    verbose: bool = False
     workers: int = 1
     tls_cert_file: str = ""
     tls_key_file: str = ""

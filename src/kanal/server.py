@@ -19,6 +19,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from kanal import logs
 from kanal.adapters.base import Broker, Membership
 from kanal.adapters.memory import MemoryBroker, MemoryMembership
 from kanal.adapters.redis import RedisMembership, default_node_id, webhook_queue_client
@@ -33,6 +34,8 @@ from kanal.metrics import Metrics
 from kanal.protocol.errors import CloseCode
 from kanal.service import ChannelsApi
 from kanal.settings import DEV_APP, is_default_credentials
+from kanal.settings.render import startup_summary
+from kanal.transport.admission import Admission
 from kanal.transport.console import Console
 from kanal.transport.frames import text_frame
 from kanal.transport.http import HttpApi
@@ -92,17 +95,30 @@ class Server:
 
     async def stop(self, *, drain: Callable[[], Awaitable[None]] | None = None) -> None:
         """Close every connection with 4200 (clients reconnect), let ``drain`` wait for the
-        transport, then stop upkeep and flush webhooks. Safe to call if ``start`` failed."""
+        transport, then stop upkeep and flush webhooks. Safe to call if ``start`` failed.
+        Each phase is logged (docs/deployment.md, "Logs")."""
+        began = time.monotonic()
         self.readiness.draining = True
         if self.ticker is not None:
             self.ticker.cancel()
             self.ticker = None
+        log.info(
+            "shutdown: /ready answers 503; closing %d connections with 4200 (reconnect)",
+            self.hub.connection_count,
+        )
         self.hub.close_all(CloseCode.RECONNECT, "Generic reconnect immediately")
         await self.hub.console.close()  # answers the consoles' long polls: nothing to drain
         if drain is not None:
+            log.info(
+                "shutdown: waiting up to %g s for connections and requests to end",
+                self.config.server.shutdown_timeout,
+            )
             await drain()
+            log.info("shutdown: %d connections left after draining", self.hub.connection_count)
         for closer in self.closers:
             await closer()
+        logs.flush_suppressed()
+        log.info("shutdown: done in %.1f s", time.monotonic() - began)
 
 
 Lifecycle = list[Callable[[], Awaitable[None]]]
@@ -264,17 +280,26 @@ def build(
     if cluster is not None:
         maintainer = cluster.attach(hub, apps, readiness)
         starters = [*cluster.starters, maintainer.start, *starters]
-        closers = [maintainer.close, *cluster.closers]
-    closers += webhook_close
-    websocket = WebSocketEndpoint(
-        hub,
+        leave = _phase("leaving the cluster: this node's entries leave Redis", maintainer.close)
+        closers = [leave, *cluster.closers]
+    if webhook_close:
+        wait = config.webhooks.shutdown_timeout
+        flush = _phase(f"webhooks: delivering what is queued (up to {wait:g} s)", webhook_close[0])
+        closers += [flush, *webhook_close[1:]]
+    admission = Admission(
         apps,
         path_prefix=settings.path_prefix,
-        max_frame_bytes=settings.max_frame_bytes,
-        max_output_buffer_bytes=settings.max_output_buffer_bytes,
         strict_protocol=settings.strict_protocol_version,
         trust_proxy_headers=settings.trust_proxy_headers,
+        max_connections_per_ip_per_second=settings.max_connections_per_ip_per_second,
+    )
+    websocket = WebSocketEndpoint(
+        hub,
+        admission,
+        max_frame_bytes=settings.max_frame_bytes,
+        max_output_buffer_bytes=settings.max_output_buffer_bytes,
         coalesce_writes=settings.coalesce_writes,
+        trace=settings.verbose,
     )
     service = ChannelsApi(hub)
     console = None
@@ -320,6 +345,16 @@ def build(
     )
 
 
+def _phase(what: str, close: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+    """``close``, saying first which shutdown phase it is."""
+
+    async def closer() -> None:
+        log.info("shutdown: %s", what)
+        await close()
+
+    return closer
+
+
 def _freeze_startup_heap() -> None:
     """Keep the ~50,000 objects that exist once the node is up (modules, config, the loop)
     out of every later garbage collection: a full collection walks them all, and on a busy
@@ -344,6 +379,7 @@ async def _tick(hub: Hub) -> None:
     while True:
         await asyncio.sleep(TICK_SECONDS)
         hub.tick()
+        logs.flush_suppressed()  # counts of refusal lines left out, once their window ends
 
 
 class StartupError(Exception):
@@ -373,6 +409,8 @@ async def serve(
             )
         except ListenError as exc:
             raise StartupError(str(exc)) from None
+        for line in startup_summary(server.config, default_node_id(), port):
+            log.info("%s", line)
         log.info("kanal listening on %s:%s", settings.host, port)
         _freeze_startup_heap()
         if started is not None:
@@ -397,11 +435,8 @@ def check_listen(settings: ServerSettings) -> None:
 
 def run(config: Config) -> None:
     """Run a node (or ``workers`` nodes) in the foreground until SIGINT or SIGTERM."""
-    logging.basicConfig(
-        level=config.server.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
-        stream=sys.stderr,
-    )
+    settings = config.server
+    logs.configure(settings.log_level, settings.log_format, settings.verbose, sys.stderr)
     _warn_default_credentials(config)
     raise_open_files_limit()
     if config.server.workers > 1:
@@ -463,6 +498,12 @@ async def _main(config: Config) -> None:
     server = build(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def stop_on(signum: signal.Signals) -> None:
+        if not stop.is_set():
+            log.info("shutdown: %s received", signum.name)
+        stop.set()
+
     for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, stop_on, signum)
     await serve(server, stop)

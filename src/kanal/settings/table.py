@@ -27,6 +27,7 @@ from kanal.config import (
     WebhookSettings,
     WebhookTarget,
 )
+from kanal.protocol.handshake import origin_pattern_error
 from kanal.protocol.webhooks import EVENT_TYPES
 
 __all__ = [
@@ -107,6 +108,14 @@ def _http_url(value: str) -> str | None:
     return None if ok else "must be an http:// or https:// URL"
 
 
+def _origins(value: tuple[str, ...]) -> str | None:
+    for pattern in value:
+        problem = origin_pattern_error(pattern)
+        if problem is not None:
+            return f"{pattern!r}: {problem}"
+    return None
+
+
 def _event_types(value: tuple[str, ...]) -> str | None:
     if value and set(value) <= set(WEBHOOK_EVENT_TYPES):
         return None
@@ -130,6 +139,7 @@ host                 -          Interface to listen on; 0.0.0.0 listens on all i
 port                 port       TCP port for WebSocket and HTTP API; 0 lets the OS pick one.
 path_prefix          prefix     URL prefix before /app and /apps, e.g. /ws; empty for none.
 max_connections      nonneg     Server-wide connection cap, then close 4100; 0 = unlimited.
+max_connections_per_ip_per_second nonneg New connections per second per IP, over it 4100; 0 = off.
 max_frame_bytes      pos        Largest inbound WebSocket frame; above it close 1009.
 max_request_bytes    pos        Largest HTTP API request body; above it 413.
 max_output_buffer_bytes pos     Unsent bytes per connection before the connection is dropped.
@@ -137,10 +147,12 @@ shutdown_timeout     nonneg     Seconds to drain connections (close 4200) when s
 expose_signature_hint -         Put the expected string-to-sign in signature error messages.
 strict_protocol_version -       Refuse connections without ?protocol= (close 4008).
 log_level            log_level  Log verbosity: debug, info, warning or error.
+log_format           log_format "text" (readable lines) or "json" (one JSON object per line).
+verbose              -          Log every WebSocket frame in and out with its socket_id (debug aid).
 workers              pos        Worker processes; more than 1 needs adapter = "redis".
 tls_cert_file        -          PEM certificate chain: serve wss:// and https:// directly.
 tls_key_file         -          PEM private key for tls_cert_file.
-trust_proxy_headers  -          Trust X-Forwarded-Proto from a TLS-terminating proxy (require_tls).
+trust_proxy_headers  -          Trust X-Forwarded-Proto and X-Forwarded-For from your proxy.
 coalesce_writes      -          Write each connection's frames once per loop iteration (faster).
 admin_token          admin_token Turns on /console; its password (16+ characters). Empty: off.
 [webhooks]           KANAL_WEBHOOKS_ --webhooks-
@@ -171,7 +183,7 @@ enable_subscription_count -     Send pusher_internal:subscription_count events a
 enable_encrypted_subscription_count - Also count subscriptions of private-encrypted- channels.
 enable_watchlist_events -       Send watchlist online/offline events to signed-in users.
 require_tls          -          Refuse plain ws:// connections (close 4000).
-allowed_origins      -          Origins allowed to connect (https://example.com); empty = any.
+allowed_origins      origins    Origins allowed to connect (https://*.example.com); empty = any.
 activity_timeout     pos        Seconds of silence before clients ping; sent to clients.
 pong_timeout         pos        Seconds to wait for pusher:pong before closing with 4201.
 max_connections      nonneg     Connections for this app, then close 4004; 0 = unlimited.
@@ -211,6 +223,8 @@ _CHECKS: dict[str, Check | None] = {
     "port": _port,
     "prefix": _path_prefix,
     "log_level": _one_of("debug", "info", "warning", "error"),
+    "log_format": _one_of("text", "json"),
+    "origins": _origins,
     "adapter": _one_of("memory", "redis"),
     "redis_url": _redis_url,
     "credential": _credential,

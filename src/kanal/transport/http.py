@@ -16,6 +16,7 @@ from urllib.parse import unquote
 
 import orjson
 
+from kanal import logs
 from kanal.apps import AppStore
 from kanal.config import App
 from kanal.metrics import Metrics
@@ -152,8 +153,12 @@ class HttpApi:
                 response = _json(await handler(request, app, body))
             except ApiError as error:
                 response = Response(error.status, error.message.encode())
+                if error.status == 401:
+                    _refused(request, error)
             labels = {"endpoint": handler.__name__, "status": str(response.status)}
             self._metrics.inc_labelled("kanal_http_requests_total", labels)
+            if log.isEnabledFor(logging.DEBUG):
+                _called(request, response)
             return response
 
         return endpoint
@@ -207,3 +212,41 @@ class HttpApi:
 
     async def terminate(self, request: Request, app: App, body: bytes) -> Any:
         return await self._service.terminate_user_connections(app, request.match["user_id"])
+
+
+def _refused(request: Request, error: ApiError) -> None:
+    """An HTTP API call whose signature (or key, timestamp, body_md5) did not check out."""
+    why = logs.reason(error.message)
+    logs.refused(
+        log,
+        "api refused 401",
+        "refused API call %s %s from %s: %s (401)",
+        request.method,
+        logs.reason(request.path),
+        request.client or "?",
+        why,
+        method=request.method,
+        path=request.path,
+        client=request.client,
+        status=401,
+        reason=why,
+    )
+
+
+def _called(request: Request, response: Response) -> None:
+    """One API call at DEBUG: method, path and status; never the query (its auth_signature)."""
+    log.debug(
+        "API %s %s from %s: %d (%d bytes)",
+        request.method,
+        request.path,
+        request.client or "?",
+        response.status,
+        len(response.body),
+        extra={
+            "method": request.method,
+            "path": request.path,
+            "app_id": request.match.get("app_id"),
+            "client": request.client,
+            "status": response.status,
+        },
+    )

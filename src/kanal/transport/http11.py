@@ -51,6 +51,7 @@ class Request:
     body: bytes = b""
     secure: bool = False
     match: dict[str, str] = field(default_factory=dict)
+    client: str = ""  # the peer's address ("" when unknown), before any proxy header
 
     @property
     def query(self) -> dict[str, str]:
@@ -175,6 +176,7 @@ class HttpConnection(asyncio.Protocol):
     def __init__(self, server: HttpServer) -> None:
         self._server = server
         self._transport: asyncio.Transport | None = None
+        self._client = ""  # the peer's address, once connected
         self._parser: Any = httptools.HttpRequestParser(self)
         self._url = b""
         self._headers: list[tuple[str, str]] = []
@@ -201,6 +203,8 @@ class HttpConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        peer = transport.get_extra_info("peername")
+        self._client = peer[0] if isinstance(peer, tuple) and peer else ""
         self._server.connections.add(self)
         self._arm_idle()
 
@@ -289,6 +293,7 @@ class HttpConnection(asyncio.Protocol):
             headers=headers,
             secure=self._transport is not None
             and self._transport.get_extra_info("sslcontext") is not None,
+            client=self._client,
         )
         if "chunked" in headers.get("transfer-encoding", "").lower():
             self._begin_head()  # the first chunk's size line
