@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 import kanal.transport.listener
 from kanal.protocol.signatures import sign_request
-from kanal.transport.http11 import _split_target, parse_query
+from kanal.transport.http_messages import parse_query, split_target
 from tests.conftest import APP_ID, APP_KEY, APP_SECRET, RunningServer, StartServer
 from tests.wsclient import RawWebSocket, client_frame
 
@@ -238,7 +238,7 @@ def test_split_target_is_httptools_parse_url(target: bytes) -> None:
         url = httptools.parse_url(target)
     except httptools.HttpParserInvalidURLError:
         with pytest.raises(httptools.HttpParserInvalidURLError):
-            _split_target(target)
+            split_target(target)
         return
     expected = ((url.path or b"/").decode("latin-1"), (url.query or b"").decode("latin-1"))
-    assert _split_target(target) == expected
+    assert split_target(target) == expected

@@ -15,17 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from http import HTTPStatus
 from typing import Any, cast
-from urllib.parse import unquote_plus
 
 import httptools
 
 from kanal.transport import eager
+from kanal.transport.http_messages import Request, Response, split_target
 
 __all__ = ["HttpConnection", "HttpServer", "Request", "Response"]
 
@@ -37,85 +34,11 @@ MAX_HEAD_BYTES = 64 * 1024  # request line plus headers; more is refused with 43
 # long before closing: closing with unread data would reset the connection and could destroy
 # the answer before the client reads it (RFC 9112 §9.6, "lingering close").
 LINGER_SECONDS = 2.0
-_REASONS = {status.value: status.phrase for status in HTTPStatus}
-
-
-@dataclass(slots=True)
-class Request:
-    """One parsed request; header names are lower-case (repeated headers joined by ", ")."""
-
-    method: str
-    path: str  # raw (still percent-encoded), without the query
-    query_string: str
-    headers: dict[str, str]
-    body: bytes = b""
-    secure: bool = False
-    match: dict[str, str] = field(default_factory=dict)
-    client: str = ""  # the peer's address ("" when unknown), before any proxy header
-
-    @property
-    def query(self) -> dict[str, str]:
-        """Decoded query parameters; the last of a repeated name wins."""
-        return dict(self.query_items)
-
-    @property
-    def query_items(self) -> list[tuple[str, str]]:
-        return parse_query(self.query_string)
-
-
-def parse_query(query_string: str) -> list[tuple[str, str]]:
-    """``urllib.parse.parse_qsl(query_string, keep_blank_values=True)``, faster: the SDKs'
-    signed queries (auth_key=...&auth_signature=...) need no unescaping, so a pair without
-    ``%`` or ``+`` is split as it is and only the others go through ``unquote_plus``.
-    tests/test_http11.py checks the two agree on any input."""
-    pairs = []
-    for part in query_string.split("&"):
-        if not part:
-            continue
-        name, _, value = part.partition("=")
-        if "%" in part or "+" in part:
-            name, value = unquote_plus(name), unquote_plus(value)
-        pairs.append((name, value))
-    return pairs
-
-
-@dataclass(slots=True, frozen=True)
-class Response:
-    status: int
-    body: bytes = b""
-    content_type: str = "text/plain; charset=utf-8"
-    headers: tuple[tuple[str, str], ...] = ()
-
-    def encode(self, keep_alive: bool, head: bool = False) -> bytes:
-        lines = [
-            f"HTTP/1.1 {self.status} {_REASONS.get(self.status, '')}",
-            f"Content-Type: {self.content_type}",
-            f"Content-Length: {len(self.body)}",
-            *(f"{name}: {value}" for name, value in self.headers),
-        ]
-        if not keep_alive:
-            lines.append("Connection: close")
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (b"" if head else self.body)
 
 
 Dispatch = Callable[[Request], Awaitable[Response]]
 #: takes the request, the transport and any bytes read past the request head
 Upgrade = Callable[[Request, asyncio.Transport, bytes], None]
-
-
-def _split_target(target: bytes) -> tuple[str, str]:
-    """A request target's path and query. The origin form every client sends ("/path?query",
-    printable ASCII) is split here; anything else goes through httptools' URL parser, which
-    also refuses what is not a valid URL (tests/test_http11.py checks the two agree)."""
-    text = target.decode("latin-1")
-    if text.startswith("/") and text.isascii() and text.isprintable() and not _ODD.search(text):
-        path, _, query = text.partition("?")
-        return path, query
-    url = httptools.parse_url(target)
-    return (url.path or b"/").decode("latin-1"), (url.query or b"").decode("latin-1")
-
-
-_ODD = re.compile("[# ]")  # a fragment or a space: left to httptools
 
 
 class HttpServer:
@@ -285,7 +208,7 @@ class HttpConnection(asyncio.Protocol):
         headers: dict[str, str] = {}
         for name, value in self._headers:
             headers[name] = f"{headers[name]}, {value}" if name in headers else value
-        path, query = _split_target(self._url)
+        path, query = split_target(self._url)
         self._request = Request(
             method=self._parser.get_method().decode("latin-1"),
             path=path,
