@@ -76,6 +76,10 @@ class ServerSettings:
 
     host: str = "127.0.0.1"
     port: int = 6001
+    api_host: str = ""  # empty: the same interface as ``host``
+    api_port: int = 0  # 0: the HTTP API is served on ``port``
+    websocket_host: str = ""
+    websocket_port: int = 0  # 0: WebSocket connections are accepted on ``port``
     path_prefix: str = ""
     max_connections: int = 0
     max_frame_bytes: int = 262144

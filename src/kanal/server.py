@@ -36,7 +36,7 @@ from kanal.settings import DEV_APP, is_default_credentials
 from kanal.transport.console import Console
 from kanal.transport.frames import text_frame
 from kanal.transport.http import HttpApi
-from kanal.transport.listener import Listener, ListenError, probe_bind, tls_context
+from kanal.transport.listener import Listener, ListenError, binds, probe_bind, tls_context
 from kanal.transport.websocket import WebSocketEndpoint
 from kanal.webhooks import Hooks, RedisWebhookQueue, WebhookDispatcher
 from kanal.workers import supervise
@@ -363,20 +363,21 @@ async def serve(
     settings = server.config.server
     try:
         await server.start()
+        addresses = binds(settings)
         try:
-            port = await server.listener.start(
-                settings.host,
-                settings.port,
+            ports = await server.listener.start(
+                addresses,
                 reuse_port=settings.workers > 1,
                 tls_cert_file=settings.tls_cert_file,
                 tls_key_file=settings.tls_key_file,
             )
         except ListenError as exc:
             raise StartupError(str(exc)) from None
-        log.info("kanal listening on %s:%s", settings.host, port)
+        for bind, port in zip(addresses, ports, strict=True):
+            log.info("kanal listening on %s:%s%s", bind.host, port, bind.label)
         _freeze_startup_heap()
         if started is not None:
-            started(port)
+            started(ports[0])
         await stop.wait()
     finally:
         await server.stop(drain=server.listener.stop)
@@ -390,7 +391,8 @@ def check_listen(settings: ServerSettings) -> None:
     """
     try:
         tls_context(settings.tls_cert_file, settings.tls_key_file)
-        probe_bind(settings.host, settings.port)
+        for bind in binds(settings):
+            probe_bind(bind.host, bind.port)
     except ListenError as exc:
         raise StartupError(str(exc)) from None
 

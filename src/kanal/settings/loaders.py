@@ -16,7 +16,8 @@ import os
 import re
 import tomllib
 import typing
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from functools import partial
 from types import MappingProxyType
 from typing import Any
 
@@ -28,7 +29,15 @@ from kanal.config import (
     WebhookSettings,
     WebhookTarget,
 )
-from kanal.settings.table import BY_DEST, BY_ENV, BY_SECTION, DEV_APP, KIND_TEXT, Kind, Setting
+from kanal.settings.table import (
+    BY_DEST,
+    BY_ENV,
+    BY_SECTION,
+    DEV_APP,
+    KIND_TEXT,
+    Kind,
+    Setting,
+)
 
 __all__ = ["ConfigError", "is_default_credentials", "load_config", "resolve_config"]
 
@@ -295,6 +304,7 @@ def _cross_check(config: Config, sections: Mapping[str, Layer], apps: list[Layer
             f"{origin('server', 'workers')}: server.workers: more than 1 worker "
             "needs scaling.adapter = 'redis'"
         )
+    _check_listeners(config.server, partial(origin, "server"))
     if bool(config.server.tls_cert_file) != bool(config.server.tls_key_file):
         raise ConfigError(
             f"{origin('server', 'tls_cert_file')}: server.tls_cert_file: tls_cert_file and "
@@ -310,3 +320,27 @@ def _cross_check(config: Config, sections: Mapping[str, Layer], apps: list[Layer
                     f"apps[{seen[value]}].{name} ({value!r})"
                 )
             seen[value] = index
+
+
+def _check_listeners(server: ServerSettings, origin: Callable[[str], str]) -> None:
+    """The separate API and WebSocket listeners (docs/deployment.md, "Separate listeners"):
+    a host needs its port, and no two listeners share an address. Two sockets on one address
+    would both bind with SO_REUSEPORT (``workers``) and split its connections at random."""
+    addresses = {"port": (server.host, server.port)}
+    for kind in ("api", "websocket"):
+        host, port = getattr(server, f"{kind}_host"), getattr(server, f"{kind}_port")
+        if host and not port:
+            raise ConfigError(
+                f"{origin(f'{kind}_host')}: server.{kind}_host: needs server.{kind}_port "
+                f"(0 serves the {kind} part on server.port)"
+            )
+        if not port:
+            continue
+        address = (host or server.host, port)
+        for other, taken in addresses.items():
+            if address == taken and taken[1] != 0:
+                raise ConfigError(
+                    f"{origin(f'{kind}_port')}: server.{kind}_port: same address as "
+                    f"server.{other} ({address[0]}:{port})"
+                )
+        addresses[f"{kind}_port"] = address

@@ -128,6 +128,10 @@ _TABLE = """
 [server]             KANAL_     --
 host                 -          Interface to listen on; 0.0.0.0 listens on all interfaces.
 port                 port       TCP port for WebSocket and HTTP API; 0 lets the OS pick one.
+api_host             -          Interface of the separate HTTP API listener; empty = host.
+api_port             port       Serve the HTTP API, /metrics and /console here only; 0 = on port.
+websocket_host       -          Interface of the separate WebSocket listener; empty = host.
+websocket_port       port       Accept WebSocket connections only on this port; 0 = on port.
 path_prefix          prefix     URL prefix before /app and /apps, e.g. /ws; empty for none.
 max_connections      nonneg     Server-wide connection cap, then close 4100; 0 = unlimited.
 max_frame_bytes      pos        Largest inbound WebSocket frame; above it close 1009.
