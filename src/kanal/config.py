@@ -67,6 +67,7 @@ class App:
     cache_ttl: int = 1800
     max_timestamp_skew: int = 600
     batch_webhooks: bool = False
+    webhook_url: str = ""  # shorthand, folded into ``webhooks`` by kanal.settings
     webhooks: tuple[WebhookTarget, ...] = ()
 
 

@@ -10,6 +10,7 @@ Precedence, lowest first: dataclass defaults < TOML file < environment < command
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
 import os
@@ -35,6 +36,7 @@ from kanal.settings.table import (
     BY_SECTION,
     DEV_APP,
     KIND_TEXT,
+    WEBHOOK_EVENT_TYPES,
     Kind,
     Setting,
 )
@@ -144,7 +146,7 @@ def load_config(
         layer[setting.name] = (value, origin)
     config = Config(
         server=ServerSettings(**_values(sections["server"])),
-        apps=tuple(App(**_values(layer)) for layer in apps),
+        apps=tuple(_with_webhook_url(App(**_values(layer))) for layer in apps),
         webhooks=WebhookSettings(**_values(sections["webhooks"])),
         scaling=ScalingSettings(**_values(sections["scaling"])),
     )
@@ -186,8 +188,22 @@ def resolve_config(
             scaling = ScalingSettings(
                 adapter="redis", redis_url=settings["redis_url"], redis_prefix=prefix
             )
-        return Config(server=ServerSettings(), apps=(App(**app),), scaling=scaling)
+        return Config(
+            server=ServerSettings(), apps=(_with_webhook_url(App(**app)),), scaling=scaling
+        )
     return load_config(environ.get("KANAL_CONFIG") or None, environ, {})
+
+
+def _with_webhook_url(app: App) -> App:
+    """``webhook_url`` (``--webhook-url``) as one more ``[[apps.webhooks]]`` endpoint that gets
+    every event type. Not added again when the app already has exactly that endpoint, so the
+    config ``kanal check-config`` prints (which shows both) loads back unchanged."""
+    if not app.webhook_url:
+        return app
+    target = WebhookTarget(url=app.webhook_url, event_types=WEBHOOK_EVENT_TYPES)
+    if target in app.webhooks:
+        return app
+    return dataclasses.replace(app, webhooks=(*app.webhooks, target))
 
 
 def is_default_credentials(app: App) -> bool:

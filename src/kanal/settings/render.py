@@ -102,6 +102,7 @@ def _markdown_row(row: Setting) -> str:
     flag = f"`{row.flag}`" if row.flag else "—"
     if row.flag and row.kind == "bool":
         flag += f", `--no-{row.flag[2:]}`"
+    flag += "".join(f", `{alias}`" for alias in row.aliases)
     if row.required:
         dev = DEV_APP.get(row.name) if row.section == "apps" else None
         default = "required" if dev is None else f"required (dev app `{_toml(row.kind, dev)}`)"

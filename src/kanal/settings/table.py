@@ -107,6 +107,10 @@ def _http_url(value: str) -> str | None:
     return None if ok else "must be an http:// or https:// URL"
 
 
+def _optional_http_url(value: str) -> str | None:
+    return None if value == "" else _http_url(value)
+
+
 def _event_types(value: tuple[str, ...]) -> str | None:
     if value and set(value) <= set(WEBHOOK_EVENT_TYPES):
         return None
@@ -194,6 +198,7 @@ max_read_requests_per_second nonneg HTTP API reads per second, then 429; 0 = unl
 cache_ttl            pos        Seconds a cache- channel keeps its last event.
 max_timestamp_skew   pos        Seconds auth_timestamp may differ from server time, else 401.
 batch_webhooks       -          Send several events per webhook request (see batch_window).
+webhook_url          opt_http_url One more webhook endpoint, sent every event type; empty = none.
 [apps.webhooks]      -          -
 url                  http_url   Endpoint that receives the webhook POSTs (http or https).
 event_types          events     Events to send to this endpoint (list below).
@@ -220,8 +225,15 @@ _CHECKS: dict[str, Check | None] = {
     "credential": _credential,
     "admin_token": _admin_token,
     "http_url": _http_url,
+    "opt_http_url": _optional_http_url,
     "events": _event_types,
     "headers": _headers,
+}
+# Flags that also answer to a second spelling: Slanger's --webhook_url (one webhook endpoint for
+# its one app) reads as --webhook-url for those who move from it; the rule's own spelling,
+# --app-webhook-url, stays the primary one.
+_FLAG_ALIASES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("apps", "webhook_url"): ("--webhook-url",),
 }
 _KINDS: dict[object, Kind] = {
     str: "str",
@@ -254,6 +266,7 @@ class Setting:
     check: Check | None
     env: str | None
     flag: str | None
+    aliases: tuple[str, ...] = ()  # more spellings of ``flag`` (_FLAG_ALIASES)
 
     @property
     def dest(self) -> str:
@@ -292,7 +305,10 @@ def _build_table() -> tuple[Setting, ...]:
             env = flag = None
             if env_prefix != "-":
                 env, flag = env_prefix + f.name.upper(), flag_prefix + f.name.replace("_", "-")
-            row = Setting(section, f.name, kind, f.default, help_text, _CHECKS[check], env, flag)
+            aliases = _FLAG_ALIASES.get((section, f.name), ())
+            row = Setting(
+                section, f.name, kind, f.default, help_text, _CHECKS[check], env, flag, aliases
+            )
             rows.append(row)
     return tuple(rows)
 
@@ -304,3 +320,6 @@ BY_DEST = {row.dest: row for row in SETTINGS if row.flag}
 BY_ENV = {row.env: row for row in SETTINGS if row.env}
 if len(BY_DEST) != len(BY_ENV) or len(BY_ENV) != sum(1 for r in SETTINGS if r.env):
     raise AssertionError("two settings derive the same env var or flag")
+_SPELLINGS = [spelling for row in SETTINGS if row.flag for spelling in (row.flag, *row.aliases)]
+if len(_SPELLINGS) != len(set(_SPELLINGS)):
+    raise AssertionError("a flag alias repeats another flag")
