@@ -3,7 +3,8 @@ listeners of their own (Slanger's ``-a`` and ``-w``), in process.
 
 Each address answers the health checks; the API listener serves the HTTP API, /metrics and
 the console and refuses upgrades with 404; the WebSocket listener serves upgrades and
-answers API paths with 404.
+answers API paths with 404. A ``kanal serve`` process with the official Python SDK on its
+API port, and with ``--workers``: tests/test_operator_process.py.
 """
 
 from __future__ import annotations

@@ -91,6 +91,7 @@ class ServerSettings:
     strict_protocol_version: bool = False
     log_level: str = "info"
     workers: int = 1
+    pid_file: str = ""
     tls_cert_file: str = ""
     tls_key_file: str = ""
     trust_proxy_headers: bool = False

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import gc
 import logging
-import resource
 import signal
 import sys
 import time
@@ -30,6 +29,7 @@ from kanal.config import Config, ServerSettings
 from kanal.console import Recorder
 from kanal.hub import Hub, NullWebhooks, WebhookSink
 from kanal.metrics import Metrics
+from kanal.process import PidFile, PidFileError, raise_open_files_limit
 from kanal.protocol.errors import CloseCode
 from kanal.service import ChannelsApi
 from kanal.settings import DEV_APP, is_default_credentials
@@ -406,44 +406,23 @@ def run(config: Config) -> None:
     )
     _warn_default_credentials(config)
     raise_open_files_limit()
-    if config.server.workers > 1:
-        check_listen(config.server)
-        raise SystemExit(supervise(config.server.workers, lambda _index: _run_node(config)))
-    _run_node(config)
+    try:
+        with PidFile(config.server.pid_file) as pid_file:
+            if config.server.workers > 1:
+                check_listen(config.server)
+                pid_file.write()  # the parent's pid: it is the one that stops the workers
+                raise SystemExit(supervise(config.server.workers, lambda _: _run_node(config)))
+            _run_node(config, pid_file.write)
+    except PidFileError as exc:
+        raise StartupError(str(exc)) from None
 
 
-def _run_node(config: Config) -> None:
+def _run_node(config: Config, listening: Callable[[], None] = lambda: None) -> None:
     with contextlib.suppress(ImportError):
         import uvloop
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    asyncio.run(_main(config))
-
-
-#: Below this many open files per process, say so at start-up: every connection is one.
-FEW_OPEN_FILES = 65536
-
-
-def raise_open_files_limit() -> int:
-    """Raise this process's soft limit on open files to its hard limit (each connection holds
-    one file descriptor; the soft limit is often 1024) and return the limit in force. Says at
-    start-up when the hard limit itself is low, since root may raise it but kanal cannot."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and soft < hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        except (ValueError, OSError) as exc:
-            log.warning("could not raise the open-files limit from %s to %s: %s", soft, hard, exc)
-        else:
-            log.info("open-files limit raised from %s to %s", soft, hard)
-            soft = hard
-    if soft != resource.RLIM_INFINITY and soft < FEW_OPEN_FILES:
-        log.warning(
-            "at most %s open files per process: about that many connections per node "
-            "(raise the hard limit: ulimit -Hn, systemd LimitNOFILE; docs/deployment.md)",
-            soft,
-        )
-    return soft
+    asyncio.run(_main(config, listening))
 
 
 def _warn_default_credentials(config: Config) -> None:
@@ -461,10 +440,10 @@ def _warn_default_credentials(config: Config) -> None:
             )
 
 
-async def _main(config: Config) -> None:
+async def _main(config: Config, listening: Callable[[], None]) -> None:
     server = build(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    await serve(server, stop)
+    await serve(server, stop, lambda _port: listening())

@@ -146,6 +146,7 @@ expose_signature_hint -         Put the expected string-to-sign in signature err
 strict_protocol_version -       Refuse connections without ?protocol= (close 4008).
 log_level            log_level  Log verbosity: debug, info, warning or error.
 workers              pos        Worker processes; more than 1 needs adapter = "redis".
+pid_file             -          Pid file written once listening (refused if in use); empty = none.
 tls_cert_file        -          PEM certificate chain: serve wss:// and https:// directly.
 tls_key_file         -          PEM private key for tls_cert_file.
 trust_proxy_headers  -          Trust X-Forwarded-Proto from a TLS-terminating proxy (require_tls).
