@@ -231,8 +231,8 @@ _CHECKS: dict[str, Check | None] = {
     "headers": _headers,
 }
 # Flags that also answer to a second spelling: Slanger's --webhook_url (one webhook endpoint for
-# its one app) reads as --webhook-url for those who move from it; the rule's own spelling,
-# --app-webhook-url, stays the primary one.
+# its one app) reads as --webhook-url for those who move from it (docs/migrating.md); the
+# rule's own spelling, --app-webhook-url, stays the primary one.
 _FLAG_ALIASES: dict[tuple[str, str], tuple[str, ...]] = {
     ("apps", "webhook_url"): ("--webhook-url",),
 }
