@@ -25,6 +25,7 @@ from kanal.config import Config, ServerSettings
 from kanal.server import StartupError, build, serve
 from kanal.settings import ConfigError, load_config
 from kanal.transport.listener import Bind, binds
+from tests.asgi_server import AsgiNode
 from tests.cluster_nodes import free_port
 from tests.conftest import APP_ID, APP_KEY, RunningServer, StartServer, make_app
 from tests.test_tls import self_signed
@@ -221,3 +222,23 @@ def test_the_same_port_on_another_interface_is_allowed() -> None:
         ("127.0.0.1", 7000),
         ("127.0.0.2", 7000),
     ]
+
+
+async def test_an_embedded_nodes_own_port_splits_the_same_way() -> None:
+    api_port = free_port()
+    config = config_with(port=0, api_port=api_port)
+    embedded = AsgiNode(config, own_port=True)
+    await embedded.start()
+    try:
+        own_port = embedded.app.port
+        assert own_port is not None
+        main = RunningServer(embedded.app.server, own_port)
+        async with Clients() as clients:
+            client = await clients.connect(main)
+            await client.subscribe(CHANNEL)
+            await trigger(at(main, api_port), CHANNEL, "shipped", '{"id": 3}')
+            assert data_of(await client.expect("shipped", CHANNEL)) == {"id": 3}
+        assert await api_answers(main) == 404
+    finally:
+        await embedded.stop()
+    assert port_is_free(api_port)
