@@ -10,8 +10,9 @@
   points to an existing file.
 
 Scanned: the files under ``src/``, ``tests/``, ``bench/``, ``docs/``, ``scripts/``,
-``examples/`` and ``README.md`` that git knows of (tracked, or new and not ignored). The
-forbidden names are assembled from pieces so that this file does not cite them itself.
+``examples/``, ``deploy/`` and ``README.md`` that git knows of (tracked, or new and not
+ignored). The forbidden names are assembled from pieces so that this file does not cite them
+itself.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from urllib.parse import unquote
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = ROOT / "docs" / "reference"
-SCANNED = ("src", "tests", "bench", "docs", "scripts", "examples", "README.md")
+SCANNED = ("src", "tests", "bench", "docs", "scripts", "examples", "deploy", "README.md")
 SKIPPED_DIRS = frozenset(
     {".git", ".venv", "node_modules", "__pycache__", ".mypy_cache", ".ruff_cache", ".pytest_cache"}
 )
@@ -205,7 +206,9 @@ def test_no_citations_of_files_outside_the_repository() -> None:
     )
 
 
-_REPO_PATH = re.compile(r"(?<![\w/.-])((?:docs|src|tests|bench|scripts|examples)/[\w./-]*\w)")
+_REPO_PATH = re.compile(
+    r"(?<![\w/.-])((?:docs|src|tests|bench|scripts|examples|deploy)/[\w./-]*\w)"
+)
 
 
 def test_repository_paths_named_in_text_exist() -> None:

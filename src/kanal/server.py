@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import gc
 import logging
-import resource
 import signal
 import sys
 import time
@@ -31,6 +30,7 @@ from kanal.config import Config, ServerSettings
 from kanal.console import Recorder
 from kanal.hub import Hub, NullWebhooks, WebhookSink
 from kanal.metrics import Metrics
+from kanal.process import PidFile, PidFileError, raise_open_files_limit
 from kanal.protocol.errors import CloseCode
 from kanal.service import ChannelsApi
 from kanal.settings import DEV_APP, is_default_credentials
@@ -39,7 +39,7 @@ from kanal.transport.admission import Admission
 from kanal.transport.console import Console
 from kanal.transport.frames import text_frame
 from kanal.transport.http import HttpApi
-from kanal.transport.listener import Listener, ListenError, probe_bind, tls_context
+from kanal.transport.listener import Listener, ListenError, binds, probe_bind, tls_context
 from kanal.transport.websocket import WebSocketEndpoint
 from kanal.webhooks import Hooks, RedisWebhookQueue, WebhookDispatcher
 from kanal.workers import supervise
@@ -399,22 +399,26 @@ async def serve(
     settings = server.config.server
     try:
         await server.start()
+        addresses = binds(settings)
         try:
-            port = await server.listener.start(
-                settings.host,
-                settings.port,
+            ports = await server.listener.start(
+                addresses,
                 reuse_port=settings.workers > 1,
                 tls_cert_file=settings.tls_cert_file,
                 tls_key_file=settings.tls_key_file,
             )
         except ListenError as exc:
             raise StartupError(str(exc)) from None
-        for line in startup_summary(server.config, default_node_id(), port):
+        listening = [
+            (b.host, port, b.websocket, b.api) for b, port in zip(addresses, ports, strict=True)
+        ]
+        for line in startup_summary(server.config, default_node_id(), listening):
             log.info("%s", line)
-        log.info("kanal listening on %s:%s", settings.host, port)
+        for bind, port in zip(addresses, ports, strict=True):
+            log.info("kanal listening on %s:%s%s", bind.host, port, bind.label)
         _freeze_startup_heap()
         if started is not None:
-            started(port)
+            started(ports[0])
         await stop.wait()
     finally:
         await server.stop(drain=server.listener.stop)
@@ -428,7 +432,8 @@ def check_listen(settings: ServerSettings) -> None:
     """
     try:
         tls_context(settings.tls_cert_file, settings.tls_key_file)
-        probe_bind(settings.host, settings.port)
+        for bind in binds(settings):
+            probe_bind(bind.host, bind.port)
     except ListenError as exc:
         raise StartupError(str(exc)) from None
 
@@ -439,44 +444,23 @@ def run(config: Config) -> None:
     logs.configure(settings.log_level, settings.log_format, settings.verbose, sys.stderr)
     _warn_default_credentials(config)
     raise_open_files_limit()
-    if config.server.workers > 1:
-        check_listen(config.server)
-        raise SystemExit(supervise(config.server.workers, lambda _index: _run_node(config)))
-    _run_node(config)
+    try:
+        with PidFile(config.server.pid_file) as pid_file:
+            if config.server.workers > 1:
+                check_listen(config.server)
+                pid_file.write()  # the parent's pid: it is the one that stops the workers
+                raise SystemExit(supervise(config.server.workers, lambda _: _run_node(config)))
+            _run_node(config, pid_file.write)
+    except PidFileError as exc:
+        raise StartupError(str(exc)) from None
 
 
-def _run_node(config: Config) -> None:
+def _run_node(config: Config, listening: Callable[[], None] = lambda: None) -> None:
     with contextlib.suppress(ImportError):
         import uvloop
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    asyncio.run(_main(config))
-
-
-#: Below this many open files per process, say so at start-up: every connection is one.
-FEW_OPEN_FILES = 65536
-
-
-def raise_open_files_limit() -> int:
-    """Raise this process's soft limit on open files to its hard limit (each connection holds
-    one file descriptor; the soft limit is often 1024) and return the limit in force. Says at
-    start-up when the hard limit itself is low, since root may raise it but kanal cannot."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and soft < hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        except (ValueError, OSError) as exc:
-            log.warning("could not raise the open-files limit from %s to %s: %s", soft, hard, exc)
-        else:
-            log.info("open-files limit raised from %s to %s", soft, hard)
-            soft = hard
-    if soft != resource.RLIM_INFINITY and soft < FEW_OPEN_FILES:
-        log.warning(
-            "at most %s open files per process: about that many connections per node "
-            "(raise the hard limit: ulimit -Hn, systemd LimitNOFILE; docs/deployment.md)",
-            soft,
-        )
-    return soft
+    asyncio.run(_main(config, listening))
 
 
 def _warn_default_credentials(config: Config) -> None:
@@ -494,7 +478,7 @@ def _warn_default_credentials(config: Config) -> None:
             )
 
 
-async def _main(config: Config) -> None:
+async def _main(config: Config, listening: Callable[[], None]) -> None:
     server = build(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -506,4 +490,4 @@ async def _main(config: Config) -> None:
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop_on, signum)
-    await serve(server, stop)
+    await serve(server, stop, lambda _port: listening())

@@ -10,7 +10,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from kanal import __version__
-from kanal.config import Config
+from kanal.config import Config, ServerSettings
 from kanal.settings.table import (
     BY_SECTION,
     DEV_APP,
@@ -44,7 +44,12 @@ def dump_config(config: Config) -> str:
     return "\n".join(out) + "\n"
 
 
-def startup_summary(config: Config, node_id: str, port: int) -> list[str]:
+#: A listening address as the summary describes it: host, port, serves WebSocket connections,
+#: serves the HTTP API (with /metrics and the console).
+Listening = tuple[str, int, bool, bool]
+
+
+def startup_summary(config: Config, node_id: str, listening: list[Listening]) -> list[str]:
     """The lines ``kanal serve`` logs once it listens: version, node, adapter, apps by id,
     listeners. No secret: apps are named by id and key, a Redis password is masked."""
     server, scaling = config.server, config.scaling
@@ -66,20 +71,26 @@ def startup_summary(config: Config, node_id: str, port: int) -> list[str]:
         )
     if len(config.apps) > SUMMARY_APPS:
         lines.append(f"... and {len(config.apps) - SUMMARY_APPS} more apps")
-    tls = bool(server.tls_cert_file)
-    base = f"{server.host}:{port}{server.path_prefix}"
-    listeners = (
-        f"WebSocket {'wss' if tls else 'ws'}://{base}/app/<key>, "
-        f"HTTP API {'https' if tls else 'http'}://{base}/apps/<id>"
-    )
+    listeners = "; ".join(_listener(server, *address) for address in listening)
     if server.workers > 1:
-        listeners += f" (one of {server.workers} workers sharing the port)"
-    if server.admin_token:
-        listeners += f", console {'https' if tls else 'http'}://{base}/console/"
+        listeners += f" (one of {server.workers} workers sharing the ports)"
     per_ip = server.max_connections_per_ip_per_second
     limits = f"{per_ip} new connections per second per IP" if per_ip else "no per-IP limit"
     lines.append(f"{listeners}; {limits}")
     return lines
+
+
+def _listener(server: ServerSettings, host: str, port: int, websocket: bool, api: bool) -> str:
+    tls = bool(server.tls_cert_file)
+    base = f"{host}:{port}{server.path_prefix}"
+    served = []
+    if websocket:
+        served.append(f"WebSocket {'wss' if tls else 'ws'}://{base}/app/<key>")
+    if api:
+        served.append(f"HTTP API {'https' if tls else 'http'}://{base}/apps/<id>")
+        if server.admin_token:
+            served.append(f"console {'https' if tls else 'http'}://{base}/console/")
+    return ", ".join(served) or f"health checks only on {base}"
 
 
 def _dump_rows(section: str, obj: object) -> list[str]:
@@ -149,6 +160,7 @@ def _markdown_row(row: Setting) -> str:
     flag = f"`{row.flag}`" if row.flag else "—"
     if row.flag and row.kind == "bool":
         flag += f", `--no-{row.flag[2:]}`"
+    flag += "".join(f", `{alias}`" for alias in row.aliases)
     if row.required:
         dev = DEV_APP.get(row.name) if row.section == "apps" else None
         default = "required" if dev is None else f"required (dev app `{_toml(row.kind, dev)}`)"

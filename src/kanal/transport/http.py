@@ -59,6 +59,14 @@ class _Route:
         return found
 
 
+def _by_length(routes: list[_Route]) -> dict[int, list[_Route]]:
+    """Routes by segment count: a request is matched against only those of its length."""
+    index: dict[int, list[_Route]] = {}
+    for route in routes:
+        index.setdefault(len(route.segments), []).append(route)
+    return index
+
+
 def _json(body: Any, status: int = 200) -> Response:
     return Response(status, orjson.dumps(body), "application/json")
 
@@ -87,20 +95,19 @@ class HttpApi:
         self._hint = expose_signature_hint
         self._ready = ready
         self._wall = wall
-        self._table = self._routes()
+        # The health checks alone are what an address without the HTTP API answers (a
+        # WebSocket-only listener: [server] api_port set).
+        self._probes = [_Route("GET", "", self.health), _Route("GET", "ready", self.readiness)]
+        self._table = self._probes + self._routes()
         if console is not None:  # off unless [server] admin_token is set (docs/console.md)
             self._table += [_Route(*route) for route in console.routes()]
-        # Routes by segment count: a request is matched against only those of its length.
-        self._by_length: dict[int, list[_Route]] = {}
-        for route in self._table:
-            self._by_length.setdefault(len(route.segments), []).append(route)
+        self._by_length = _by_length(self._table)
+        self._probes_by_length = _by_length(self._probes)
 
     def _routes(self) -> list[_Route]:
         wrap = self._wrap
 
         return [
-            _Route("GET", "", self.health),
-            _Route("GET", "ready", self.readiness),
             _Route("GET", "metrics", self.metrics),
             _Route("POST", "apps/{app_id}/events", wrap(self.events)),
             _Route("POST", "apps/{app_id}/batch_events", wrap(self.batch)),
@@ -118,6 +125,13 @@ class HttpApi:
 
     async def dispatch(self, request: Request) -> Response:
         """Route a request: 404 for an unknown path, 405 for a known path's wrong method."""
+        return await self._route(request, self._by_length)
+
+    async def dispatch_probes(self, request: Request) -> Response:
+        """Only ``GET /`` and ``GET /ready``; every other path is 404."""
+        return await self._route(request, self._probes_by_length)
+
+    async def _route(self, request: Request, table: dict[int, list[_Route]]) -> Response:
         path = request.path
         if self._prefix:
             if not path.startswith(self._prefix):
@@ -125,7 +139,7 @@ class HttpApi:
             path = path[len(self._prefix) :]
         parts = path.strip("/").split("/")
         known = False
-        for route in self._by_length.get(len(parts), ()):
+        for route in table.get(len(parts), ()):
             found = route.match(parts)
             if found is None:
                 continue
