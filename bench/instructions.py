@@ -4,9 +4,11 @@ comparison of two kanal checkouts that machine noise cannot blur.
 ``python -m bench.instructions WORKLOAD`` builds a node (:func:`kanal.server.build`, memory
 adapters), opens 1,000 in-memory connections subscribed to one channel, then runs WORKLOAD:
 ``none`` (set-up only), ``fanout`` (200 signed HTTP triggers to the channel, each delivered to
-the 1,000 connections) or ``http`` (2,000 signed HTTP triggers to a channel nobody is in).
-Requests go through the HTTP API's ``dispatch`` and events through the hub and its broker,
-exactly as a served node runs them, minus the sockets. Run each under
+the 1,000 connections), ``http`` (2,000 signed HTTP triggers to a channel nobody is in) or
+``wire`` (the same 2,000 as raw bytes on one keep-alive connection: kanal's HTTP/1.1 parser,
+its request task or eager answer, the response's encoding). Requests go through the HTTP
+API's ``dispatch`` and events through the hub and its broker, exactly as a served node runs
+them, minus the sockets. Run each under
 ``valgrind --tool=callgrind``; the workload's cost is its total minus ``none``'s. Set
 ``PYTHONPATH`` to another checkout's ``src`` to measure that one (``bench/instructions.sh``).
 """
@@ -31,6 +33,53 @@ SUBSCRIBERS = 1000
 FANOUT_TRIGGERS = 200
 HTTP_TRIGGERS = 2000
 APP = App(id="1", key="app-key", secret="app-secret")
+
+
+class Wire:
+    """A keep-alive connection's transport: takes the answers, wakes the sender on each."""
+
+    def __init__(self) -> None:
+        self.answers = 0
+        self.answered = asyncio.Event()
+
+    def write(self, data: bytes) -> None:
+        assert data.startswith(b"HTTP/1.1 200 "), data[:40]
+        self.answers += 1
+        self.answered.set()
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+    def resume_reading(self) -> None:
+        return None
+
+    def pause_reading(self) -> None:
+        return None
+
+
+def _raw(request: Request) -> bytes:
+    head = (
+        f"POST {request.path}?{request.query_string} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(request.body)}\r\n\r\n"
+    )
+    return head.encode() + request.body
+
+
+async def _wire(server: Any, request: Request, count: int) -> None:
+    connection = server.listener._connections.protocol()
+    wire = Wire()
+    connection.connection_made(wire)
+    raw = _raw(request)
+    for _ in range(count):
+        wire.answered.clear()
+        connection.data_received(raw)
+        if not wire.answered.is_set():
+            await wire.answered.wait()
+    assert wire.answers == count
+    connection.connection_lost(None)
 
 
 class Sink:
@@ -83,8 +132,10 @@ async def _run(workload: str) -> int:
         request = _request("bench-nobody")
         for _ in range(HTTP_TRIGGERS):
             statuses.append((await http.dispatch(request)).status)
+    elif workload == "wire":
+        await _wire(server, _request("bench-nobody"), HTTP_TRIGGERS)
     elif workload != "none":
-        raise SystemExit(f"unknown workload {workload!r}: none, fanout or http")
+        raise SystemExit(f"unknown workload {workload!r}: none, fanout, http or wire")
     assert all(status == 200 for status in statuses), set(statuses)
     return sum(sink.received for sink in sinks)
 

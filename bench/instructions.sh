@@ -15,7 +15,7 @@ count() {  # $1: src dir, $2: workload -> total instructions
 }
 for src in "$PWD/src" ${1:+"$1"}; do
   base="$(count "$src" none)"
-  for workload in fanout http; do
+  for workload in ${KANAL_WORKLOADS:-fanout http wire}; do
     total="$(count "$src" "$workload")"
     echo "$src $workload $((total - base))"
   done

@@ -8,7 +8,9 @@ survivor runs in this process. Both send webhooks to one receiver.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import platform
 import signal
 from functools import partial
 from typing import Any
@@ -44,8 +46,11 @@ async def user_count(node: RunningServer) -> int:
     return count
 
 
-async def test_killed_node_is_reaped_once(cluster: Cluster) -> None:
+async def test_killed_node_is_reaped_once(
+    cluster: Cluster, caplog: pytest.LogCaptureFixture
+) -> None:
     # Two survivors: both reap in the same rounds, and still each departure is told once.
+    caplog.set_level(logging.INFO, logger="kanal.cluster")
     survivor = await cluster.node(hook="survivor")
     other = await cluster.node(hook="other")
     doomed = await cluster.spawn("doomed", hook="doomed")
@@ -113,6 +118,10 @@ async def test_killed_node_is_reaped_once(cluster: Cluster) -> None:
         assert hooks.count("channel_vacated", ROOM) == 0
         assert hooks.count("channel_vacated", "shared") == 0
     assert hooks.invalid == 0
+    # One line for the dead node, by whichever survivor claimed it (issue 17 item 3).
+    reaped = [r.getMessage() for r in caplog.records if r.getMessage().startswith("reaped node")]
+    assert len(reaped) == 1, reaped
+    assert reaped[0].startswith(f"reaped node {platform.node()}:{doomed.pid} (lease ")
 
 
 async def test_restarted_node_does_not_resurrect_stale_members(cluster: Cluster) -> None:

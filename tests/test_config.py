@@ -327,6 +327,17 @@ def test_bad_file_values_name_the_key_and_the_file(tmp_path: Path, text: str, ke
         ({"KANAL_APP_SECRET": ""}, "KANAL_APP_SECRET: apps[0].secret: must be non-empty"),
         ({"KANAL_ADAPTER": "redis"}, "KANAL_ADAPTER: scaling.redis_url: required"),
         ({"KANAL_WORKERS": "4"}, "KANAL_WORKERS: server.workers: more than 1 worker"),
+        (
+            {"KANAL_APP_ALLOWED_ORIGINS": "https://example.com,https://a.*.example.com"},
+            "KANAL_APP_ALLOWED_ORIGINS: apps[0].allowed_origins: 'https://a.*.example.com': a "
+            "'*' may only stand for the first labels of the host",
+        ),
+        ({"KANAL_LOG_FORMAT": "xml"}, "KANAL_LOG_FORMAT: server.log_format: must be one of"),
+        (
+            {"KANAL_MAX_CONNECTIONS_PER_IP_PER_SECOND": "-1"},
+            "KANAL_MAX_CONNECTIONS_PER_IP_PER_SECOND: server.max_connections_per_ip_per_second: "
+            "must be 0 or greater",
+        ),
     ],
 )
 def test_bad_env_values_name_the_variable(environ: dict[str, str], message: str) -> None:

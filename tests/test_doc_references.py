@@ -6,11 +6,13 @@
   (``§2, §7``) are checked too.
 * No file cites the external specification's upper-case file names, unpublished project
   notes, or a path into the shared folder outside the repository.
-* Every relative Markdown link in ``README.md`` and ``docs/**/*.md`` points to an existing file.
+* Every relative Markdown link in ``README.md``, ``docs/**/*.md`` and ``examples/**/*.md``
+  points to an existing file.
 
-Scanned: the files under ``src/``, ``tests/``, ``bench/``, ``docs/``, ``scripts/`` and
-``README.md`` that git knows of (tracked, or new and not ignored). The forbidden names are
-assembled from pieces so that this file does not cite them itself.
+Scanned: the files under ``src/``, ``tests/``, ``bench/``, ``docs/``, ``scripts/``,
+``examples/``, ``deploy/`` and ``README.md`` that git knows of (tracked, or new and not
+ignored). The forbidden names are assembled from pieces so that this file does not cite them
+itself.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from urllib.parse import unquote
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = ROOT / "docs" / "reference"
-SCANNED = ("src", "tests", "bench", "docs", "scripts", "README.md")
+SCANNED = ("src", "tests", "bench", "docs", "scripts", "examples", "deploy", "README.md")
 SKIPPED_DIRS = frozenset(
     {".git", ".venv", "node_modules", "__pycache__", ".mypy_cache", ".ruff_cache", ".pytest_cache"}
 )
@@ -204,7 +206,9 @@ def test_no_citations_of_files_outside_the_repository() -> None:
     )
 
 
-_REPO_PATH = re.compile(r"(?<![\w/.-])((?:docs|src|tests|bench|scripts)/[\w./-]*\w)")
+_REPO_PATH = re.compile(
+    r"(?<![\w/.-])((?:docs|src|tests|bench|scripts|examples|deploy)/[\w./-]*\w)"
+)
 
 
 def test_repository_paths_named_in_text_exist() -> None:
@@ -250,7 +254,8 @@ def test_relative_markdown_links_exist() -> None:
     broken: list[str] = []
     checked = 0
     for rel, lines in _text_files():
-        if not (rel == "README.md" or (rel.startswith("docs/") and rel.endswith(".md"))):
+        in_tree = rel.startswith(("docs/", "examples/")) and rel.endswith(".md")
+        if not (rel == "README.md" or in_tree):
             continue
         for number, line in _outside_fences(lines):
             for target in _link_targets(line):

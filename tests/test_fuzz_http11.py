@@ -150,6 +150,7 @@ class Scenario:
     max_body: int = 100
     can_eof: bool = True
     shutdown_after: int | None = None  # the server shuts down after this piece
+    eager: bool = False  # answers written in data_received when dispatch need not wait
 
     def __repr__(self) -> str:
         """Valid Python for an ``@example``, with long runs of one byte written as ``b"x" * n``
@@ -244,7 +245,9 @@ async def run(scenario: Scenario) -> Outcome:
         transport.write(b"HTTP/1.1 101 Switching Protocols\r\n\r\n")
         transport.set_protocol(taken)
 
-    server = HttpServer(dispatch, upgrade, max_body=scenario.max_body, idle_timeout=0)
+    server = HttpServer(
+        dispatch, upgrade, max_body=scenario.max_body, idle_timeout=0, eager=scenario.eager
+    )
     connection = server.protocol()
     transport = MemoryTransport(connection, can_eof=scenario.can_eof)
     connection.connection_made(transport)
@@ -503,6 +506,7 @@ def scenarios(draw: st.DrawFn, stream: st.SearchStrategy[bytes]) -> Scenario:
         max_body=draw(st.sampled_from([0, 10, 100, 1000])),
         can_eof=draw(st.booleans()),
         shutdown_after=draw(st.none() | st.integers(0, pieces)),
+        eager=draw(st.booleans()),
     )
 
 
@@ -551,6 +555,19 @@ LARGE_BODY = b"x" * 100 + b"\r\n\r\n"  # no stretch of it looks like a long head
 # which cancelled the lingering close and left the refused connection open).
 @example(Scenario(stream=UPGRADE.replace(b"1.1", b"1.0")))
 @example(Scenario(stream=b"GET / HTTP/1.1\r\nHost: a\r\n\r\n" + UPGRADE.replace(b"1.1", b"1.0")))
+# A long request head and a long trailer section were added up against the head limit: 431
+# although each was under it. Now each section has its own limit (found by scripts/fuzz).
+@example(
+    Scenario(
+        stream=b"GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nX-Long: "
+        + b"v" * 65336
+        + b"\r\n\r\n0\r\nX-Long-Trailer: "
+        + b"t" * 65336
+        + b"\r\n\r\n",
+        max_body=0,
+        can_eof=False,
+    )
+)
 # A read that ended a large body and began the next head counted the body against the head
 # limit: 431 for a short head.
 @example(

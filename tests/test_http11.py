@@ -8,12 +8,17 @@ import asyncio
 import time
 import urllib.parse
 from collections.abc import AsyncIterator
+from urllib.parse import parse_qsl
 
+import httptools
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import kanal.transport.listener
 from kanal.protocol.signatures import sign_request
+from kanal.transport.http_messages import parse_query, split_target
 from tests.conftest import APP_ID, APP_KEY, APP_SECRET, RunningServer, StartServer
 from tests.wsclient import RawWebSocket, client_frame
 
@@ -219,3 +224,21 @@ async def test_upgrade_to_another_protocol_is_400(raw: Raw) -> None:
         "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n".encode()
     )
     assert (await raw.response())[0] == 400
+
+
+@given(st.text(alphabet=st.sampled_from("ab=&%+;2F41 é\x00"), max_size=40) | st.text(max_size=40))
+def test_parse_query_is_parse_qsl(query_string: str) -> None:
+    expected = parse_qsl(query_string, keep_blank_values=True)
+    assert parse_query(query_string) == expected
+
+
+@given(st.binary(max_size=30).map(lambda tail: b"/" + tail))
+def test_split_target_is_httptools_parse_url(target: bytes) -> None:
+    try:
+        url = httptools.parse_url(target)
+    except httptools.HttpParserInvalidURLError:
+        with pytest.raises(httptools.HttpParserInvalidURLError):
+            split_target(target)
+        return
+    expected = ((url.path or b"/").decode("latin-1"), (url.query or b"").decode("latin-1"))
+    assert split_target(target) == expected

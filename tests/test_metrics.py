@@ -12,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from kanal.hub.hub import FANOUT_SAMPLE
 from kanal.metrics import Histogram, Metrics, merge_expositions
+from kanal.settings import ConfigError, load_config
 from tests.cluster_nodes import free_port
 from tests.conftest import APP_ID, RunningServer, StartServer
 from tests.wsclient import Clients, trigger
@@ -121,6 +122,20 @@ async def test_metrics_port_serves_metrics_and_the_main_port_no_longer_does(
         with pytest.raises(aiohttp.WSServerHandshakeError):
             await session.ws_connect(metrics_url + "/app/app-key")
     assert ("kanal_channels", frozenset()) in parse(await scrape_text(metrics_url))
+
+
+@pytest.mark.parametrize(
+    ("environ", "other"),
+    [
+        ({"KANAL_PORT": "7000", "KANAL_METRICS_PORT": "7000"}, "port"),
+        ({"KANAL_API_PORT": "7001", "KANAL_METRICS_PORT": "7001"}, "api_port"),
+    ],
+)
+def test_the_metrics_port_shares_no_address(environ: dict[str, str], other: str) -> None:
+    with pytest.raises(
+        ConfigError, match=rf"^KANAL_METRICS_PORT: .*same address as server\.{other}"
+    ):
+        load_config(None, environ, {})
 
 
 def test_histogram_buckets_are_less_or_equal_and_cumulative() -> None:

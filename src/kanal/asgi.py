@@ -25,13 +25,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from kanal import logs
 from kanal.config import Config
 from kanal.realtime import Realtime
 from kanal.server import Server, StartupError, build
 from kanal.settings import resolve_config
 from kanal.transport.asgi import AsgiTransport, Receive, Scope, Send
 from kanal.transport.frames import text_frame
-from kanal.transport.listener import ListenError
+from kanal.transport.listener import ListenError, binds
 from kanal.webhooks import Hooks
 from kanal.workers import several_workers
 
@@ -92,7 +93,10 @@ class KanalApp:
             max_output_buffer_bytes=settings.max_output_buffer_bytes,
             shutdown_timeout=settings.shutdown_timeout,
             framed=own_port,
+            trace=settings.verbose,
         )
+        if settings.verbose:  # the host app's handlers then show the traces (docs/embedding.md)
+            logs.FRAMES.setLevel(logging.DEBUG)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self._transport(scope, receive, send)
@@ -104,15 +108,15 @@ class KanalApp:
         if self.own_port:
             settings = self.config.server
             try:
-                self.port = await self.server.listener.start(
-                    settings.host,
-                    settings.port,
+                ports = await self.server.listener.start(
+                    binds(settings),
                     tls_cert_file=settings.tls_cert_file,
                     tls_key_file=settings.tls_key_file,
                 )
             except ListenError as exc:
                 await self.server.stop()
                 raise StartupError(str(exc)) from None
+            self.port = ports[0]
             log.info("kanal's own transport listening on %s:%s", settings.host, self.port)
 
     async def _stop(self, drain: Callable[[], Awaitable[None]]) -> None:

@@ -97,6 +97,7 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
             if row.kind == "bool":
                 group.add_argument(
                     row.flag,
+                    *row.aliases,
                     dest=row.dest,
                     action=argparse.BooleanOptionalAction,
                     help=help_text,
@@ -106,6 +107,7 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
                 metavar = _METAVARS[row.kind]
                 group.add_argument(
                     row.flag,
+                    *row.aliases,
                     dest=row.dest,
                     metavar=metavar,
                     help=help_text,

@@ -67,6 +67,7 @@ class App:
     cache_ttl: int = 1800
     max_timestamp_skew: int = 600
     batch_webhooks: bool = False
+    webhook_url: str = ""  # shorthand, folded into ``webhooks`` by kanal.settings
     webhooks: tuple[WebhookTarget, ...] = ()
 
 
@@ -76,8 +77,13 @@ class ServerSettings:
 
     host: str = "127.0.0.1"
     port: int = 6001
+    api_host: str = ""  # empty: the same interface as ``host``
+    api_port: int = 0  # 0: the HTTP API is served on ``port``
+    websocket_host: str = ""
+    websocket_port: int = 0  # 0: WebSocket connections are accepted on ``port``
     path_prefix: str = ""
     max_connections: int = 0
+    max_connections_per_ip_per_second: int = 0
     max_frame_bytes: int = 262144
     max_request_bytes: int = 1048576
     max_output_buffer_bytes: int = 1048576
@@ -85,7 +91,10 @@ class ServerSettings:
     expose_signature_hint: bool = True
     strict_protocol_version: bool = False
     log_level: str = "info"
+    log_format: str = "text"
+    verbose: bool = False
     workers: int = 1
+    pid_file: str = ""
     tls_cert_file: str = ""
     tls_key_file: str = ""
     trust_proxy_headers: bool = False

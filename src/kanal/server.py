@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import gc
 import logging
-import resource
 import shutil
 import signal
 import sys
@@ -21,6 +20,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from kanal import logs
 from kanal.adapters.base import Broker, Membership
 from kanal.adapters.memory import MemoryBroker, MemoryMembership
 from kanal.adapters.redis import RedisMembership, default_node_id, webhook_queue_client
@@ -33,9 +33,12 @@ from kanal.console import Recorder
 from kanal.hub import Hub, NullWebhooks, WebhookSink
 from kanal.metrics import Metrics
 from kanal.metrics.sources import register_hooks, register_node, register_queue, register_webhooks
+from kanal.process import PidFile, PidFileError, raise_open_files_limit
 from kanal.protocol.errors import CloseCode
 from kanal.service import ChannelsApi
 from kanal.settings import DEV_APP, is_default_credentials
+from kanal.settings.render import startup_summary
+from kanal.transport.admission import Admission
 from kanal.transport.console import Console
 from kanal.transport.frames import text_frame
 from kanal.transport.http import HttpApi, Scrape
@@ -43,6 +46,7 @@ from kanal.transport.listener import (
     Listener,
     ListenError,
     MetricsListener,
+    binds,
     probe_bind,
     tls_context,
 )
@@ -103,17 +107,30 @@ class Server:
 
     async def stop(self, *, drain: Callable[[], Awaitable[None]] | None = None) -> None:
         """Close every connection with 4200 (clients reconnect), let ``drain`` wait for the
-        transport, then stop upkeep and flush webhooks. Safe to call if ``start`` failed."""
+        transport, then stop upkeep and flush webhooks. Safe to call if ``start`` failed.
+        Each phase is logged (docs/deployment.md, "Logs")."""
+        began = time.monotonic()
         self.readiness.draining = True
         if self.ticker is not None:
             self.ticker.cancel()
             self.ticker = None
+        log.info(
+            "shutdown: /ready answers 503; closing %d connections with 4200 (reconnect)",
+            self.hub.connection_count,
+        )
         self.hub.close_all(CloseCode.RECONNECT, "Generic reconnect immediately")
         await self.hub.console.close()  # answers the consoles' long polls: nothing to drain
         if drain is not None:
+            log.info(
+                "shutdown: waiting up to %g s for connections and requests to end",
+                self.config.server.shutdown_timeout,
+            )
             await drain()
+            log.info("shutdown: %d connections left after draining", self.hub.connection_count)
         for closer in self.closers:
             await closer()
+        logs.flush_suppressed()
+        log.info("shutdown: done in %.1f s", time.monotonic() - began)
 
 
 Lifecycle = list[Callable[[], Awaitable[None]]]
@@ -244,17 +261,26 @@ def build(
     if cluster is not None:
         maintainer = cluster.attach(hub, apps, readiness)
         starters = [*cluster.starters, maintainer.start, *starters]
-        closers = [maintainer.close, *cluster.closers]
-    closers += webhook_close
-    websocket = WebSocketEndpoint(
-        hub,
+        leave = _phase("leaving the cluster: this node's entries leave Redis", maintainer.close)
+        closers = [leave, *cluster.closers]
+    if webhook_close:
+        wait = config.webhooks.shutdown_timeout
+        flush = _phase(f"webhooks: delivering what is queued (up to {wait:g} s)", webhook_close[0])
+        closers += [flush, *webhook_close[1:]]
+    admission = Admission(
         apps,
         path_prefix=settings.path_prefix,
-        max_frame_bytes=settings.max_frame_bytes,
-        max_output_buffer_bytes=settings.max_output_buffer_bytes,
         strict_protocol=settings.strict_protocol_version,
         trust_proxy_headers=settings.trust_proxy_headers,
+        max_connections_per_ip_per_second=settings.max_connections_per_ip_per_second,
+    )
+    websocket = WebSocketEndpoint(
+        hub,
+        admission,
+        max_frame_bytes=settings.max_frame_bytes,
+        max_output_buffer_bytes=settings.max_output_buffer_bytes,
         coalesce_writes=settings.coalesce_writes,
+        trace=settings.verbose,
     )
     service = ChannelsApi(hub)
     console = None
@@ -274,7 +300,7 @@ def build(
         closers.append(workers.close)
         scrape = workers.scrape
     metrics_listener = None
-    if settings.metrics_port:  # then the main port does not serve /metrics (docs/metrics.md)
+    if settings.metrics_port:  # then the HTTP API's port does not serve it (docs/metrics.md)
         metrics_listener = MetricsListener(scrape, max_request_bytes=settings.max_request_bytes)
         starters.append(_metrics_port_starter(metrics_listener, settings))
         closers.insert(0, metrics_listener.stop)
@@ -294,6 +320,7 @@ def build(
         http,
         max_request_bytes=settings.max_request_bytes,
         shutdown_timeout=settings.shutdown_timeout,
+        eager=cluster is None,  # memory mode: no request needs a task before it waits
     )
     return Server(
         config,
@@ -331,6 +358,16 @@ def _metrics_port_starter(
     return start
 
 
+def _phase(what: str, close: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+    """``close``, saying first which shutdown phase it is."""
+
+    async def closer() -> None:
+        log.info("shutdown: %s", what)
+        await close()
+
+    return closer
+
+
 def _freeze_startup_heap() -> None:
     """Keep the ~50,000 objects that exist once the node is up (modules, config, the loop)
     out of every later garbage collection: a full collection walks them all, and on a busy
@@ -343,6 +380,7 @@ async def _tick(hub: Hub) -> None:
     while True:
         await asyncio.sleep(TICK_SECONDS)
         hub.tick()
+        logs.flush_suppressed()  # counts of refusal lines left out, once their window ends
 
 
 class StartupError(Exception):
@@ -362,20 +400,26 @@ async def serve(
     settings = server.config.server
     try:
         await server.start()
+        addresses = binds(settings)
         try:
-            port = await server.listener.start(
-                settings.host,
-                settings.port,
+            ports = await server.listener.start(
+                addresses,
                 reuse_port=settings.workers > 1,
                 tls_cert_file=settings.tls_cert_file,
                 tls_key_file=settings.tls_key_file,
             )
         except ListenError as exc:
             raise StartupError(str(exc)) from None
-        log.info("kanal listening on %s:%s", settings.host, port)
+        listening = [
+            (b.host, port, b.websocket, b.api) for b, port in zip(addresses, ports, strict=True)
+        ]
+        for line in startup_summary(server.config, default_node_id(), listening):
+            log.info("%s", line)
+        for bind, port in zip(addresses, ports, strict=True):
+            log.info("kanal listening on %s:%s%s", bind.host, port, bind.label)
         _freeze_startup_heap()
         if started is not None:
-            started(port)
+            started(ports[0])
         await stop.wait()
     finally:
         await server.stop(drain=server.listener.stop)
@@ -389,7 +433,8 @@ def check_listen(settings: ServerSettings) -> None:
     """
     try:
         tls_context(settings.tls_cert_file, settings.tls_key_file)
-        probe_bind(settings.host, settings.port)
+        for bind in binds(settings):
+            probe_bind(bind.host, bind.port)
         if settings.metrics_port:
             probe_bind(settings.host, settings.metrics_port)
     except ListenError as exc:
@@ -398,60 +443,44 @@ def check_listen(settings: ServerSettings) -> None:
 
 def run(config: Config) -> None:
     """Run a node (or ``workers`` nodes) in the foreground until SIGINT or SIGTERM."""
-    logging.basicConfig(
-        level=config.server.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
-        stream=sys.stderr,
-    )
+    settings = config.server
+    logs.configure(settings.log_level, settings.log_format, settings.verbose, sys.stderr)
     _warn_default_credentials(config)
     raise_open_files_limit()
+    try:
+        with PidFile(config.server.pid_file) as pid_file:
+            if config.server.workers > 1:
+                check_listen(config.server)
+                pid_file.write()  # the parent's pid: it is the one that stops the workers
+                raise SystemExit(_supervise(config))
+            _run_node(config, pid_file.write)
+    except PidFileError as exc:
+        raise StartupError(str(exc)) from None
+
+
+def _supervise(config: Config) -> int:
     workers = config.server.workers
-    if workers > 1:
-        check_listen(config.server)
-        # The workers answer each other's metrics on Unix sockets in here (mode 0700).
-        directory = tempfile.mkdtemp(prefix="kanal-workers-")
-        try:
-            status = supervise(
-                workers, lambda index: _run_node(config, WorkerGroup(directory, index, workers))
-            )
-        finally:
-            shutil.rmtree(directory, ignore_errors=True)
-        raise SystemExit(status)
-    _run_node(config)
+    # The workers answer each other's scrapes on Unix sockets in here (mode 0700).
+    directory = tempfile.mkdtemp(prefix="kanal-workers-")
+    try:
+        return supervise(
+            workers,
+            lambda index: _run_node(config, group=WorkerGroup(directory, index, workers)),
+        )
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
-def _run_node(config: Config, group: WorkerGroup | None = None) -> None:
+def _run_node(
+    config: Config,
+    listening: Callable[[], None] = lambda: None,
+    group: WorkerGroup | None = None,
+) -> None:
     with contextlib.suppress(ImportError):
         import uvloop
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    asyncio.run(_main(config, group))
-
-
-#: Below this many open files per process, say so at start-up: every connection is one.
-FEW_OPEN_FILES = 65536
-
-
-def raise_open_files_limit() -> int:
-    """Raise this process's soft limit on open files to its hard limit (each connection holds
-    one file descriptor; the soft limit is often 1024) and return the limit in force. Says at
-    start-up when the hard limit itself is low, since root may raise it but kanal cannot."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and soft < hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        except (ValueError, OSError) as exc:
-            log.warning("could not raise the open-files limit from %s to %s: %s", soft, hard, exc)
-        else:
-            log.info("open-files limit raised from %s to %s", soft, hard)
-            soft = hard
-    if soft != resource.RLIM_INFINITY and soft < FEW_OPEN_FILES:
-        log.warning(
-            "at most %s open files per process: about that many connections per node "
-            "(raise the hard limit: ulimit -Hn, systemd LimitNOFILE; docs/deployment.md)",
-            soft,
-        )
-    return soft
+    asyncio.run(_main(config, listening, group))
 
 
 def _warn_default_credentials(config: Config) -> None:
@@ -469,10 +498,16 @@ def _warn_default_credentials(config: Config) -> None:
             )
 
 
-async def _main(config: Config, group: WorkerGroup | None) -> None:
+async def _main(config: Config, listening: Callable[[], None], group: WorkerGroup | None) -> None:
     server = build(config, group=group)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def stop_on(signum: signal.Signals) -> None:
+        if not stop.is_set():
+            log.info("shutdown: %s received", signum.name)
+        stop.set()
+
     for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    await serve(server, stop)
+        loop.add_signal_handler(signum, stop_on, signum)
+    await serve(server, stop, lambda _port: listening())

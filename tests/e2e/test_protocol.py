@@ -11,6 +11,7 @@ from collections.abc import Callable
 import pytest
 from pusher.errors import PusherForbidden
 
+from kanal.transport.admission import TOO_MANY_CONNECTIONS
 from tests.conftest import RunningServer, StartServer, make_app
 
 from .helpers import (
@@ -101,6 +102,34 @@ async def test_over_connection_quota(start_server: StartServer, js: JsDriver) ->
     await js.forget("first")
     await wait_until(lambda: subscription_count(api, "marker"), lambda n: n == 0)
     await connect(js, server, "third")
+
+
+async def test_over_the_per_ip_connection_rate(start_server: StartServer, js: JsDriver) -> None:
+    """``[server] max_connections_per_ip_per_second`` (issue 17 item 4): beyond it pusher-js is
+    refused with 4100 and backs off, reconnecting about a second later rather than at once,
+    and gets in once its address has tokens again. The admission's clock is stopped so the
+    refill happens when the test says."""
+    server = await start_server(max_connections_per_ip_per_second=1)
+    admission = server.server.websocket.admission
+    now = [1000.0]
+    admission.clock = lambda: now[0]
+    await connect(js, server, "first")
+    since = js.mark()
+    await connect(js, server, "second", wait=False, frames=True)
+    await _refused(js, "second", 4100, TOO_MANY_CONNECTIONS, since)
+    # pusher-js's "backoff" close action waits 1 s before the next socket; a 4200 ("retry")
+    # would open one at once.
+    await js.expect_none(
+        lambda r: r.get("client") == "second",
+        type="socket",
+        event="created",
+        since=js.mark(),
+        within=0.5,
+    )
+    now[0] += 10.0
+    await js.wait_for(client="second", type="connected", since=since, timeout=10)
+    await roundtrip(js, "first")
+    assert not closes(js, "first")
 
 
 async def test_ping_pong(kanal_server: RunningServer, js: JsDriver) -> None:

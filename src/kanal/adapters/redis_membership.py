@@ -19,6 +19,7 @@ Key layout and sizes: see :mod:`kanal.adapters.redis`.
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -41,6 +42,8 @@ __all__ = [
     "RedisMembership",
     "normalise_prefix",
 ]
+
+log = logging.getLogger("kanal.cluster")
 
 _REAP_BATCH = 256  # entries undone per script run: bounds how long one run blocks Redis
 _REBUILD_BATCH = 256  # entries re-registered per script run, for the same reason
@@ -442,11 +445,20 @@ class RedisMembership:
         claimed = await self._claim(keys=keys, args=[now, now + self.lease, self._lease_id])
         departures: list[Departure] = []
         for lease_id in (_text(c) for c in claimed):
-            departures += await self._empty_lease(lease_id, ())
+            gone = await self._empty_lease(lease_id, ())
+            departures += gone
             async with self._client.pipeline(transaction=True) as pipe:
                 pipe.zrem(self._reaping, lease_id)
                 pipe.delete(self._apps_key(lease_id))
                 await pipe.execute()
+            # Once per dead node in the whole cluster: only the claimer gets here.
+            log.info(
+                "reaped node %s (lease %s expired): %d channel and user departures to announce",
+                lease_id.rpartition(".")[0],
+                lease_id,
+                len(gone),
+                extra={"node": lease_id.rpartition(".")[0], "lease": lease_id},
+            )
         return departures
 
     async def forget_node(self) -> list[Departure]:

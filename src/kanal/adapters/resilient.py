@@ -16,6 +16,7 @@ with Redis (docs/scaling.md, "Redis outages").
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
@@ -48,16 +49,21 @@ class ResilientMembership:
         self.local = local if local is not None else MemoryMembership()
         self.degraded = False
         self.last_error = ""
+        self._failed_at = 0.0  # time.monotonic() when the outage began
 
     def fail(self, error: BaseException) -> None:
         if not self.degraded:
+            self._failed_at = time.monotonic()
             log.error("redis unavailable, serving local connections only: %s", error)
         self.degraded = True
         self.last_error = f"{type(error).__name__}: {error}"
 
     def recovered(self) -> None:
         if self.degraded:
-            log.info("redis is back; membership rebuilt")
+            log.info(
+                "redis is back after %.1f s; rebuilding this node's entries",
+                time.monotonic() - self._failed_at,
+            )
         self.degraded = False
         self.last_error = ""
 

@@ -30,7 +30,7 @@ from typing import Any
 from kanal.adapters.base import Broker, Envelope, JoinResult, LeaveResult, Membership
 from kanal.config import App
 from kanal.console import Recorder
-from kanal.hub import reports
+from kanal.hub import log_lines, reports
 from kanal.hub.announce import Announcer, NullWebhooks, WebhookSink
 from kanal.hub.cache import ChannelCache
 from kanal.hub.connection import Connection, Local
@@ -126,9 +126,12 @@ class Hub:
         conn.send(self._frame(events.error_frame(code, reason)))
         conn.close(code, reason)
 
-    async def open(self, conn: Connection, app: App, origin: str | None = None) -> bool:
+    async def open(
+        self, conn: Connection, app: App, origin: str | None = None, peer: str | None = None
+    ) -> bool:
         """Admit a connection (quota checks, §1.2 steps 7-8); false if it was refused.
-        ``origin``: the handshake's Origin header, for the console's log only."""
+        ``origin``: the handshake's Origin header, for the console's log; ``peer``: the
+        client's address, for the log."""
         refused = None
         if 0 < self._max_connections <= len(self._locals):
             refused = CloseCode.OVER_CAPACITY, "Over capacity"
@@ -137,8 +140,10 @@ class Hub:
         if self.console.watching:
             reports.connected(self.console, app, conn.socket_id, origin, refused)
         if refused is not None:
+            log_lines.refused_connection(app.id, conn.socket_id, peer, *refused)
             self.refuse(conn, *refused)
             return False
+        log_lines.opened(app.id, conn.socket_id, peer)
         session = Session(app, conn.socket_id, self._now())
         self._locals[conn.socket_id] = Local(conn, session)
         self.metrics.apps[app.id].opened += 1
@@ -182,6 +187,7 @@ class Hub:
         local.session.close()
         app = local.session.app
         self.metrics.apps[app.id].closed += 1
+        log_lines.closed(app.id, socket_id, code)
         if self.console.watching:
             self.console.event(app.id, "disconnected", socket_id=socket_id, code=code)
         for channel in list(local.channels):
@@ -200,8 +206,10 @@ class Hub:
     async def _execute(self, local: Local, command: Command) -> None:
         if isinstance(command, Send):
             self._send(local, command.payload)
-            if command.refusal is not None and self.console.watching:
-                reports.refused(self.console, local, command.refusal)
+            if command.refusal is not None:
+                log_lines.refused_frame(local.session.app.id, local.conn.socket_id, command.refusal)
+                if self.console.watching:
+                    reports.refused(self.console, local, command.refusal)
         elif isinstance(command, Join):
             await self._join(local, command)
         elif isinstance(command, Leave):

@@ -10,13 +10,15 @@ Precedence, lowest first: dataclass defaults < TOML file < environment < command
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
 import os
 import re
 import tomllib
 import typing
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from functools import partial
 from types import MappingProxyType
 from typing import Any
 
@@ -28,7 +30,16 @@ from kanal.config import (
     WebhookSettings,
     WebhookTarget,
 )
-from kanal.settings.table import BY_DEST, BY_ENV, BY_SECTION, DEV_APP, KIND_TEXT, Kind, Setting
+from kanal.settings.table import (
+    BY_DEST,
+    BY_ENV,
+    BY_SECTION,
+    DEV_APP,
+    KIND_TEXT,
+    WEBHOOK_EVENT_TYPES,
+    Kind,
+    Setting,
+)
 
 __all__ = ["ConfigError", "is_default_credentials", "load_config", "resolve_config"]
 
@@ -135,7 +146,7 @@ def load_config(
         layer[setting.name] = (value, origin)
     config = Config(
         server=ServerSettings(**_values(sections["server"])),
-        apps=tuple(App(**_values(layer)) for layer in apps),
+        apps=tuple(_with_webhook_url(App(**_values(layer))) for layer in apps),
         webhooks=WebhookSettings(**_values(sections["webhooks"])),
         scaling=ScalingSettings(**_values(sections["scaling"])),
     )
@@ -177,8 +188,22 @@ def resolve_config(
             scaling = ScalingSettings(
                 adapter="redis", redis_url=settings["redis_url"], redis_prefix=prefix
             )
-        return Config(server=ServerSettings(), apps=(App(**app),), scaling=scaling)
+        return Config(
+            server=ServerSettings(), apps=(_with_webhook_url(App(**app)),), scaling=scaling
+        )
     return load_config(environ.get("KANAL_CONFIG") or None, environ, {})
+
+
+def _with_webhook_url(app: App) -> App:
+    """``webhook_url`` (``--webhook-url``) as one more ``[[apps.webhooks]]`` endpoint that gets
+    every event type. Not added again when the app already has exactly that endpoint, so the
+    config ``kanal check-config`` prints (which shows both) loads back unchanged."""
+    if not app.webhook_url:
+        return app
+    target = WebhookTarget(url=app.webhook_url, event_types=WEBHOOK_EVENT_TYPES)
+    if target in app.webhooks:
+        return app
+    return dataclasses.replace(app, webhooks=(*app.webhooks, target))
 
 
 def is_default_credentials(app: App) -> bool:
@@ -295,11 +320,7 @@ def _cross_check(config: Config, sections: Mapping[str, Layer], apps: list[Layer
             f"{origin('server', 'workers')}: server.workers: more than 1 worker "
             "needs scaling.adapter = 'redis'"
         )
-    if config.server.metrics_port and config.server.metrics_port == config.server.port:
-        raise ConfigError(
-            f"{origin('server', 'metrics_port')}: server.metrics_port: must differ from "
-            "server.port (0 serves /metrics on the main port)"
-        )
+    _check_listeners(config.server, partial(origin, "server"))
     if bool(config.server.tls_cert_file) != bool(config.server.tls_key_file):
         raise ConfigError(
             f"{origin('server', 'tls_cert_file')}: server.tls_cert_file: tls_cert_file and "
@@ -315,3 +336,35 @@ def _cross_check(config: Config, sections: Mapping[str, Layer], apps: list[Layer
                     f"apps[{seen[value]}].{name} ({value!r})"
                 )
             seen[value] = index
+
+
+def _check_listeners(server: ServerSettings, origin: Callable[[str], str]) -> None:
+    """The separate API and WebSocket listeners (docs/deployment.md, "Separate listeners"):
+    a host needs its port, and no two listeners share an address. Two sockets on one address
+    would both bind with SO_REUSEPORT (``workers``) and split its connections at random."""
+    addresses = {"port": (server.host, server.port)}
+    for kind in ("api", "websocket"):
+        host, port = getattr(server, f"{kind}_host"), getattr(server, f"{kind}_port")
+        if host and not port:
+            raise ConfigError(
+                f"{origin(f'{kind}_host')}: server.{kind}_host: needs server.{kind}_port "
+                f"(0 serves the {kind} part on server.port)"
+            )
+        if not port:
+            continue
+        address = (host or server.host, port)
+        for other, taken in addresses.items():
+            if address == taken and taken[1] != 0:
+                raise ConfigError(
+                    f"{origin(f'{kind}_port')}: server.{kind}_port: same address as "
+                    f"server.{other} ({address[0]}:{port})"
+                )
+        addresses[f"{kind}_port"] = address
+    metrics = (server.host, server.metrics_port)  # docs/metrics.md: on server.host
+    for other, taken in addresses.items():
+        if server.metrics_port and metrics == taken:
+            raise ConfigError(
+                f"{origin('metrics_port')}: server.metrics_port: same address as "
+                f"server.{other} ({metrics[0]}:{server.metrics_port}; 0 serves /metrics "
+                "with the HTTP API)"
+            )

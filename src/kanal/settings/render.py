@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
-from kanal.config import Config
+from kanal import __version__
+from kanal.config import Config, ServerSettings
 from kanal.settings.table import (
     BY_SECTION,
     DEV_APP,
@@ -20,7 +21,15 @@ from kanal.settings.table import (
     Setting,
 )
 
-__all__ = ["dump_config", "render_settings_markdown", "splice_settings_markdown"]
+__all__ = [
+    "dump_config",
+    "render_settings_markdown",
+    "splice_settings_markdown",
+    "startup_summary",
+]
+
+#: Apps named one by one in the start-up summary; the rest are counted.
+SUMMARY_APPS = 20
 
 
 def dump_config(config: Config) -> str:
@@ -33,6 +42,55 @@ def dump_config(config: Config) -> str:
         for target in app.webhooks:
             out += ["", "[[apps.webhooks]]", *_dump_rows("apps.webhooks", target)]
     return "\n".join(out) + "\n"
+
+
+#: A listening address as the summary describes it: host, port, serves WebSocket connections,
+#: serves the HTTP API (with /metrics and the console).
+Listening = tuple[str, int, bool, bool]
+
+
+def startup_summary(config: Config, node_id: str, listening: list[Listening]) -> list[str]:
+    """The lines ``kanal serve`` logs once it listens: version, node, adapter, apps by id,
+    listeners. No secret: apps are named by id and key, a Redis password is masked."""
+    server, scaling = config.server, config.scaling
+    adapter = scaling.adapter
+    if adapter == "redis":
+        url = _masked("redis_url", scaling.redis_url)
+        adapter += f" ({url}, prefix {scaling.redis_prefix!r}, node_lease {scaling.node_lease:g} s)"
+    tracing = ", every frame traced (verbose)" if server.verbose else ""
+    lines = [
+        f"kanal {__version__}: node {node_id}, adapter {adapter}, "
+        f"log level {server.log_level}, format {server.log_format}{tracing}"
+    ]
+    for app in config.apps[:SUMMARY_APPS]:
+        origins = ", ".join(app.allowed_origins) if app.allowed_origins else "any"
+        lines.append(
+            f"app {app.id}: key {app.key}{'' if app.enabled else ' (disabled)'}, client events "
+            f"{'on' if app.enable_client_messages else 'off'}, "
+            f"{len(app.webhooks)} webhook endpoint(s), origins {origins}"
+        )
+    if len(config.apps) > SUMMARY_APPS:
+        lines.append(f"... and {len(config.apps) - SUMMARY_APPS} more apps")
+    listeners = "; ".join(_listener(server, *address) for address in listening)
+    if server.workers > 1:
+        listeners += f" (one of {server.workers} workers sharing the ports)"
+    per_ip = server.max_connections_per_ip_per_second
+    limits = f"{per_ip} new connections per second per IP" if per_ip else "no per-IP limit"
+    lines.append(f"{listeners}; {limits}")
+    return lines
+
+
+def _listener(server: ServerSettings, host: str, port: int, websocket: bool, api: bool) -> str:
+    tls = bool(server.tls_cert_file)
+    base = f"{host}:{port}{server.path_prefix}"
+    served = []
+    if websocket:
+        served.append(f"WebSocket {'wss' if tls else 'ws'}://{base}/app/<key>")
+    if api:
+        served.append(f"HTTP API {'https' if tls else 'http'}://{base}/apps/<id>")
+        if server.admin_token:
+            served.append(f"console {'https' if tls else 'http'}://{base}/console/")
+    return ", ".join(served) or f"health checks only on {base}"
 
 
 def _dump_rows(section: str, obj: object) -> list[str]:
@@ -102,6 +160,7 @@ def _markdown_row(row: Setting) -> str:
     flag = f"`{row.flag}`" if row.flag else "—"
     if row.flag and row.kind == "bool":
         flag += f", `--no-{row.flag[2:]}`"
+    flag += "".join(f", `{alias}`" for alias in row.aliases)
     if row.required:
         dev = DEV_APP.get(row.name) if row.section == "apps" else None
         default = "required" if dev is None else f"required (dev app `{_toml(row.kind, dev)}`)"

@@ -27,6 +27,7 @@ from kanal.config import (
     WebhookSettings,
     WebhookTarget,
 )
+from kanal.protocol.handshake import origin_pattern_error
 from kanal.protocol.webhooks import EVENT_TYPES
 
 __all__ = [
@@ -107,6 +108,18 @@ def _http_url(value: str) -> str | None:
     return None if ok else "must be an http:// or https:// URL"
 
 
+def _origins(value: tuple[str, ...]) -> str | None:
+    for pattern in value:
+        problem = origin_pattern_error(pattern)
+        if problem is not None:
+            return f"{pattern!r}: {problem}"
+    return None
+
+
+def _optional_http_url(value: str) -> str | None:
+    return None if value == "" else _http_url(value)
+
+
 def _event_types(value: tuple[str, ...]) -> str | None:
     if value and set(value) <= set(WEBHOOK_EVENT_TYPES):
         return None
@@ -128,8 +141,13 @@ _TABLE = """
 [server]             KANAL_     --
 host                 -          Interface to listen on; 0.0.0.0 listens on all interfaces.
 port                 port       TCP port for WebSocket and HTTP API; 0 lets the OS pick one.
+api_host             -          Interface of the separate HTTP API listener; empty = host.
+api_port             port       Serve the HTTP API, /metrics and /console here only; 0 = on port.
+websocket_host       -          Interface of the separate WebSocket listener; empty = host.
+websocket_port       port       Accept WebSocket connections only on this port; 0 = on port.
 path_prefix          prefix     URL prefix before /app and /apps, e.g. /ws; empty for none.
 max_connections      nonneg     Server-wide connection cap, then close 4100; 0 = unlimited.
+max_connections_per_ip_per_second nonneg New connections per second per IP, over it 4100; 0 = off.
 max_frame_bytes      pos        Largest inbound WebSocket frame; above it close 1009.
 max_request_bytes    pos        Largest HTTP API request body; above it 413.
 max_output_buffer_bytes pos     Unsent bytes per connection before the connection is dropped.
@@ -137,13 +155,16 @@ shutdown_timeout     nonneg     Seconds to drain connections (close 4200) when s
 expose_signature_hint -         Put the expected string-to-sign in signature error messages.
 strict_protocol_version -       Refuse connections without ?protocol= (close 4008).
 log_level            log_level  Log verbosity: debug, info, warning or error.
+log_format           log_format "text" (readable lines) or "json" (one JSON object per line).
+verbose              -          Log every WebSocket frame in and out with its socket_id (debug aid).
 workers              pos        Worker processes; more than 1 needs adapter = "redis".
+pid_file             -          Pid file written once listening (refused if in use); empty = none.
 tls_cert_file        -          PEM certificate chain: serve wss:// and https:// directly.
 tls_key_file         -          PEM private key for tls_cert_file.
-trust_proxy_headers  -          Trust X-Forwarded-Proto from a TLS-terminating proxy (require_tls).
+trust_proxy_headers  -          Trust X-Forwarded-Proto and X-Forwarded-For from your proxy.
 coalesce_writes      -          Write each connection's frames once per loop iteration (faster).
 admin_token          admin_token Turns on /console; its password (16+ characters). Empty: off.
-metrics_port         port       Serve /metrics on this port instead of the main one; 0 = main port.
+metrics_port         port       Serve /metrics here only, not with the HTTP API; 0 = with the API.
 [webhooks]           KANAL_WEBHOOKS_ --webhooks-
 grace_period         nonneg     Seconds to hold channel_vacated/member_removed (dropped if undone).
 batch_window         nonneg     Seconds to gather events into one request for batching apps.
@@ -172,7 +193,7 @@ enable_subscription_count -     Send pusher_internal:subscription_count events a
 enable_encrypted_subscription_count - Also count subscriptions of private-encrypted- channels.
 enable_watchlist_events -       Send watchlist online/offline events to signed-in users.
 require_tls          -          Refuse plain ws:// connections (close 4000).
-allowed_origins      -          Origins allowed to connect (https://example.com); empty = any.
+allowed_origins      origins    Origins allowed to connect (https://*.example.com); empty = any.
 activity_timeout     pos        Seconds of silence before clients ping; sent to clients.
 pong_timeout         pos        Seconds to wait for pusher:pong before closing with 4201.
 max_connections      nonneg     Connections for this app, then close 4004; 0 = unlimited.
@@ -191,6 +212,7 @@ max_read_requests_per_second nonneg HTTP API reads per second, then 429; 0 = unl
 cache_ttl            pos        Seconds a cache- channel keeps its last event.
 max_timestamp_skew   pos        Seconds auth_timestamp may differ from server time, else 401.
 batch_webhooks       -          Send several events per webhook request (see batch_window).
+webhook_url          opt_http_url One more webhook endpoint, sent every event type; empty = none.
 [apps.webhooks]      -          -
 url                  http_url   Endpoint that receives the webhook POSTs (http or https).
 event_types          events     Events to send to this endpoint (list below).
@@ -212,13 +234,22 @@ _CHECKS: dict[str, Check | None] = {
     "port": _port,
     "prefix": _path_prefix,
     "log_level": _one_of("debug", "info", "warning", "error"),
+    "log_format": _one_of("text", "json"),
+    "origins": _origins,
     "adapter": _one_of("memory", "redis"),
     "redis_url": _redis_url,
     "credential": _credential,
     "admin_token": _admin_token,
     "http_url": _http_url,
+    "opt_http_url": _optional_http_url,
     "events": _event_types,
     "headers": _headers,
+}
+# Flags that also answer to a second spelling: Slanger's --webhook_url (one webhook endpoint for
+# its one app) reads as --webhook-url for those who move from it (docs/migrating.md); the
+# rule's own spelling, --app-webhook-url, stays the primary one.
+_FLAG_ALIASES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("apps", "webhook_url"): ("--webhook-url",),
 }
 _KINDS: dict[object, Kind] = {
     str: "str",
@@ -251,6 +282,7 @@ class Setting:
     check: Check | None
     env: str | None
     flag: str | None
+    aliases: tuple[str, ...] = ()  # more spellings of ``flag`` (_FLAG_ALIASES)
 
     @property
     def dest(self) -> str:
@@ -289,7 +321,10 @@ def _build_table() -> tuple[Setting, ...]:
             env = flag = None
             if env_prefix != "-":
                 env, flag = env_prefix + f.name.upper(), flag_prefix + f.name.replace("_", "-")
-            row = Setting(section, f.name, kind, f.default, help_text, _CHECKS[check], env, flag)
+            aliases = _FLAG_ALIASES.get((section, f.name), ())
+            row = Setting(
+                section, f.name, kind, f.default, help_text, _CHECKS[check], env, flag, aliases
+            )
             rows.append(row)
     return tuple(rows)
 
@@ -301,3 +336,6 @@ BY_DEST = {row.dest: row for row in SETTINGS if row.flag}
 BY_ENV = {row.env: row for row in SETTINGS if row.env}
 if len(BY_DEST) != len(BY_ENV) or len(BY_ENV) != sum(1 for r in SETTINGS if r.env):
     raise AssertionError("two settings derive the same env var or flag")
+_SPELLINGS = [spelling for row in SETTINGS if row.flag for spelling in (row.flag, *row.aliases)]
+if len(_SPELLINGS) != len(set(_SPELLINGS)):
+    raise AssertionError("a flag alias repeats another flag")

@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import quote
 
+from kanal import logs
 from kanal.config import App
 from kanal.hub import Hub
 from kanal.protocol.errors import CloseCode, ConnectionRefused
@@ -55,14 +56,18 @@ class AsgiConnection:
         "_outbox",
         "_queued",
         "_text_of",
+        "_trace",
         "_wake",
         "socket_id",
     )
 
-    def __init__(self, socket_id: str, limit: int, text_of: Callable[[bytes], str]) -> None:
+    def __init__(
+        self, socket_id: str, limit: int, text_of: Callable[[bytes], str], trace: bool = False
+    ) -> None:
         self.socket_id = socket_id
         self._limit = limit
         self._text_of = text_of
+        self._trace = trace  # [server] verbose: log every frame (kanal.logs.trace)
         self._outbox: deque[bytes] = deque()
         self._queued = 0
         self._wake = asyncio.Event()
@@ -76,6 +81,8 @@ class AsgiConnection:
             log.warning("closing slow consumer %s", self.socket_id)
             self.close(CloseCode.OVER_CAPACITY, "Slow consumer: output buffer limit exceeded")
             return
+        if self._trace:
+            logs.trace("out", self.socket_id, self._text_of(frame))
         self._outbox.append(frame)
         self._queued += len(frame)
         self._wake.set()
@@ -91,6 +98,8 @@ class AsgiConnection:
     def close(self, code: int, reason: str) -> None:
         if self._closing:
             return
+        if self._trace:
+            logs.trace("out", self.socket_id, f"[close {code} {reason}]")
         self._closing = True
         self._close = (code, reason)
         self._wake.set()
@@ -122,7 +131,7 @@ class AsgiTransport:
     """The ASGI callable: ``lifespan``, ``http`` (the HTTP API) and ``websocket`` scopes.
 
     Args:
-        hub, http, websocket: the node's parts (the endpoint is used for its handshake rules).
+        hub, http, websocket: the node's parts (the endpoint is used for its admission rules).
         start, stop: the node's lifecycle; called from the lifespan protocol, or on the first
             request when the ASGI server sends no lifespan events (Django routing to kanal).
         max_request_bytes, max_frame_bytes, max_output_buffer_bytes: the limits ``kanal
@@ -130,6 +139,7 @@ class AsgiTransport:
         shutdown_timeout: how long shutdown waits for connections to end after closing them.
         framed: the hub hands out complete RFC 6455 frames (the node also serves kanal's own
             transport on a port of its own); their header is taken off for the ASGI server.
+        trace: log every frame in and out (``[server] verbose``).
     """
 
     def __init__(
@@ -145,8 +155,10 @@ class AsgiTransport:
         max_output_buffer_bytes: int,
         shutdown_timeout: float,
         framed: bool = False,
+        trace: bool = False,
     ) -> None:
         self._hub = hub
+        self._trace = trace
         self._text_of: Callable[[bytes], str] = _unframed if framed else bytes.decode
         self._http = http
         self._websocket = websocket
@@ -255,16 +267,19 @@ class AsgiTransport:
         # Accepted first, refused after: the client must see pusher:error and the close code
         # (protocol.md §1.2), which a refused upgrade (HTTP 403) cannot carry.
         await send({"type": "websocket.accept"})
-        conn = AsgiConnection(new_socket_id(), self._output_limit, self._text_of)
+        conn = AsgiConnection(new_socket_id(), self._output_limit, self._text_of, self._trace)
         writer = asyncio.ensure_future(conn.write(send))
         request = _request(scope, b"")
-        app = self._websocket.handshake(request)
+        admission = self._websocket.admission
+        client = admission.client(request)
+        app = admission.check(request, client)
         admitted, code = False, 1006
         try:
             if isinstance(app, ConnectionRefused):
                 self._hub.refuse(conn, app.close_code, app.message)
             else:
-                admitted = await self._admit(conn, app, request.headers.get("origin"))
+                origin = request.headers.get("origin")
+                admitted = await self._admit(conn, app, origin, client)
             if admitted:
                 code = await self._read_messages(conn, receive)
             else:
@@ -276,9 +291,9 @@ class AsgiTransport:
             if admitted:
                 await self._hub.closed(conn.socket_id, conn.close_code or code)
 
-    async def _admit(self, conn: AsgiConnection, app: App, origin: str | None) -> bool:
+    async def _admit(self, conn: AsgiConnection, app: App, origin: str | None, client: str) -> bool:
         try:
-            return await self._hub.open(conn, app, origin)
+            return await self._hub.open(conn, app, origin, client)
         except Exception:  # e.g. the cluster store failed: this client reconnects, others live
             log.exception("could not admit %s", conn.socket_id)
             conn.close(CloseCode.RECONNECT, "Internal server error, reconnect")
@@ -290,10 +305,15 @@ class AsgiTransport:
         while True:
             message = await receive()
             if message["type"] == "websocket.disconnect":
-                return int(message.get("code", 1005))
+                code = int(message.get("code", 1005))
+                if self._trace:
+                    logs.trace("in", conn.socket_id, f"[close {code}]")
+                return code
             text = message.get("text")
             if text is None:  # binary messages are ignored (protocol.md §2)
                 continue
+            if self._trace:
+                logs.trace("in", conn.socket_id, text)
             # limits.md §2, RFC 6455 §7.4.1; a str of n characters holds at most 4n bytes, so
             # only long messages are encoded to be measured.
             if len(text) * 4 > self._max_message and len(text.encode()) > self._max_message:
@@ -328,4 +348,11 @@ def _request(scope: Scope, body: bytes) -> Request:
         headers=headers,
         body=body,
         secure=scope.get("scheme") in ("https", "wss"),
+        client=_client(scope),
     )
+
+
+def _client(scope: Scope) -> str:
+    """The peer's address from the ASGI scope (``client`` is optional, e.g. a Unix socket)."""
+    client = scope.get("client")
+    return str(client[0]) if client else ""

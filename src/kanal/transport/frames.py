@@ -28,6 +28,7 @@ __all__ = [
     "accept_key",
     "close_frame",
     "control_frame",
+    "describe",
     "parse_close",
     "text_frame",
     "text_payload",
@@ -73,6 +74,15 @@ def text_payload(frame: bytes) -> bytes:
     """The payload of a frame built by :func:`text_frame` (its 2, 4 or 10 header bytes off)."""
     marker = frame[1]
     return frame[2:] if marker < 126 else frame[4:] if marker == 126 else frame[10:]
+
+
+def describe(frame: bytes) -> str:
+    """What a frame built here says, for a trace line (``[server] verbose``): a text frame's
+    payload, or ``[ping]`` / ``[pong]`` for a control frame."""
+    opcode = frame[0] & 0x0F
+    if opcode == TEXT:
+        return text_payload(frame).decode(errors="replace")
+    return {PING: "[ping]", PONG: "[pong]"}.get(opcode, f"[opcode {opcode}]")
 
 
 def control_frame(opcode: int, payload: bytes = b"") -> bytes:

@@ -16,6 +16,7 @@ from urllib.parse import unquote
 
 import orjson
 
+from kanal import logs
 from kanal.apps import AppStore
 from kanal.config import App
 from kanal.metrics import CONTENT_TYPE, Metrics
@@ -60,6 +61,14 @@ class _Route:
         return found
 
 
+def _by_length(routes: list[_Route]) -> dict[int, list[_Route]]:
+    """Routes by segment count: a request is matched against only those of its length."""
+    index: dict[int, list[_Route]] = {}
+    for route in routes:
+        index.setdefault(len(route.segments), []).append(route)
+    return index
+
+
 def _json(body: Any, status: int = 200) -> Response:
     return Response(status, orjson.dumps(body), "application/json")
 
@@ -91,16 +100,19 @@ class HttpApi:
         self._ready = ready
         self._wall = wall
         self._scrape = scrape
-        self._table = self._routes()
+        # The health checks alone are what an address without the HTTP API answers (a
+        # WebSocket-only listener: [server] api_port set).
+        self._probes = [_Route("GET", "", self.health), _Route("GET", "ready", self.readiness)]
+        self._table = self._probes + self._routes()
         if console is not None:  # off unless [server] admin_token is set (docs/console.md)
             self._table += [_Route(*route) for route in console.routes()]
+        self._by_length = _by_length(self._table)
+        self._probes_by_length = _by_length(self._probes)
 
     def _routes(self) -> list[_Route]:
         wrap = self._wrap
         metrics = [_Route("GET", "metrics", self.metrics)] if self._scrape is not None else []
         return [
-            _Route("GET", "", self.health),
-            _Route("GET", "ready", self.readiness),
             *metrics,
             _Route("POST", "apps/{app_id}/events", wrap(self.events)),
             _Route("POST", "apps/{app_id}/batch_events", wrap(self.batch)),
@@ -118,6 +130,13 @@ class HttpApi:
 
     async def dispatch(self, request: Request) -> Response:
         """Route a request: 404 for an unknown path, 405 for a known path's wrong method."""
+        return await self._route(request, self._by_length)
+
+    async def dispatch_probes(self, request: Request) -> Response:
+        """Only ``GET /`` and ``GET /ready``; every other path is 404."""
+        return await self._route(request, self._probes_by_length)
+
+    async def _route(self, request: Request, table: dict[int, list[_Route]]) -> Response:
         path = request.path
         if self._prefix:
             if not path.startswith(self._prefix):
@@ -125,7 +144,7 @@ class HttpApi:
             path = path[len(self._prefix) :]
         parts = path.strip("/").split("/")
         known = False
-        for route in self._table:
+        for route in table.get(len(parts), ()):
             found = route.match(parts)
             if found is None:
                 continue
@@ -159,7 +178,11 @@ class HttpApi:
                 response = _json(await handler(request, app, body))
             except ApiError as error:
                 response = Response(error.status, error.message.encode())
+                if error.status == 401:
+                    _refused(request, error)
             self._metrics.request(app_id, name, response.status, time.perf_counter() - started)
+            if log.isEnabledFor(logging.DEBUG):
+                _called(request, response)
             return response
 
         return endpoint
@@ -213,3 +236,41 @@ class HttpApi:
 
     async def terminate(self, request: Request, app: App, body: bytes) -> Any:
         return await self._service.terminate_user_connections(app, request.match["user_id"])
+
+
+def _refused(request: Request, error: ApiError) -> None:
+    """An HTTP API call whose signature (or key, timestamp, body_md5) did not check out."""
+    why = logs.reason(error.message)
+    logs.refused(
+        log,
+        "api refused 401",
+        "refused API call %s %s from %s: %s (401)",
+        request.method,
+        logs.reason(request.path),
+        request.client or "?",
+        why,
+        method=request.method,
+        path=request.path,
+        client=request.client,
+        status=401,
+        reason=why,
+    )
+
+
+def _called(request: Request, response: Response) -> None:
+    """One API call at DEBUG: method, path and status; never the query (its auth_signature)."""
+    log.debug(
+        "API %s %s from %s: %d (%d bytes)",
+        request.method,
+        request.path,
+        request.client or "?",
+        response.status,
+        len(response.body),
+        extra={
+            "method": request.method,
+            "path": request.path,
+            "app_id": request.match.get("app_id"),
+            "client": request.client,
+            "status": response.status,
+        },
+    )

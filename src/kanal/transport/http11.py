@@ -17,12 +17,12 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from http import HTTPStatus
 from typing import Any, cast
-from urllib.parse import parse_qsl
 
 import httptools
+
+from kanal.transport import eager
+from kanal.transport.http_messages import Request, Response, split_target
 
 __all__ = ["HttpConnection", "HttpServer", "Request", "Response"]
 
@@ -34,48 +34,6 @@ MAX_HEAD_BYTES = 64 * 1024  # request line plus headers; more is refused with 43
 # long before closing: closing with unread data would reset the connection and could destroy
 # the answer before the client reads it (RFC 9112 §9.6, "lingering close").
 LINGER_SECONDS = 2.0
-_REASONS = {status.value: status.phrase for status in HTTPStatus}
-
-
-@dataclass(slots=True)
-class Request:
-    """One parsed request; header names are lower-case (repeated headers joined by ", ")."""
-
-    method: str
-    path: str  # raw (still percent-encoded), without the query
-    query_string: str
-    headers: dict[str, str]
-    body: bytes = b""
-    secure: bool = False
-    match: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def query(self) -> dict[str, str]:
-        """Decoded query parameters; the last of a repeated name wins."""
-        return dict(self.query_items)
-
-    @property
-    def query_items(self) -> list[tuple[str, str]]:
-        return parse_qsl(self.query_string, keep_blank_values=True)
-
-
-@dataclass(slots=True, frozen=True)
-class Response:
-    status: int
-    body: bytes = b""
-    content_type: str = "text/plain; charset=utf-8"
-    headers: tuple[tuple[str, str], ...] = ()
-
-    def encode(self, keep_alive: bool, head: bool = False) -> bytes:
-        lines = [
-            f"HTTP/1.1 {self.status} {_REASONS.get(self.status, '')}",
-            f"Content-Type: {self.content_type}",
-            f"Content-Length: {len(self.body)}",
-            *(f"{name}: {value}" for name, value in self.headers),
-        ]
-        if not keep_alive:
-            lines.append("Connection: close")
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (b"" if head else self.body)
 
 
 Dispatch = Callable[[Request], Awaitable[Response]]
@@ -87,9 +45,19 @@ class HttpServer:
     """Shared state of every connection: handlers, limits and the set of open connections."""
 
     def __init__(
-        self, dispatch: Dispatch, upgrade: Upgrade, *, max_body: int, idle_timeout: float
+        self,
+        dispatch: Dispatch,
+        upgrade: Upgrade,
+        *,
+        max_body: int,
+        idle_timeout: float,
+        eager: bool = False,
     ) -> None:
         self.dispatch = dispatch
+        # Answer in the reading callback when ``dispatch`` does not wait (eager.py). Only for
+        # a dispatch that never needs a current task before its first wait: asyncio.timeout
+        # does, so the Redis adapters' calls rule it out; memory mode's path has none.
+        self.eager = eager
         self.upgrade = upgrade
         self.max_body = max_body
         self.idle_timeout = idle_timeout
@@ -131,6 +99,7 @@ class HttpConnection(asyncio.Protocol):
     def __init__(self, server: HttpServer) -> None:
         self._server = server
         self._transport: asyncio.Transport | None = None
+        self._client = ""  # the peer's address, once connected
         self._parser: Any = httptools.HttpRequestParser(self)
         self._url = b""
         self._headers: list[tuple[str, str]] = []
@@ -146,7 +115,8 @@ class HttpConnection(asyncio.Protocol):
         self._head_bytes = 0  # bytes read in later reads while still there
         self._queue: deque[tuple[Request, bool]] = deque()
         self._worker: asyncio.Task[None] | None = None
-        self._idle: asyncio.TimerHandle | None = None
+        self._idle: asyncio.TimerHandle | None = None  # the idle timer, or the linger
+        self._idle_deadline: float | None = None  # loop time the idle timer closes at
         # waiting for the worker to answer the requests before them:
         self._refusal: Response | None = None
         self._upgrade_rest: bytes | None = None  # bytes read past the upgrade request
@@ -156,6 +126,8 @@ class HttpConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        peer = transport.get_extra_info("peername")
+        self._client = peer[0] if isinstance(peer, tuple) and peer else ""
         self._server.connections.add(self)
         self._arm_idle()
 
@@ -190,7 +162,7 @@ class HttpConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._server.connections.discard(self)
-        self._disarm_idle()
+        self._cancel_timer()
         self._parser = None
         if self._worker is not None and not self._worker.done():
             self._worker.cancel()
@@ -203,7 +175,10 @@ class HttpConnection(asyncio.Protocol):
         self._begin_head()
 
     def _begin_head(self) -> None:
+        """A head, a chunk-size line or a trailer section begins: each has its own limit (the
+        request head's fields and a trailer section's are not added up)."""
         self._in_head, self._head_began, self._head_bytes = True, True, 0
+        self._head_size = 0
 
     def on_url(self, url: bytes) -> None:
         if not self._rejected:
@@ -213,7 +188,8 @@ class HttpConnection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         """A header field, or a trailer field of a chunked body (counted alike, not used)."""
         if not self._rejected:
-            self._headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+            if self._request is None:  # a trailer field comes after the head: not kept
+                self._headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
             self._count_head(len(name) + len(value))
 
     def _count_head(self, size: int) -> None:
@@ -232,14 +208,15 @@ class HttpConnection(asyncio.Protocol):
         headers: dict[str, str] = {}
         for name, value in self._headers:
             headers[name] = f"{headers[name]}, {value}" if name in headers else value
-        url = httptools.parse_url(self._url)
+        path, query = split_target(self._url)
         self._request = Request(
             method=self._parser.get_method().decode("latin-1"),
-            path=(url.path or b"/").decode("latin-1"),
-            query_string=(url.query or b"").decode("latin-1"),
+            path=path,
+            query_string=query,
             headers=headers,
             secure=self._transport is not None
             and self._transport.get_extra_info("sslcontext") is not None,
+            client=self._client,
         )
         if "chunked" in headers.get("transfer-encoding", "").lower():
             self._begin_head()  # the first chunk's size line
@@ -297,7 +274,10 @@ class HttpConnection(asyncio.Protocol):
             self._transport.pause_reading()
         if self._worker is None:
             self._server.answering(+1)
-            self._worker = asyncio.get_running_loop().create_task(self._respond())
+            if self._server.eager:  # answered now if no I/O is needed (eager.py says why)
+                self._worker = eager.start(self._respond())
+            else:
+                self._worker = asyncio.get_running_loop().create_task(self._respond())
 
     # --- responses -------------------------------------------------------------------------
 
@@ -383,7 +363,7 @@ class HttpConnection(asyncio.Protocol):
             transport.close()
             return
         transport.write_eof()
-        self._disarm_idle()
+        self._cancel_timer()
         self._idle = asyncio.get_running_loop().call_later(LINGER_SECONDS, transport.close)
 
     def _upgrade(self, rest: bytes) -> None:
@@ -400,7 +380,7 @@ class HttpConnection(asyncio.Protocol):
     def _hand_over(self, rest: bytes) -> None:
         request, transport = self._request, self._transport
         self._server.connections.discard(self)
-        self._disarm_idle()
+        self._cancel_timer()
         if transport is None:
             return
         if request is None:  # not expected: llhttp upgrades only after a complete head
@@ -411,12 +391,35 @@ class HttpConnection(asyncio.Protocol):
     # --- timeouts and shutdown -------------------------------------------------------------
 
     def _arm_idle(self) -> None:
-        self._disarm_idle()
+        """Close after ``idle_timeout`` with nothing to do. Cheap per request: one timer
+        stays armed and, when it fires early, re-arms itself for the current deadline,
+        instead of a timer made and cancelled for every request of a keep-alive connection."""
         timeout = self._server.idle_timeout
-        if timeout > 0:
-            self._idle = asyncio.get_running_loop().call_later(timeout, self.close_if_idle)
+        if timeout <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        self._idle_deadline = loop.time() + timeout
+        if self._idle is None:
+            self._idle = loop.call_at(self._idle_deadline, self._idle_due)
 
     def _disarm_idle(self) -> None:
+        """Busy: the armed timer, when it fires, finds no deadline and does nothing."""
+        self._idle_deadline = None
+
+    def _idle_due(self) -> None:
+        self._idle = None
+        deadline = self._idle_deadline
+        if deadline is None:
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() < deadline:
+            self._idle = loop.call_at(deadline, self._idle_due)
+        else:
+            self.close_if_idle()
+
+    def _cancel_timer(self) -> None:
+        """No more idle timeout at all (closed, handed over, or lingering instead)."""
+        self._idle_deadline = None
         if self._idle is not None:
             self._idle.cancel()
             self._idle = None

@@ -1,11 +1,12 @@
-"""One listening socket serving the WebSocket endpoint and the HTTP API, and the optional
-second one that serves only ``/metrics`` (``metrics_port``).
+"""The listening sockets: the WebSocket endpoint and the HTTP API on one port, or on separate
+ports when ``[server] api_port`` / ``websocket_port`` say so; and the optional one that
+serves only ``/metrics`` (``metrics_port``).
 
-Ownership rule: the listening socket lives here; ``kanal.server`` starts and stops it
+Ownership rule: the listening sockets live here; ``kanal.server`` starts and stops them
 through :class:`Listener` without knowing the network code. Each accepted connection starts
 as an :class:`~kanal.transport.http11.HttpConnection`; a WebSocket upgrade hands the socket
 to :class:`~kanal.transport.websocket.WebSocketEndpoint`, everything else goes to
-:class:`~kanal.transport.http.HttpApi`.
+:class:`~kanal.transport.http.HttpApi`. What one address serves is its :class:`Bind`.
 """
 
 from __future__ import annotations
@@ -15,18 +16,23 @@ import contextlib
 import os
 import socket
 import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass
 
+from kanal.config import ServerSettings
 from kanal.metrics import CONTENT_TYPE
 from kanal.transport.http import HttpApi, Scrape
-from kanal.transport.http11 import HttpServer, Request, Response
+from kanal.transport.http11 import Dispatch, HttpServer, Request, Response, Upgrade
 from kanal.transport.websocket import WebSocketEndpoint
 
 __all__ = [
     "HTTP_IDLE_TIMEOUT",
     "LISTEN_BACKLOG",
+    "Bind",
     "ListenError",
     "Listener",
     "MetricsListener",
+    "binds",
     "probe_bind",
     "tls_context",
 ]
@@ -40,6 +46,42 @@ HTTP_IDLE_TIMEOUT = 60.0
 class ListenError(Exception):
     """The listener cannot start (unusable TLS files, an address that cannot be bound); the
     message is one line for the operator."""
+
+
+@dataclass(frozen=True, slots=True)
+class Bind:
+    """One listening address and what it serves besides the health checks (``GET /`` and
+    ``GET /ready``, which every address answers: a load balancer probes the port it sends
+    traffic to)."""
+
+    host: str
+    port: int
+    websocket: bool = True  # WebSocket connections, {prefix}/app/{key}
+    api: bool = True  # the HTTP API, /metrics and the console: what a backend calls
+
+    @property
+    def label(self) -> str:
+        """What the start-up log says this address serves, when it is not everything."""
+        if self.websocket and self.api:
+            return ""
+        if self.websocket:
+            return " (WebSocket connections)"
+        return " (HTTP API)" if self.api else " (health checks only)"
+
+
+def binds(settings: ServerSettings) -> list[Bind]:
+    """``host:port``, then the separate listeners that ``api_port`` / ``websocket_port`` ask
+    for. The main address keeps whatever was not moved elsewhere (with both moved, only the
+    health checks), so without them it serves everything, as it always has."""
+    api, websocket = settings.api_port != 0, settings.websocket_port != 0
+    found = [Bind(settings.host, settings.port, websocket=not websocket, api=not api)]
+    if api:
+        host = settings.api_host or settings.host
+        found.append(Bind(host, settings.api_port, websocket=False, api=True))
+    if websocket:
+        host = settings.websocket_host or settings.host
+        found.append(Bind(host, settings.websocket_port, websocket=True, api=False))
+    return found
 
 
 def _why(exc: OSError) -> str:
@@ -85,6 +127,17 @@ def probe_bind(host: str, port: int) -> None:
             raise _bind_error(host, port, exc) from None
 
 
+_NO_WEBSOCKET = Response(404, b"WebSocket connections are not served on this port")
+
+
+def _refuse_upgrade(request: Request, transport: asyncio.Transport, rest: bytes) -> None:
+    """An address without the WebSocket endpoint (the API listener): an upgrade is answered as
+    any path it does not serve, 404, and the connection closed (RFC 9110 §7.8 lets a server
+    ignore Upgrade; after a refused upgrade a client has nothing more to send)."""
+    transport.write(_NO_WEBSOCKET.encode(keep_alive=False))
+    transport.close()
+
+
 async def _listen(
     connections: HttpServer, host: str, port: int, reuse_port: bool, tls: ssl.SSLContext | None
 ) -> asyncio.Server:
@@ -104,7 +157,8 @@ async def _listen(
 
 
 class Listener:
-    """Routes ``{prefix}/app/{key}``, the HTTP API and health checks; start/stop the port."""
+    """Routes ``{prefix}/app/{key}``, the HTTP API and health checks; starts and stops every
+    address of the node (:func:`binds`)."""
 
     def __init__(
         self,
@@ -113,71 +167,105 @@ class Listener:
         *,
         max_request_bytes: int,
         shutdown_timeout: float = 10.0,
+        eager: bool = False,
     ) -> None:
         self._websocket = websocket
         self._http = http
+        self._max_body = max_request_bytes
         self._shutdown_timeout = shutdown_timeout
-        self._connections = HttpServer(
-            self._dispatch,
-            websocket.upgrade,
-            max_body=max_request_bytes,
-            idle_timeout=HTTP_IDLE_TIMEOUT,
-        )
-        self._server: asyncio.Server | None = None
-        self.port = 0
+        self._eager = eager
+        self._servers: list[tuple[asyncio.Server, HttpServer]] = []
+        self.port = 0  # the main address's, once listening
 
     async def _dispatch(self, request: Request) -> Response:
         if self._websocket.app_key(request.path) is not None:
             return Response(426, b"This endpoint only accepts WebSocket upgrades")
         return await self._http.dispatch(request)
 
+    async def _dispatch_websocket_only(self, request: Request) -> Response:
+        if self._websocket.app_key(request.path) is not None:
+            return Response(426, b"This endpoint only accepts WebSocket upgrades")
+        return await self._http.dispatch_probes(request)
+
+    def _connections(self, bind: Bind) -> HttpServer:
+        """The HTTP side of one address: its routes, and whether it hands over upgrades."""
+        dispatch: Dispatch
+        if bind.websocket:
+            dispatch = self._dispatch if bind.api else self._dispatch_websocket_only
+        else:
+            dispatch = self._http.dispatch if bind.api else self._http.dispatch_probes
+        upgrade: Upgrade = self._websocket.upgrade if bind.websocket else _refuse_upgrade
+        return HttpServer(
+            dispatch,
+            upgrade,
+            max_body=self._max_body,
+            idle_timeout=HTTP_IDLE_TIMEOUT,
+            eager=self._eager,
+        )
+
     async def start(
         self,
-        host: str,
-        port: int,
+        addresses: Sequence[Bind],
         *,
         reuse_port: bool = False,
         tls_cert_file: str = "",
         tls_key_file: str = "",
-    ) -> int:
-        """Bind and serve (TLS when a certificate is given); returns the bound port.
+    ) -> list[int]:
+        """Bind and serve every address (TLS on each when a certificate is given); returns the
+        bound ports, in the order of ``addresses``. If one address cannot be bound, those
+        already bound are released again.
 
         Raises:
-            ListenError: the TLS files are unusable or the address cannot be bound.
+            ListenError: the TLS files are unusable or an address cannot be bound.
         """
-        self._server = await _listen(
-            self._connections, host, port, reuse_port, tls_context(tls_cert_file, tls_key_file)
-        )
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self.port
+        tls = tls_context(tls_cert_file, tls_key_file)
+        for bind in addresses:
+            connections = self._connections(bind)
+            try:
+                server = await _listen(connections, bind.host, bind.port, reuse_port, tls)
+            except ListenError:
+                for started, _ in self._servers:
+                    started.close()
+                self._servers = []
+                raise
+            self._servers.append((server, connections))
+        ports = [server.sockets[0].getsockname()[1] for server, _ in self._servers]
+        self.port = ports[0]
+        return ports
 
     async def stop(self) -> None:
-        """Stop accepting, finish in-flight requests and closing sockets, release the port."""
-        if self._server is None:
+        """Stop accepting, finish in-flight requests and closing sockets, release the ports."""
+        if not self._servers:
             return
-        self._server.close()
-        self._connections.close_idle()
+        for server, connections in self._servers:
+            server.close()
+            connections.close_idle()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._shutdown_timeout
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout_at(deadline):
-                await self._connections.idle.wait()
-        self._connections.abort_all()
+                for _, connections in self._servers:
+                    await connections.idle.wait()
+        for _, connections in self._servers:
+            connections.abort_all()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout_at(deadline):
                 await self._websocket.quiet.wait()
         await self._websocket.abort_all()
-        self._server = None
+        self._servers = []
 
 
 class MetricsListener:
-    """``metrics_port``: ``GET /metrics`` and nothing else, so that the main port (the one
-    clients and the internet reach) need not expose the unauthenticated metrics."""
+    """``metrics_port``: ``GET /metrics`` and nothing else, so that the ports clients and the
+    internet reach need not expose the unauthenticated metrics."""
 
     def __init__(self, scrape: Scrape, *, max_request_bytes: int) -> None:
         self._scrape = scrape
         self._connections = HttpServer(
-            self._dispatch, _no_upgrade, max_body=max_request_bytes, idle_timeout=HTTP_IDLE_TIMEOUT
+            self._dispatch,
+            _refuse_upgrade,
+            max_body=max_request_bytes,
+            idle_timeout=HTTP_IDLE_TIMEOUT,
         )
         self._server: asyncio.Server | None = None
         self.port = 0
@@ -198,7 +286,7 @@ class MetricsListener:
         tls_cert_file: str = "",
         tls_key_file: str = "",
     ) -> int:
-        """Bind and serve (TLS like the main port); returns the bound port.
+        """Bind and serve (TLS like the other ports); returns the bound port.
 
         Raises:
             ListenError: the TLS files are unusable or the address cannot be bound.
@@ -215,8 +303,3 @@ class MetricsListener:
         self._connections.close_idle()
         self._connections.abort_all()  # a scrape in flight is retried at the next interval
         self._server = None
-
-
-def _no_upgrade(request: Request, transport: asyncio.Transport, rest: bytes) -> None:
-    transport.write(Response(404, b"Not found").encode(keep_alive=False))
-    transport.close()

@@ -25,14 +25,13 @@ import secrets
 from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any
-from urllib.parse import unquote
 
-from kanal.apps import AppStore
+from kanal import logs
 from kanal.config import App
 from kanal.hub import Hub
 from kanal.protocol.errors import CloseCode, ConnectionRefused
-from kanal.protocol.handshake import check_handshake
 from kanal.transport import frames
+from kanal.transport.admission import Admission
 from kanal.transport.http11 import Request, Response
 
 __all__ = ["Coalescer", "WebSocketConnection", "WebSocketEndpoint", "new_socket_id"]
@@ -114,7 +113,10 @@ class WebSocketConnection(asyncio.Protocol):
     def send(self, frame: bytes) -> None:
         if self._closing:
             return
-        coalescer = self._endpoint.coalescer
+        endpoint = self._endpoint
+        if endpoint.trace:
+            logs.trace("out", self.socket_id, frames.describe(frame))
+        coalescer = endpoint.coalescer
         if coalescer is None:
             self.write([frame])
         else:
@@ -148,6 +150,8 @@ class WebSocketConnection(asyncio.Protocol):
         self._closing = True
         self.close_code = code
         self._closer = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, transport.abort)
+        if self._endpoint.trace:
+            logs.trace("out", self.socket_id, f"[close {code} {reason}]")
         if not transport.is_closing():
             transport.write(frames.close_frame(code, reason))
         self._finish()
@@ -204,6 +208,8 @@ class WebSocketConnection(asyncio.Protocol):
         except UnicodeDecodeError:
             self.close(1007, "Text frame is not valid UTF-8")  # RFC 6455 §8.1
             return
+        if self._endpoint.trace:
+            logs.trace("in", self.socket_id, text)
         inbox = self._inbox
         if inbox is None:
             self._inbox = deque((text,))
@@ -228,6 +234,8 @@ class WebSocketConnection(asyncio.Protocol):
                 code, reason = frames.parse_close(payload), ""
             except frames.FrameError as error:
                 code, reason = error.code, error.reason
+            if self._endpoint.trace:
+                logs.trace("in", self.socket_id, f"[close {code}]")
             self._closing = True
             self.close_code = code
             if not transport.is_closing():
@@ -235,15 +243,15 @@ class WebSocketConnection(asyncio.Protocol):
             self._finish()
         transport.close()
 
-    def admit(self, app: App, origin: str | None) -> None:
+    def admit(self, app: App, origin: str | None, client: str) -> None:
         """Let the hub admit the connection; messages that arrive meanwhile wait their turn."""
         self._inbox = deque()
-        self._endpoint.spawn(self._open(app, origin))
+        self._endpoint.spawn(self._open(app, origin, client))
 
-    async def _open(self, app: App, origin: str | None) -> None:
+    async def _open(self, app: App, origin: str | None, client: str) -> None:
         try:
             try:
-                admitted = await self._endpoint.hub.open(self, app, origin)
+                admitted = await self._endpoint.hub.open(self, app, origin, client)
             except Exception:
                 log.exception("could not admit %s", self.socket_id)
                 self.close(CloseCode.RECONNECT, "Internal server error, reconnect")
@@ -285,23 +293,21 @@ class WebSocketEndpoint:
     def __init__(
         self,
         hub: Hub,
-        apps: AppStore,
+        admission: Admission,
         *,
-        path_prefix: str = "",
         max_frame_bytes: int,
         max_output_buffer_bytes: int,
-        strict_protocol: bool,
-        trust_proxy_headers: bool = False,
         coalesce_writes: bool = True,
+        trace: bool = False,
         socket_id: Callable[[], str] = new_socket_id,
     ) -> None:
         self.hub = hub
-        self._apps = apps
-        self._app_path = path_prefix.rstrip("/") + "/app/"
+        self.admission = admission
         self.max_message = max_frame_bytes  # limits.md §2: close 1009 only *above* the cap
         self.output_limit = max_output_buffer_bytes
-        self._strict = strict_protocol
-        self._trust_proxy = trust_proxy_headers
+        # [server] verbose: every frame in and out is logged (kanal.logs.trace); read once
+        # per frame, so tracing costs one attribute test while off.
+        self.trace = trace
         self._socket_id = socket_id
         # coalesce_writes = false writes every frame at once (for comparison, docs/performance.md)
         self.coalescer: Coalescer | None = Coalescer() if coalesce_writes else None
@@ -312,10 +318,7 @@ class WebSocketEndpoint:
 
     def app_key(self, path: str) -> str | None:
         """The key in ``{prefix}/app/{key}``, or None for any other path."""
-        if not path.startswith(self._app_path):
-            return None
-        key = unquote(path[len(self._app_path) :])
-        return key if key and "/" not in key else None
+        return self.admission.app_key(path)
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)
@@ -343,37 +346,12 @@ class WebSocketEndpoint:
             conn.data_received(rest)
 
     def _admit(self, conn: WebSocketConnection, request: Request) -> None:
-        app = self.handshake(request)
+        client = self.admission.client(request)
+        app = self.admission.check(request, client)
         if isinstance(app, ConnectionRefused):
             self.hub.refuse(conn, app.close_code, app.message)
         else:
-            conn.admit(app, request.headers.get("origin"))
-
-    def handshake(self, request: Request) -> App | ConnectionRefused:
-        """The app a new connection belongs to, or why it is refused (protocol.md §1.2); used
-        by every WebSocket transport (this one and the ASGI adapter)."""
-        key = self.app_key(request.path)
-        if key is None:  # protocol.md §1.2 step 1: refused after the upgrade, not with a 404
-            return ConnectionRefused(CloseCode.PATH_NOT_FOUND, "Path not found")
-        app = self._apps.by_key(key)
-        refused = check_handshake(
-            app,
-            protocol=request.query.get("protocol"),
-            secure=self._is_secure(request),
-            origin=request.headers.get("origin"),
-            strict_protocol=self._strict,
-        )
-        if refused is not None:
-            return refused
-        assert app is not None
-        return app
-
-    def _is_secure(self, request: Request) -> bool:
-        """TLS here, or (when trusted) at the proxy in front of us (docs/deployment.md)."""
-        if request.secure:
-            return True
-        forwarded = request.headers.get("x-forwarded-proto", "")
-        return self._trust_proxy and forwarded.split(",")[0].strip().lower() == "https"
+            conn.admit(app, request.headers.get("origin"), client)
 
     def gone(self, conn: WebSocketConnection) -> None:
         self.connections.discard(conn)

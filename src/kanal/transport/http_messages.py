@@ -1,0 +1,93 @@
+"""HTTP/1.1 requests and responses as values, and the parsing of a request target.
+
+Ownership rule: what a request and a response are, independent of the connection that
+carried them: :mod:`kanal.transport.http11` makes them from bytes and writes them back;
+the ASGI adapter makes them from ASGI scopes; the HTTP API and the console read and return
+them.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from urllib.parse import unquote_plus
+
+import httptools
+
+__all__ = ["Request", "Response", "parse_query", "split_target"]
+
+_REASONS = {status.value: status.phrase for status in HTTPStatus}
+
+
+@dataclass(slots=True)
+class Request:
+    """One parsed request; header names are lower-case (repeated headers joined by ", ")."""
+
+    method: str
+    path: str  # raw (still percent-encoded), without the query
+    query_string: str
+    headers: dict[str, str]
+    body: bytes = b""
+    secure: bool = False
+    match: dict[str, str] = field(default_factory=dict)
+    client: str = ""  # the peer's address ("" when unknown), before any proxy header
+
+    @property
+    def query(self) -> dict[str, str]:
+        """Decoded query parameters; the last of a repeated name wins."""
+        return dict(self.query_items)
+
+    @property
+    def query_items(self) -> list[tuple[str, str]]:
+        return parse_query(self.query_string)
+
+
+def parse_query(query_string: str) -> list[tuple[str, str]]:
+    """``urllib.parse.parse_qsl(query_string, keep_blank_values=True)``, faster: the SDKs'
+    signed queries (auth_key=...&auth_signature=...) need no unescaping, so a pair without
+    ``%`` or ``+`` is split as it is and only the others go through ``unquote_plus``.
+    tests/test_http11.py checks the two agree on any input."""
+    pairs = []
+    for part in query_string.split("&"):
+        if not part:
+            continue
+        name, _, value = part.partition("=")
+        if "%" in part or "+" in part:
+            name, value = unquote_plus(name), unquote_plus(value)
+        pairs.append((name, value))
+    return pairs
+
+
+@dataclass(slots=True, frozen=True)
+class Response:
+    status: int
+    body: bytes = b""
+    content_type: str = "text/plain; charset=utf-8"
+    headers: tuple[tuple[str, str], ...] = ()
+
+    def encode(self, keep_alive: bool, head: bool = False) -> bytes:
+        lines = [
+            f"HTTP/1.1 {self.status} {_REASONS.get(self.status, '')}",
+            f"Content-Type: {self.content_type}",
+            f"Content-Length: {len(self.body)}",
+            *(f"{name}: {value}" for name, value in self.headers),
+        ]
+        if not keep_alive:
+            lines.append("Connection: close")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (b"" if head else self.body)
+
+
+def split_target(target: bytes) -> tuple[str, str]:
+    """A request target's path and query. The origin form every client sends ("/path?query",
+    printable ASCII) is split here; anything else goes through httptools' URL parser, which
+    also refuses what is not a valid URL (tests/test_http11.py checks the two agree)."""
+    text = target.decode("latin-1")
+    if text.startswith("/") and text.isascii() and text.isprintable() and not _ODD.search(text):
+        path, _, query = text.partition("?")
+        return path, query
+    url = httptools.parse_url(target)
+    return (url.path or b"/").decode("latin-1"), (url.query or b"").decode("latin-1")
+
+
+_ODD = re.compile("[# ]")  # a fragment or a space: left to httptools
