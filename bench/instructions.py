@@ -69,7 +69,12 @@ def _raw(request: Request) -> bytes:
 
 
 async def _wire(server: Any, request: Request, count: int) -> None:
-    connection = server.listener._connections.protocol()
+    connections = server.listener._connections
+    if not hasattr(connections, "protocol"):  # since separate listeners: made per address
+        from kanal.transport.listener import Bind
+
+        connections = connections(Bind("127.0.0.1", 0))
+    connection = connections.protocol()
     wire = Wire()
     connection.connection_made(wire)
     raw = _raw(request)

@@ -155,9 +155,9 @@ def test_instruction_count_workloads_run() -> None:
     """bench/instructions.py's workloads (counted under callgrind by bench/instructions.sh)
     deliver to every in-memory subscriber; only the workload differs between runs."""
     delivered = {}
-    for workload in ("none", "fanout", "http"):
+    for workload in ("none", "fanout", "http", "wire"):
         done = _bench([sys.executable, "-m", "bench.instructions", workload], timeout=120)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         delivered[workload] = int(done.stdout.split(": ")[1].split()[0])
-    assert delivered["http"] == delivered["none"] > 0  # nobody subscribed to that channel
+    assert delivered["http"] == delivered["wire"] == delivered["none"] > 0  # nobody subscribed
     assert delivered["fanout"] > delivered["none"] + 200 * 1000 * 200  # 200 B to 1,000, 200x
