@@ -48,7 +48,7 @@ from kanal.config import (
 )
 from kanal.protocol.webhooks import EVENT_TYPES
 from kanal.server import Server, build, serve
-from tests.conftest import APP_ID, APP_KEY, APP_SECRET, RunningServer, make_app
+from tests.conftest import APP_ID, APP_KEY, APP_SECRET, NO_DRAIN, RunningServer, make_app
 from tests.redis_server import RedisProcess, delete_prefix
 from tests.wsclient import WsClient, api_request, data_of
 
@@ -575,7 +575,9 @@ class Cluster:
         redis_url: str | None = None,
         **server: Any,
     ) -> Config:
-        settings = dataclasses.replace(ServerSettings(port=0, shutdown_timeout=2.0), **server)
+        settings = dataclasses.replace(
+            ServerSettings(port=0, shutdown_timeout=2.0, **NO_DRAIN), **server
+        )
         return Config(settings, tuple(apps), webhooks, self.scaling(lease, redis_url))
 
     async def node(

@@ -23,6 +23,9 @@ from tests.asgi_server import AsgiNode
 APP_ID = "1"
 APP_KEY = "app-key"
 APP_SECRET = "app-secret"
+#: Test nodes stop at once (no drain_grace, every connection in one batch) unless a test asks
+#: for a drain: tests/test_drain.py does.
+NO_DRAIN: dict[str, Any] = {"drain_grace": 0.0, "drain_seconds": 0.0}
 
 
 def make_app(**overrides: Any) -> App:
@@ -81,7 +84,7 @@ async def start_server(transport: str) -> AsyncIterator[StartServer]:
         scaling: ScalingSettings | None = None,
         **server_settings: Any,
     ) -> RunningServer:
-        settings = dataclasses.replace(ServerSettings(port=0), **server_settings)
+        settings = dataclasses.replace(ServerSettings(port=0, **NO_DRAIN), **server_settings)
         config = Config(
             server=settings,
             apps=tuple(apps or [make_app()]),

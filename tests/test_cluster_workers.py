@@ -15,6 +15,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -117,11 +118,14 @@ async def stop_pool(parent: NodeProcess) -> None:
 
 
 @contextlib.asynccontextmanager
-async def worker_pool(cluster: Cluster, name: str) -> AsyncIterator[tuple[NodeProcess, int]]:
+async def worker_pool(
+    cluster: Cluster, name: str, **server: Any
+) -> AsyncIterator[tuple[NodeProcess, int]]:
     """``kanal serve --workers 2`` on a free port, every worker listening; afterwards the
     parent and every worker it had are stopped (by pid) if they are still running."""
     port = free_port()
-    parent = await cluster.spawn(name, port=port, args=["--workers", str(WORKERS)])
+    args = ["--workers", str(WORKERS)]
+    parent = await cluster.spawn(name, port=port, args=args, **server)
     try:
         workers = await current_workers(parent)
         await poll(
@@ -265,3 +269,46 @@ async def test_a_killed_worker_is_replaced_and_its_members_reaped(cluster: Clust
         newcomer = await clients.connect(parent)
         roster = await newcomer.join_presence(ROOM, "newcomer")
         assert set(roster["ids"]) == {f"u{i}" for i in range(len(members))} - gone | {"newcomer"}
+
+
+@pytest.mark.redis
+@needs_proc
+async def test_workers_drain_once_however_often_they_are_signalled(cluster: Cluster) -> None:
+    """systemd's default KillMode (and a terminal's Ctrl-C) signals every process, and the
+    parent forwards its own signal too: each worker gets two and must still drain (4200 to
+    every client, not an abrupt end), then the parent exits 0."""
+    async with worker_pool(cluster, "workers", drain_grace=0.3, drain_seconds=1.0) as (
+        parent,
+        port,
+    ):
+        workers = await current_workers(parent)
+        async with Clients() as clients:
+            members = await join_on_every_worker(clients, parent, workers, port)
+            for pid in [parent.pid, *workers]:
+                os.kill(pid, signal.SIGTERM)
+            closes = await asyncio.gather(*(client.expect_closed(within=10) for client in members))
+            assert set(closes) == {4200}
+            assert await parent.wait(15) == 0, parent.log()
+        assert parent.log().count("drained:") == WORKERS, parent.log()
+
+
+@pytest.mark.redis
+@needs_proc
+async def test_a_second_signal_to_the_parent_ends_every_worker_at_once(cluster: Cluster) -> None:
+    async with worker_pool(cluster, "workers", drain_grace=30.0) as (parent, _port):
+        workers = await current_workers(parent)
+        os.kill(parent.pid, signal.SIGTERM)
+        await poll(
+            lambda: asyncio.to_thread(parent.log),
+            lambda log: log.count("draining:") == WORKERS,
+            what="every worker draining",
+        )
+        loop = asyncio.get_running_loop()
+        second = loop.time()
+        os.kill(parent.pid, signal.SIGTERM)
+        assert await parent.wait(5) == -signal.SIGTERM
+        elapsed = loop.time() - second
+        print(f"\nparent and workers gone {elapsed * 1000:.0f} ms after the second signal")
+        assert elapsed < 1.0
+    for pid in workers:  # SIGKILLed and reaped by the parent before it ended
+        assert not (PROC / str(pid)).exists()

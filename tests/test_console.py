@@ -20,7 +20,7 @@ from aiohttp import web
 from kanal.config import Config, ServerSettings, WebhookSettings, WebhookTarget
 from kanal.server import build, serve
 from tests.cluster_nodes import Cluster, cluster  # noqa: F401 - fixture
-from tests.conftest import APP_SECRET, RunningServer, StartServer, make_app
+from tests.conftest import APP_SECRET, NO_DRAIN, RunningServer, StartServer, make_app
 from tests.wsclient import Clients, trigger, wait_until
 
 TOKEN = "console-token-0123456789"
@@ -374,7 +374,9 @@ async def test_an_open_console_does_not_hold_up_a_shutdown(
     session: aiohttp.ClientSession,
 ) -> None:
     """Stopping answers the consoles' long polls at once instead of draining them."""
-    server = build(Config(server=ServerSettings(port=0, admin_token=TOKEN), apps=(make_app(),)))
+    server = build(
+        Config(server=ServerSettings(port=0, admin_token=TOKEN, **NO_DRAIN), apps=(make_app(),))
+    )
     stop = asyncio.Event()
     port: asyncio.Future[int] = asyncio.get_running_loop().create_future()
     serving = asyncio.ensure_future(serve(server, stop, port.set_result))

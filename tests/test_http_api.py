@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from kanal.config import App, Config, ServerSettings
 from kanal.protocol.signatures import sign_request
 from kanal.server import build, serve
-from tests.conftest import APP_KEY, APP_SECRET, RunningServer, StartServer, make_app
+from tests.conftest import APP_KEY, APP_SECRET, NO_DRAIN, RunningServer, StartServer, make_app
 from tests.wsclient import Clients, WsClient, api_request
 
 MASTER_KEY_B64 = base64.b64encode(b"abcdefghijklmnopqrstuvwxyz012345").decode()
@@ -486,7 +486,9 @@ async def test_backend_rate_limit_is_429(start_server: StartServer) -> None:
 @pytest.fixture(scope="module")
 def threaded_server() -> Iterator[int]:
     """A server on its own thread and loop, so synchronous Hypothesis tests can call it."""
-    config = Config(server=ServerSettings(port=0), apps=(make_app(), App("2", "k2", "s2")))
+    config = Config(
+        server=ServerSettings(port=0, **NO_DRAIN), apps=(make_app(), App("2", "k2", "s2"))
+    )
     ready = threading.Event()
     port: list[int] = []
     state: dict[str, Any] = {}

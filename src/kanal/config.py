@@ -87,6 +87,8 @@ class ServerSettings:
     max_frame_bytes: int = 262144
     max_request_bytes: int = 1048576
     max_output_buffer_bytes: int = 1048576
+    drain_grace: float = 2.0
+    drain_seconds: float = 10.0
     shutdown_timeout: float = 10.0
     expose_signature_hint: bool = True
     strict_protocol_version: bool = False

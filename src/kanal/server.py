@@ -1,9 +1,9 @@
 """The composition root: every object is built and connected here, and only here.
 
 ``run(config)`` builds the app store, the cluster adapters, the webhook dispatcher, the hub
-and the transports, serves until SIGINT/SIGTERM, then shuts down gracefully: new
-connections are refused, every client is closed with 4200 (reconnect immediately,
-elsewhere), queued webhooks get a bounded time to go out.
+and the transports, serves until SIGINT/SIGTERM, then drains (:mod:`kanal.drain`: /ready
+503, upgrades refused, clients closed with 4200 in batches spread over ``drain_seconds``),
+stops listening and gives queued webhooks a bounded time to go out.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import contextlib
 import gc
 import logging
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -30,6 +29,7 @@ from kanal.apps import StaticAppStore
 from kanal.cluster import ClusterMaintainer
 from kanal.config import Config, ServerSettings
 from kanal.console import Recorder
+from kanal.drain import drain, stop_on_signals
 from kanal.hub import Hub, NullWebhooks, WebhookSink
 from kanal.metrics import Metrics
 from kanal.metrics.sources import register_hooks, register_node, register_queue, register_webhooks
@@ -391,7 +391,7 @@ class StartupError(Exception):
 async def serve(
     server: Server, stop: asyncio.Event, started: Callable[[int], None] | None = None
 ) -> None:
-    """Serve until ``stop`` is set, then shut down gracefully.
+    """Serve until ``stop`` is set, then drain (:func:`kanal.drain.drain`) and stop.
 
     Raises:
         StartupError: the TLS files cannot be loaded or the address cannot be bound; whatever
@@ -421,6 +421,7 @@ async def serve(
         if started is not None:
             started(ports[0])
         await stop.wait()
+        await drain(server)
     finally:
         await server.stop(drain=server.listener.stop)
 
@@ -501,13 +502,5 @@ def _warn_default_credentials(config: Config) -> None:
 async def _main(config: Config, listening: Callable[[], None], group: WorkerGroup | None) -> None:
     server = build(config, group=group)
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-
-    def stop_on(signum: signal.Signals) -> None:
-        if not stop.is_set():
-            log.info("shutdown: %s received", signum.name)
-        stop.set()
-
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop_on, signum)
+    stop_on_signals(stop, worker=config.server.workers > 1)
     await serve(server, stop, lambda _port: listening())

@@ -3,8 +3,10 @@ several.
 
 Ownership rule: the parent process owns only its children's pids. It forks N workers (each
 a full cluster member with its own node id, so N > 1 needs the Redis adapter, which config
-validation enforces), forwards SIGINT/SIGTERM to them, restarts a worker that dies
-unexpectedly, and exits when all have stopped after a stop signal.
+validation enforces), forwards the first SIGINT/SIGTERM to them (each drains, kanal.drain),
+restarts a worker that dies unexpectedly, and exits when all have stopped after a stop
+signal. A second stop signal kills the workers (SIGKILL) and ends the parent by that signal:
+the workers ignore every signal after their first, since they may get each one twice.
 
 An embedded kanal cannot refuse the memory adapter that way: the ASGI server (uvicorn,
 gunicorn, hypercorn, granian) starts the worker processes, not kanal. :func:`several_workers`
@@ -51,13 +53,16 @@ def supervise(workers: int, worker: Callable[[int], None]) -> int:
     """Run ``worker(index)`` in ``workers`` forked processes until a stop signal."""
     children: dict[int, int] = {}
     stopping = False
+    killed_by = 0  # the second stop signal, once it came
 
     def stop(signum: int, frame: FrameType | None) -> None:
-        nonlocal stopping
+        nonlocal stopping, killed_by
+        if stopping:
+            killed_by = signum
         stopping = True
         for pid in children:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signum)
+                os.kill(pid, signal.SIGKILL if killed_by else signum)
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
@@ -79,6 +84,9 @@ def supervise(workers: int, worker: Callable[[int], None]) -> int:
             children[_spawn(worker, index)] = index
         elif exit_code != 0:
             status = exit_code
+    if killed_by:  # end as the signal ends a process that does not catch it
+        signal.signal(killed_by, signal.SIG_DFL)
+        os.kill(os.getpid(), killed_by)
     return status
 
 

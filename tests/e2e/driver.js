@@ -15,8 +15,9 @@
 //   disconnect / reconnect / drop / forget {client}   exit
 // Records (all but ready/ack/exit/driver_error carry "client"):
 //   ready {pusher_js,node}  exit {code}  driver_error {error}
-//   state {previous,current}  connected {socket_id}  connecting_in {delay}  error {error}
-//   socket {event:"created"|"open"|"close"|"error",url?,code?,reason?,message?}
+//   state {previous,current,at}  connected {socket_id}  connecting_in {delay}  error {error}
+//   socket {event:"created"|"open"|"close"|"error",url?,code?,reason?,message?,at}
+//   (at: the driver's performance.now() in ms, for measuring pusher-js's own delays)
 //   frame {dir:"in"|"out",data}                         (raw WebSocket text; connect frames:true)
 //   message {event,channel,data,user_id}       (every message pusher-js decodes, data parsed)
 //   event {channel,event,data,metadata,user_id}  (everything a channel emits, pusher:* too)
@@ -82,15 +83,17 @@ wsHooks.getSocket = function (url, options) {
   const name = options && byTimeline.get(options.timeline);
   const state = name && clients.get(name);
   if (!state) return socket;
-  emit({ client: name, type: 'socket', event: 'created', url });
+  emit({ client: name, type: 'socket', event: 'created', url, at: performance.now() });
   const dispatch = socket.dispatchEvent;
   socket.dispatchEvent = function (event) {
     if (event.type === 'message') {
       if (state.frames) emit({ client: name, type: 'frame', dir: 'in', data: event.data });
     } else if (event.type === 'close') {
-      emit({ client: name, type: 'socket', event: 'close', code: event.code, reason: event.reason });
+      emit({ client: name, type: 'socket', event: 'close', code: event.code, reason: event.reason,
+        at: performance.now() });
     } else {
-      emit({ client: name, type: 'socket', event: event.type, message: event.message });
+      emit({ client: name, type: 'socket', event: event.type, message: event.message,
+        at: performance.now() });
     }
     return dispatch.call(this, event);
   };
@@ -270,7 +273,7 @@ const commands = {
     byTimeline.set(pusher.timeline, name);
     const conn = pusher.connection;
     conn.bind('state_change', (s) => emit({ client: name, type: 'state', previous: s.previous,
-      current: s.current }));
+      current: s.current, at: performance.now() }));
     conn.bind('connected', () => {
       if (cmd.clientActivityTimeout) {
         // connection_manager.ts took min(...) and armed its timer just before "connected";

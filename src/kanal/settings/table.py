@@ -151,7 +151,9 @@ max_connections_per_ip_per_second nonneg New connections per second per IP, over
 max_frame_bytes      pos        Largest inbound WebSocket frame; above it close 1009.
 max_request_bytes    pos        Largest HTTP API request body; above it 413.
 max_output_buffer_bytes pos     Unsent bytes per connection before the connection is dropped.
-shutdown_timeout     nonneg     Seconds to drain connections (close 4200) when stopping.
+drain_grace          nonneg     Seconds after SIGTERM that /ready says 503 before upgrades get 503.
+drain_seconds        nonneg     Seconds over which connections are closed (4200) in even batches.
+shutdown_timeout     nonneg     After the drain, seconds to wait for open requests and closes.
 expose_signature_hint -         Put the expected string-to-sign in signature error messages.
 strict_protocol_version -       Refuse connections without ?protocol= (close 4008).
 log_level            log_level  Log verbosity: debug, info, warning or error.

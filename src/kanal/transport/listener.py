@@ -23,7 +23,7 @@ from kanal.config import ServerSettings
 from kanal.metrics import CONTENT_TYPE
 from kanal.transport.http import HttpApi, Scrape
 from kanal.transport.http11 import Dispatch, HttpServer, Request, Response, Upgrade
-from kanal.transport.websocket import WebSocketEndpoint
+from kanal.transport.websocket import WebSocketConnection, WebSocketEndpoint
 
 __all__ = [
     "HTTP_IDLE_TIMEOUT",
@@ -232,6 +232,22 @@ class Listener:
         ports = [server.sockets[0].getsockname()[1] for server, _ in self._servers]
         self.port = ports[0]
         return ports
+
+    def drain(self) -> None:
+        """The node is draining (:mod:`kanal.drain`): every HTTP answer from now on carries
+        ``Connection: close``, so a keep-alive client of the API opens its next connection
+        through the load balancer, which by then sends it to another node."""
+        for _, connections in self._servers:
+            connections.closing = True
+
+    def refuse_upgrades(self) -> None:
+        """New WebSocket upgrades get 503 from now on; the HTTP API is still served."""
+        self._websocket.accepting = False
+
+    def open_connections(self) -> list[WebSocketConnection]:
+        """The WebSocket connections not closing yet, for the drain to hand over
+        (:meth:`WebSocketConnection.hand_over`)."""
+        return [conn for conn in self._websocket.connections if not conn.closing]
 
     async def stop(self) -> None:
         """Stop accepting, finish in-flight requests and closing sockets, release the ports."""

@@ -23,18 +23,19 @@ import binascii
 import logging
 import secrets
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from kanal import logs
 from kanal.config import App
 from kanal.hub import Hub
+from kanal.protocol import events
 from kanal.protocol.errors import CloseCode, ConnectionRefused
 from kanal.transport import frames
 from kanal.transport.admission import Admission
 from kanal.transport.http11 import Request, Response
 
-__all__ = ["Coalescer", "WebSocketConnection", "WebSocketEndpoint", "new_socket_id"]
+__all__ = ["Coalescer", "Ready", "WebSocketConnection", "WebSocketEndpoint", "new_socket_id"]
 
 log = logging.getLogger("kanal.websocket")
 
@@ -42,6 +43,8 @@ _PING = frames.control_frame(frames.PING)
 _PONG = frames.control_frame(frames.PONG)
 _MAX_INBOX = 64  # messages waiting for the hub before the socket stops being read
 CLOSE_TIMEOUT = 5.0  # seconds to wait for the client's Close reply before dropping the socket
+#: what a hand-over's close waits for after the hub's cleanup (WebSocketConnection.hand_over)
+Ready = Callable[[], Awaitable[None]]
 
 
 def new_socket_id() -> str:
@@ -87,6 +90,7 @@ class WebSocketConnection(asyncio.Protocol):
         "_done",
         "_endpoint",
         "_failed",
+        "_handover",
         "_inbox",
         "_reader",
         "_transport",
@@ -107,6 +111,7 @@ class WebSocketConnection(asyncio.Protocol):
         self._done = False  # the hub has been (or is about to be) told the socket is gone
         self._failed = False  # a bad frame failed the connection (RFC 6455 §7.1.7)
         self.close_code = 1006  # the code sent or received; 1006 if none (RFC 6455 §7.1.5)
+        self._handover: tuple[str, Ready] | None = None  # a close waiting for the hub's cleanup
 
     # --- the hub's Connection --------------------------------------------------------------
 
@@ -155,6 +160,36 @@ class WebSocketConnection(asyncio.Protocol):
         if not transport.is_closing():
             transport.write(frames.close_frame(code, reason))
         self._finish()
+
+    @property
+    def closing(self) -> bool:
+        """A Close has been sent, received or (:meth:`hand_over`) decided."""
+        return self._closing
+
+    def hand_over(self, code: int, reason: str, ready: Ready) -> None:
+        """Close with ``code`` only once the hub has let the connection go and ``ready()``
+        has returned: the drain's close (:mod:`kanal.drain`). A client that reconnects at
+        once, to another node, must find its memberships already released there, and their
+        held webhooks (``ready``: written to Redis) ready to be cancelled by its return;
+        closed first, it can rejoin before this node's cleanup, and a presence member that
+        never left gets a ``member_removed`` webhook after the grace period."""
+        if self._closing:
+            return
+        coalescer = self._endpoint.coalescer
+        if coalescer is not None:  # what was queued before the decision still goes out
+            coalescer.flush_one(self)
+        self._closing = True  # nothing more is acted on or sent (RFC 6455 §5.5.1)
+        self.close_code = code
+        self._handover = (reason, ready)
+        self._finish()
+
+    async def _handed_over(self, reason: str, ready: Ready) -> None:
+        await ready()
+        transport = self._transport
+        if not transport.is_closing():  # the client may have gone meanwhile
+            self._closer = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, transport.abort)
+            error = frames.text_frame(events.error_frame(self.close_code, reason))
+            transport.writelines([error, frames.close_frame(self.close_code, reason)])
 
     # --- asyncio.Protocol ------------------------------------------------------------------
 
@@ -276,7 +311,7 @@ class WebSocketConnection(asyncio.Protocol):
         finally:
             self._inbox = None
             if self._done:
-                await hub.closed(self.socket_id, self.close_code)
+                await self._release()
 
     def _finish(self) -> None:
         """Memberships are released as soon as the socket is closing, not when TCP ends."""
@@ -284,7 +319,15 @@ class WebSocketConnection(asyncio.Protocol):
             return
         self._done = True
         if self._inbox is None:  # else the running _handle task tells the hub
-            self._endpoint.spawn(self._endpoint.hub.closed(self.socket_id, self.close_code))
+            self._endpoint.spawn(self._release())
+
+    async def _release(self) -> None:
+        """Tell the hub the connection is gone, then send a close that waited for it."""
+        await self._endpoint.hub.closed(self.socket_id, self.close_code)
+        if self._handover is not None:
+            reason, ready = self._handover
+            self._handover = None
+            await self._handed_over(reason, ready)
 
 
 class WebSocketEndpoint:
@@ -312,6 +355,7 @@ class WebSocketEndpoint:
         # coalesce_writes = false writes every frame at once (for comparison, docs/performance.md)
         self.coalescer: Coalescer | None = Coalescer() if coalesce_writes else None
         self.connections: set[WebSocketConnection] = set()
+        self.accepting = True  # false while draining: upgrades are answered 503
         self._tasks: set[asyncio.Task[None]] = set()
         self.quiet = asyncio.Event()  # set while no socket is open and no clean-up runs
         self.quiet.set()
@@ -327,8 +371,9 @@ class WebSocketEndpoint:
         task.add_done_callback(self._task_done)
 
     def upgrade(self, request: Request, transport: asyncio.Transport, rest: bytes) -> None:
-        """RFC 6455 §4.2: answer 101 (or 400/426), then run the Pusher handshake checks."""
-        accept = _websocket_accept(request)
+        """RFC 6455 §4.2: answer 101 (or 400/426; 503 while draining), then run the Pusher
+        handshake checks."""
+        accept = _websocket_accept(request) if self.accepting else _DRAINING
         if isinstance(accept, Response):
             transport.write(accept.encode(keep_alive=False))
             transport.close()
@@ -371,6 +416,13 @@ class WebSocketEndpoint:
             conn.abort()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=1.0)
+
+
+# A draining node refuses before the upgrade: an HTTP status is what a load balancer acts on
+# (a 101 followed by a close would count as a working node), and a client retries elsewhere.
+_DRAINING = Response(
+    503, b"Draining: this node is shutting down, connect again", headers=(("Retry-After", "1"),)
+)
 
 
 def _websocket_accept(request: Request) -> str | Response:
