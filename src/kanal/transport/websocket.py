@@ -11,7 +11,7 @@ reader and the transport (docs/performance.md, idle memory).
 
 Outbound path: the hub hands us complete frames (built once per broadcast by
 :func:`~kanal.transport.frames.text_frame`). They are queued per connection and written in
-one ``writelines`` per connection per event-loop iteration (:class:`Coalescer`). A
+one ``writelines`` per connection per event-loop iteration (:mod:`~kanal.transport.coalescer`). A
 connection whose unsent output passes ``max_output_buffer_bytes`` is a slow consumer and is
 closed with 4100 instead of being buffered without limit.
 """
@@ -19,7 +19,6 @@ closed with 4100 instead of being buffered without limit.
 from __future__ import annotations
 
 import asyncio
-import binascii
 import logging
 import secrets
 from collections import deque
@@ -33,7 +32,9 @@ from kanal.protocol import events
 from kanal.protocol.errors import CloseCode, ConnectionRefused
 from kanal.transport import frames
 from kanal.transport.admission import Admission
+from kanal.transport.coalescer import Coalescer
 from kanal.transport.http11 import Request, Response
+from kanal.transport.upgrade import DRAINING, websocket_accept
 
 __all__ = ["Coalescer", "Ready", "WebSocketConnection", "WebSocketEndpoint", "new_socket_id"]
 
@@ -50,35 +51,6 @@ Ready = Callable[[], Awaitable[None]]
 def new_socket_id() -> str:
     """protocol.md §1.3 [choice]: two random integers in [1, 10^10), ``^\\d+\\.\\d+$``."""
     return f"{secrets.randbelow(10**10 - 1) + 1}.{secrets.randbelow(10**10 - 1) + 1}"
-
-
-class Coalescer:
-    """Collects frames per connection and flushes them once per event-loop iteration."""
-
-    def __init__(self) -> None:
-        self._pending: dict[WebSocketConnection, list[bytes]] = {}
-        self._scheduled = False
-
-    def queue(self, conn: WebSocketConnection, frame: bytes) -> None:
-        frames_ = self._pending.get(conn)
-        if frames_ is None:
-            self._pending[conn] = [frame]
-            if not self._scheduled:
-                self._scheduled = True
-                asyncio.get_running_loop().call_soon(self.flush)
-        else:
-            frames_.append(frame)
-
-    def flush(self) -> None:
-        self._scheduled = False
-        pending, self._pending = self._pending, {}
-        for conn, queued in pending.items():
-            conn.write(queued)
-
-    def flush_one(self, conn: WebSocketConnection) -> None:
-        queued = self._pending.pop(conn, None)
-        if queued:
-            conn.write(queued)
 
 
 class WebSocketConnection(asyncio.Protocol):
@@ -373,7 +345,7 @@ class WebSocketEndpoint:
     def upgrade(self, request: Request, transport: asyncio.Transport, rest: bytes) -> None:
         """RFC 6455 §4.2: answer 101 (or 400/426; 503 while draining), then run the Pusher
         handshake checks."""
-        accept = _websocket_accept(request) if self.accepting else _DRAINING
+        accept = websocket_accept(request) if self.accepting else DRAINING
         if isinstance(accept, Response):
             transport.write(accept.encode(keep_alive=False))
             transport.close()
@@ -416,36 +388,3 @@ class WebSocketEndpoint:
             conn.abort()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=1.0)
-
-
-# A draining node refuses before the upgrade: an HTTP status is what a load balancer acts on
-# (a 101 followed by a close would count as a working node), and a client retries elsewhere.
-_DRAINING = Response(
-    503, b"Draining: this node is shutting down, connect again", headers=(("Retry-After", "1"),)
-)
-
-
-def _websocket_accept(request: Request) -> str | Response:
-    """The ``Sec-WebSocket-Accept`` value, or the response refusing a bad upgrade."""
-    headers = request.headers
-    if (
-        request.method != "GET"
-        or "upgrade" not in headers.get("connection", "").lower()
-        or headers.get("upgrade", "").strip().lower() != "websocket"
-    ):
-        return Response(400, b"Not a WebSocket upgrade request")
-    if headers.get("sec-websocket-version", "").strip() != "13":
-        # RFC 6455 §4.2.2 item 4, §4.4: say which version is supported.
-        return Response(
-            426,
-            b"Unsupported WebSocket version (13 is supported)",
-            headers=(("Sec-WebSocket-Version", "13"),),
-        )
-    key = headers.get("sec-websocket-key", "").strip()
-    try:
-        valid = len(binascii.a2b_base64(key.encode(), strict_mode=True)) == 16
-    except (binascii.Error, ValueError):
-        valid = False
-    if not valid:
-        return Response(400, b"Invalid Sec-WebSocket-Key")
-    return frames.accept_key(key)
