@@ -107,7 +107,7 @@ async def test_sigterm_drains_then_exits_0(tmp_path: Path) -> None:
         # One connection per 0.1 s batch: the closes span the window rather than one moment.
         assert times[-1] - times[0] >= 0.75 * DRAIN, times
         assert await kanal.wait(10) == 0, kanal.log()
-    assert "drained: 21 connections closed with 4200" in kanal.log()
+    assert "shutdown: 21 connections closed with 4200 in" in kanal.log()
 
 
 async def timed_close(client: WsClient) -> tuple[int | None, float]:

@@ -2,9 +2,10 @@
 once, and what SIGINT / SIGTERM do.
 
 Ownership rule: the order and the timing of a graceful stop live here; the transport carries
-out each step (:class:`~kanal.transport.listener.Listener`), the hub closes the connections
-and :meth:`kanal.server.Server.stop` stops the rest. :func:`kanal.server.serve` runs
-:func:`drain` once its stop event is set; :func:`stop_on_signals` sets it.
+out each step (:class:`~kanal.transport.listener.Listener`, and
+:meth:`~kanal.transport.websocket.WebSocketConnection.hand_over` for each connection) and
+:meth:`kanal.server.Server.stop` stops the rest. :func:`kanal.server.serve` runs :func:`drain`
+once its stop event is set; :func:`stop_on_signals` sets it.
 
 The sequence (docs/deployment.md, "Stopping a node"):
 
@@ -13,10 +14,11 @@ The sequence (docs/deployment.md, "Stopping a node"):
 2. after ``drain_grace`` seconds (the load balancer's turn to notice): new WebSocket upgrades
    are answered 503;
 3. the connections are closed with 4200 in batches every :data:`BATCH_INTERVAL` seconds,
-   spread evenly over ``drain_seconds``. pusher-js reconnects at once on a 42xx close (about
-   4 ms, measured: docs/deployment.md), so the other nodes take the reconnects at the pace of
-   the batches: a node with 10,000 connections and the default 10 s hands over 100 every
-   0.1 s instead of 10,000 in one moment. The HTTP API is served all along;
+   spread evenly over ``drain_seconds``, each only once the hub has released it (and its
+   webhooks are in Redis). pusher-js reconnects at once on a 42xx close (2-3 ms, measured:
+   docs/deployment.md), so the other nodes take the reconnects at the pace of the batches:
+   a node with 10,000 connections and the default 10 s hands over 100 every 0.1 s instead of
+   10,000 in one moment. The HTTP API is served all along;
 4. after the last batch :meth:`~kanal.server.Server.stop` stops listening, waits for what is
    in flight (``shutdown_timeout``), leaves the cluster and flushes queued webhooks.
 
@@ -41,7 +43,14 @@ if TYPE_CHECKING:
     from kanal.transport.listener import Listener
     from kanal.transport.websocket import Ready
 
-__all__ = ["BATCH_INTERVAL", "batch_ends", "close_in_batches", "drain", "stop_on_signals"]
+__all__ = [
+    "BATCH_INTERVAL",
+    "batch_ends",
+    "close_in_batches",
+    "drain",
+    "ready_when_flushed",
+    "stop_on_signals",
+]
 
 log = logging.getLogger("kanal")
 
@@ -85,7 +94,7 @@ async def close_in_batches(listener: Listener, seconds: float, ready: Ready) -> 
     return len(connections)
 
 
-def _flushed(webhooks: WebhookSink | None) -> Ready:
+def ready_when_flushed(webhooks: WebhookSink | None) -> Ready:
     """What a handed-over connection waits for after the hub released it: in a cluster, its
     webhook events written to Redis, where the held ``member_removed`` / ``channel_vacated``
     can be cancelled by the client's return to another node (bounded: Redis may be down)."""
@@ -106,17 +115,21 @@ async def drain(server: Server) -> None:
     server.readiness.draining = True
     server.listener.drain()
     log.info(
-        "draining: /ready answers 503, WebSocket upgrades are refused in %.1f s, then the "
-        "connections are closed over %.1f s (signal again to stop at once)",
+        "shutdown: /ready answers 503; WebSocket upgrades refused in %g s, then %d "
+        "connections closed with 4200 over %g s (a second signal stops at once)",
         settings.drain_grace,
+        len(server.listener.open_connections()),
         settings.drain_seconds,
     )
     if settings.drain_grace > 0:
         await asyncio.sleep(settings.drain_grace)
     server.listener.refuse_upgrades()
-    ready = _flushed(server.webhooks)
+    log.info("shutdown: WebSocket upgrades refused (503); closing connections in batches")
+    ready = ready_when_flushed(server.webhooks)
+    began = asyncio.get_running_loop().time()
     closed = await close_in_batches(server.listener, settings.drain_seconds, ready)
-    log.info("drained: %d connections closed with %d", closed, CloseCode.RECONNECT)
+    took = asyncio.get_running_loop().time() - began
+    log.info("shutdown: %d connections closed with 4200 in %.1f s", closed, took)
 
 
 def stop_on_signals(stop: asyncio.Event, *, worker: bool = False) -> None:

@@ -29,7 +29,7 @@ from kanal.apps import StaticAppStore
 from kanal.cluster import ClusterMaintainer
 from kanal.config import Config, ServerSettings
 from kanal.console import Recorder
-from kanal.drain import drain, stop_on_signals
+from kanal.drain import close_in_batches, drain, ready_when_flushed, stop_on_signals
 from kanal.hub import Hub, NullWebhooks, WebhookSink
 from kanal.metrics import Metrics
 from kanal.metrics.sources import register_hooks, register_node, register_queue, register_webhooks
@@ -106,9 +106,10 @@ class Server:
         self.ticker = asyncio.ensure_future(_tick(self.hub))
 
     async def stop(self, *, drain: Callable[[], Awaitable[None]] | None = None) -> None:
-        """Close every connection with 4200 (clients reconnect), let ``drain`` wait for the
-        transport, then stop upkeep and flush webhooks. Safe to call if ``start`` failed.
-        Each phase is logged (docs/deployment.md, "Logs")."""
+        """Close every connection left with 4200 (clients reconnect), let ``drain`` wait for
+        the transport, then stop upkeep and flush webhooks. Safe to call if ``start`` failed.
+        ``serve`` drains first (:func:`kanal.drain.drain`); an embedded node stops here. Each
+        phase is logged (docs/deployment.md, "Logs")."""
         began = time.monotonic()
         self.readiness.draining = True
         if self.ticker is not None:
@@ -118,6 +119,9 @@ class Server:
             "shutdown: /ready answers 503; closing %d connections with 4200 (reconnect)",
             self.hub.connection_count,
         )
+        # kanal's own connections are handed over (released, then closed), all at once; an
+        # ASGI server's are closed by the hub.
+        await close_in_batches(self.listener, 0.0, ready_when_flushed(self.webhooks))
         self.hub.close_all(CloseCode.RECONNECT, "Generic reconnect immediately")
         await self.hub.console.close()  # answers the consoles' long polls: nothing to drain
         if drain is not None:
