@@ -20,8 +20,8 @@ import aiohttp
 
 from kanal.drain import batch_ends
 from tests.cluster_nodes import NodeProcess, free_port, poll, spawn_kanal
-from tests.conftest import APP_KEY
-from tests.wsclient import Clients, WsClient, trigger
+from tests.conftest import APP_KEY, RunningServer
+from tests.wsclient import Clients, WsClient, data_of, trigger
 
 GRACE = 1.5  # drain_grace of the node under test
 DRAIN = 2.0  # drain_seconds
@@ -37,6 +37,36 @@ def test_batches_are_even() -> None:
         ends = batch_ends(total, batches)
         sizes = [b - a for a, b in zip([0, *ends], ends, strict=False)]
         assert ends[-1] == total and max(sizes) - min(sizes) <= 1
+
+
+async def test_a_hand_over_releases_the_connection_before_it_closes(
+    kanal_server: RunningServer,
+) -> None:
+    """The drain's close: the hub lets go (member_removed to the others) while the Close
+    still waits for ``ready``; then the client gets pusher:error 4200 and Close 4200."""
+    room = "presence-room"
+    async with Clients() as clients:
+        alice, bob = await clients.connect(kanal_server), await clients.connect(kanal_server)
+        await alice.join_presence(room, "alice")
+        await bob.join_presence(room, "bob")
+        await alice.expect("pusher_internal:member_added", room)
+        [conn] = [
+            c for c in kanal_server.server.websocket.connections if c.socket_id == alice.socket_id
+        ]
+        go = asyncio.Event()
+
+        async def ready() -> None:
+            await go.wait()
+
+        conn.hand_over(4200, "bye", ready)
+        removed = await bob.expect("pusher_internal:member_removed", room)
+        assert data_of(removed)["user_id"] == "alice"
+        assert not kanal_server.hub.is_subscribed(alice.socket_id, room)
+        await alice.assert_silent()  # no Close while ``ready`` has not returned
+        go.set()
+        error = await alice.expect_error(4200)
+        assert error["data"]["message"] == "bye"
+        assert await alice.expect_closed() == 4200
 
 
 async def node(tmp_path: Path, *args: str) -> NodeProcess:
