@@ -569,3 +569,27 @@ async def test_a_full_buffer_drops_the_oldest_counted_and_logged(
     assert any("never reached Redis" in r.message for r in caplog.records)
     node.emit(nodes.app, client_event(9))  # after close: counted, never raises
     assert node.stats.dropped_shutdown == 6
+
+
+async def test_wait_written_waits_for_the_events_before_its_mark_only(nodes: Nodes) -> None:
+    """What the drain waits for before closing a connection (kanal.drain): the events that
+    connection's clean-up emitted, written or dropped; not the events emitted after them."""
+    reachable = await nodes.node("a")
+    reachable.emit(nodes.app, client_event(0))
+    await asyncio.wait_for(reachable.wait_written(reachable.emitted), WAIT)
+    assert reachable.stats.queued == 1
+
+    settings = replace(FAST, max_queue=1, shutdown_timeout=0.1)
+    url = f"redis://127.0.0.1:{closed_port()}/0"
+    node = await nodes.node("b", url=url, settings=settings)  # nothing is ever written
+    node.emit(nodes.app, client_event(1))
+    first = asyncio.ensure_future(node.wait_written(node.emitted))
+    await until(lambda: node.stats.redis_errors > 0, "event 1 in flight, failing")
+    node.emit(nodes.app, client_event(2))
+    node.emit(nodes.app, client_event(3))  # the buffer is full: 2 is dropped
+    assert node.stats.dropped_overflow == 1
+    later = asyncio.ensure_future(node.wait_written(2))
+    await asyncio.sleep(0)
+    assert not first.done() and not later.done()  # 2 is gone, but 1 is not written
+    await node.close()  # what is left is dropped at shutdown
+    await asyncio.wait_for(asyncio.gather(first, later), WAIT)

@@ -103,8 +103,10 @@ def ready_when_flushed(webhooks: WebhookSink | None) -> Ready:
     async def ready() -> None:
         # One node: its dispatcher holds and cancels in-process, nothing to wait for.
         if queue is not None:
+            # The connection's events are emitted by now (ready runs after its clean-up);
+            # the other connections' later events must not hold its close back.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(queue.wait_flushed(), FLUSH_WAIT)
+                await asyncio.wait_for(queue.wait_written(queue.emitted), FLUSH_WAIT)
 
     return ready
 

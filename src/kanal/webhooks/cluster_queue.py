@@ -228,6 +228,13 @@ class RedisWebhookQueue:
         self._flush_wake = asyncio.Event()
         self._flushed = asyncio.Event()
         self._flushed.set()
+        # Sequence numbers of the events (per stream entry) in order of emission: the buffer
+        # holds [_buffer_start, _appended), the batch being written [_flushing_start, ...);
+        # everything before the oldest of those is written or dropped (:meth:`wait_written`).
+        self._appended = 0
+        self._buffer_start = 0
+        self._flushing_start = 0
+        self._progress = asyncio.Event()  # set (and replaced) whenever that may have grown
         self._overflowed = 0
         self._flusher: asyncio.Task[None] | None = None
         self._flusher_stop = False  # ends the flusher even if a cancellation got lost
@@ -298,6 +305,8 @@ class RedisWebhookQueue:
     def _append(self, stream: _Stream, event: _Event) -> None:
         if self.buffered >= self.settings.max_queue and self._buffer:
             dropped, _ = self._buffer.popleft()
+            self._buffer_start += 1
+            self._progressed()
             dropped.stats.dropped_overflow += 1
             self._overflowed += 1
             if self._overflowed == 1:
@@ -307,10 +316,28 @@ class RedisWebhookQueue:
                     self.settings.max_queue,
                 )
         self._buffer.append((stream, event))
+        self._appended += 1
 
     async def wait_flushed(self) -> None:
         """Return once every event emitted so far was written to Redis (or dropped)."""
         await self._flushed.wait()
+
+    @property
+    def emitted(self) -> int:
+        """How many events (per stream) this node has emitted so far: a mark for
+        :meth:`wait_written`."""
+        return self._appended
+
+    async def wait_written(self, mark: int) -> None:
+        """Return once the first ``mark`` events emitted on this node were written to Redis
+        (or dropped); unlike :meth:`wait_flushed`, later events do not hold it up. The drain
+        waits so for a connection's events before closing it (kanal.drain)."""
+        while (self._flushing_start if self._flushing else self._buffer_start) < mark:
+            await self._progress.wait()
+
+    def _progressed(self) -> None:
+        self._progress.set()
+        self._progress = asyncio.Event()
 
     # --- writing to Redis ----------------------------------------------------------------------
 
@@ -326,6 +353,8 @@ class RedisWebhookQueue:
                     continue
                 count = min(self._batch, len(self._buffer))
                 self._flushing = [self._buffer.popleft() for _ in range(count)]
+                self._flushing_start = self._buffer_start
+                self._buffer_start += count
                 batch_id = secrets.token_hex(8)
                 markers = (self._keys.marker(batch_id), self._streams[1].keys.marker(batch_id))
             try:
@@ -338,6 +367,7 @@ class RedisWebhookQueue:
                 continue
             retry.succeeded()
             self._flushing = []
+            self._progressed()
             if self._overflowed:
                 log.warning("webhook buffer dropped %d events while full", self._overflowed)
                 self._overflowed = 0
@@ -421,3 +451,5 @@ class RedisWebhookQueue:
             log.error("webhooks: %d events never reached Redis before shutdown", self.buffered)
             self._buffer.clear()
             self._flushing = []
+            self._buffer_start = self._appended
+            self._progressed()
