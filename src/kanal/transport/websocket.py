@@ -160,8 +160,12 @@ class WebSocketConnection(asyncio.Protocol):
         transport = self._transport
         if not transport.is_closing():  # the client may have gone meanwhile
             self._closer = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, transport.abort)
-            error = frames.text_frame(events.error_frame(self.close_code, reason))
-            transport.writelines([error, frames.close_frame(self.close_code, reason)])
+            error = events.error_frame(self.close_code, reason)
+            if self._endpoint.trace:
+                logs.trace("out", self.socket_id, error.decode())
+                logs.trace("out", self.socket_id, f"[close {self.close_code} {reason}]")
+            close = frames.close_frame(self.close_code, reason)
+            transport.writelines([frames.text_frame(error), close])
 
     # --- asyncio.Protocol ------------------------------------------------------------------
 
