@@ -30,8 +30,9 @@ POLL = 0.01  # seconds between two probes of a state the node reaches by itself
 
 
 def test_batches_are_even() -> None:
-    assert batch_ends(10, 4) == [2, 5, 7, 10]
-    assert batch_ends(3, 10) == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3]  # spread, not all at first
+    assert batch_ends(10, 4) == [3, 5, 8, 10]
+    assert batch_ends(3, 10) == [1, 1, 1, 2, 2, 2, 3, 3, 3, 3]  # spread, from the first on
+    assert batch_ends(1, 100)[0] == 1  # a lone connection goes first: the node stops sooner
     assert batch_ends(0, 5) == [0] * 5
     for total, batches in ((2000, 50), (7, 3), (1, 1)):
         ends = batch_ends(total, batches)

@@ -64,9 +64,11 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 def batch_ends(total: int, batches: int) -> list[int]:
     """Where each of ``batches`` batches ends in a list of ``total`` connections: batch ``k``
-    closes ``[ends[k - 1], ends[k])``. Sizes differ by at most one, so a node with fewer
-    connections than batches closes one now and then instead of all of them at the start."""
-    return [total * (k + 1) // batches for k in range(batches)]
+    closes ``[ends[k - 1], ends[k])``, so connection ``i`` goes in batch ``i * batches //
+    total``. Sizes differ by at most one; with fewer connections than batches they are closed
+    one at a time, evenly spaced from the first batch on, and the node stops after the last
+    instead of waiting out the window."""
+    return [-(-total * (k + 1) // batches) for k in range(batches)]
 
 
 async def close_in_batches(listener: Listener, seconds: float, ready: Ready) -> int:
