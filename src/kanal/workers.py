@@ -5,8 +5,9 @@ Ownership rule: the parent process owns only its children's pids. It forks N wor
 a full cluster member with its own node id, so N > 1 needs the Redis adapter, which config
 validation enforces), forwards the first SIGINT/SIGTERM to them (each drains, kanal.drain),
 restarts a worker that dies unexpectedly, and exits when all have stopped after a stop
-signal. A second stop signal kills the workers (SIGKILL) and ends the parent by that signal:
-the workers ignore every signal after their first, since they may get each one twice.
+signal. A second stop signal kills the workers (SIGKILL) and ends the parent with status
+128 + the signal's number: the workers ignore every signal after their first, since they may
+get each one twice.
 
 An embedded kanal cannot refuse the memory adapter that way: the ASGI server (uvicorn,
 gunicorn, hypercorn, granian) starts the worker processes, not kanal. :func:`several_workers`
@@ -84,9 +85,10 @@ def supervise(workers: int, worker: Callable[[int], None]) -> int:
             children[_spawn(worker, index)] = index
         elif exit_code != 0:
             status = exit_code
-    if killed_by:  # end as the signal ends a process that does not catch it
-        signal.signal(killed_by, signal.SIG_DFL)
-        os.kill(os.getpid(), killed_by)
+    if killed_by:
+        # The shell's code for "ended by that signal"; returning (rather than dying by it)
+        # lets the caller still remove the pid file and the workers' metrics sockets.
+        return 128 + killed_by
     return status
 
 
