@@ -57,6 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--redis-url", help="use this Redis instead of starting one")
     p.add_argument("--activity-timeout", type=int, default=120, help="the app's (default 120)")
+    p.add_argument(
+        "--warmup",
+        type=float,
+        help="seconds between connecting and the hold (default activity_timeout + 5: every "
+        "connection has been pinged once, so the hold sees the steady state)",
+    )
     p.add_argument("--sample-seconds", type=float, default=30.0, help="sampling interval")
     p.add_argument("--connect-rate", type=float, default=2000.0, help="new connections/s, total")
     p.add_argument("--concurrency", type=int, default=100, help="handshakes in flight, per gen")
@@ -213,19 +219,22 @@ class Soak:
             ws_pings=sum(s.get("ws_pings", 0) for s in stats),
         )
 
-    def hold(self) -> list[Sample]:
+    def hold(self, warmup: float) -> list[Sample]:
+        """Sample from the end of connecting through ``warmup`` and the hold itself; one
+        sample falls exactly at the end of the warm-up, where the hold's figures start."""
         args = self.args
+        end = warmup + args.minutes * 60
+        step = args.sample_seconds
+        due = sorted({*_steps(0, warmup, step), *_steps(warmup, end, step), warmup, end})
         t0 = time.monotonic()
         samples = [self.sample(t0)]
-        length = args.minutes * 60
-        while samples[-1].t < length:
-            # Pacing the samples, not synchronisation: the next one is due at a fixed time.
-            due = min(length, samples[-1].t + args.sample_seconds)
-            time.sleep(max(0.0, t0 + due - time.monotonic()))
-            samples.append(self.sample(t0))
-            last = samples[-1]
+        for at in due[1:]:
+            # Pacing the samples, not synchronisation: each one is due at a fixed time.
+            time.sleep(max(0.0, t0 + at - time.monotonic()))
+            samples.append(last := self.sample(t0))
+            phase = f"warm-up {at:.0f} s" if at <= warmup else f"hold {(at - warmup) / 60:.1f} min"
             self.log(
-                f"hold {last.t / 60:.1f}/{args.minutes:g} min: kanal RSS "
+                f"{phase}: kanal RSS "
                 f"{sum(last.server_rss) / 2**20:,.1f} MiB, {last.live:,} live, "
                 f"{last.lost} lost, {last.pings:,} pings answered"
             )
@@ -253,6 +262,12 @@ class Soak:
         if delivered != expected:
             self.failures.append(f"broadcast reached {delivered:,} of {expected:,}")
         return result
+
+
+def _steps(start: float, stop: float, step: float) -> list[float]:
+    """``start, start + step, ...`` below ``stop``."""
+    times = (start + i * step for i in range(int((stop - start) / step) + 1))
+    return [t for t in times if t < stop]
 
 
 def _cores(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
@@ -326,10 +341,9 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
         idle = [procstat.rss_bytes(pid) for pid in kanal.pids]  # before any connection
         result["connect"] = connect = soak.connect(api)
         if not connect["failed"]:
-            samples = soak.hold()
-            result["hold"] = summarise(
-                idle, samples, connect["ok"], args.flat, args.activity_timeout
-            )
+            warmup = args.activity_timeout + 5 if args.warmup is None else args.warmup
+            samples = soak.hold(warmup)
+            result["hold"] = summarise(idle, samples, connect["ok"], args.flat, warmup)
             soak.failures += result["hold"].pop("failures")
             result["broadcast"] = soak.broadcast(api, connect["ok"])
         result["kanal_log"] = kanal.log_lines("open files") + kanal.log_lines("ERROR")

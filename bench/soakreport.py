@@ -68,43 +68,13 @@ def _slope(points: list[tuple[float, float]]) -> float:
     return sum((x - mx) * (y - my) for x, y in points) / var if var else 0.0
 
 
-def _window(first: Sample, last: Sample) -> dict[str, float]:
-    """kanal's CPU (cores) and the pings answered per second between two samples."""
-    seconds = last.t - first.t
-    return {
-        "from_s": first.t,
-        "seconds": seconds,
-        "server_cpu_cores": (last.server_cpu - first.server_cpu) / seconds,
-        "pings_per_s": (last.pings - first.pings) / seconds,
-    }
-
-
-def windows(samples: list[Sample], activity_timeout: float) -> dict[str, dict[str, float]]:
-    """Two parts of the hold, to price the pings: ``quiet``, before kanal's first ping (it
-    only checks its timers then), and ``steady``, from ``activity_timeout`` s on, when every
-    connection is pinged once per ``activity_timeout`` (kanal's timers are checked every
-    second, so the first round has started by then for every connection opened before)."""
-    out = {}
-    quiet = [s for s in samples if s.pings == samples[0].pings]
-    if len(quiet) >= 2:
-        out["quiet"] = _window(quiet[0], quiet[-1])
-    steady = [s for s in samples if s.t >= activity_timeout + 2]
-    if len(steady) >= 2:
-        out["steady"] = _window(steady[0], steady[-1])
-    if len(out) == 2 and out["steady"]["pings_per_s"]:
-        extra = out["steady"]["server_cpu_cores"] - out["quiet"]["server_cpu_cores"]
-        out["steady"]["cpu_us_per_ping_over_quiet"] = 1e6 * extra / out["steady"]["pings_per_s"]
-    return out
-
-
 def summarise(
-    idle_rss: list[int],
-    samples: list[Sample],
-    connections: int,
-    flat: float,
-    activity_timeout: float,
+    idle_rss: list[int], samples: list[Sample], connections: int, flat: float, warmup: float
 ) -> dict[str, Any]:
-    first, last = samples[0], samples[-1]
+    """The hold's figures: from the sample at the end of the warm-up to the last one."""
+    connected = samples[0]
+    held = [s for s in samples if s.t >= warmup]
+    first, last = held[0], held[-1]
     seconds = max(last.t - first.t, 1e-9)
     base, start, end = sum(idle_rss), sum(first.server_rss), sum(last.server_rss)
     cores = (last.server_cpu - first.server_cpu) / seconds
@@ -112,17 +82,29 @@ def summarise(
         getattr(last, key) - getattr(first, key) for key in ("server_cpu", "redis_cpu", "gen_cpu")
     )
     pings = last.pings - first.pings
-    slope = _slope([(s.t / 60, sum(s.server_rss)) for s in samples])  # bytes per minute
+    slope = _slope([(s.t / 60, sum(s.server_rss)) for s in held])  # bytes per minute
     failures = []
     if last.lost or last.live != connections:
         failures.append(f"held {last.live:,} of {connections:,} ({last.lost} lost)")
     growth = (end - start) / start
     if growth >= flat:
         failures.append(f"server RSS grew by {growth:.1%} during the hold")
+    # Before kanal's first ping (pings only start activity_timeout s after a connection
+    # opened) its CPU is the cost of checking timers alone; the difference prices a ping.
+    quiet = [s for s in samples if s.pings == connected.pings]
+    quiet_cores = None
+    if len(quiet) >= 2 and quiet[-1].t > quiet[0].t:
+        quiet_cores = (quiet[-1].server_cpu - quiet[0].server_cpu) / (quiet[-1].t - quiet[0].t)
+    per_ping = None
+    if pings and quiet_cores is not None:
+        per_ping = 1e6 * (cores - quiet_cores) * seconds / pings
     return {
+        "warmup_seconds": warmup,
         "seconds": seconds,
         "connections": connections,
         "rss_idle_server": base,
+        "rss_connected": sum(connected.server_rss),
+        "bytes_per_connection_connected": (sum(connected.server_rss) - base) / connections,
         "rss_start": start,
         "rss_end": end,
         "rss_start_per_process": first.server_rss,
@@ -135,6 +117,9 @@ def summarise(
         "server_cpu_cores": cores,
         "server_cpu_percent_per_1k": 100 * cores / (connections / 1000),
         "server_cpu_us_per_ping": 1e6 * cores * seconds / pings if pings else None,
+        "quiet_server_cpu_cores": quiet_cores,
+        "quiet_seconds": quiet[-1].t - quiet[0].t,
+        "server_cpu_us_per_ping_over_quiet": per_ping,
         "redis_cpu_cores": (last.redis_cpu - first.redis_cpu) / seconds,
         "redis_rss_end": last.redis_rss,
         "generator_cpu_cores": (last.gen_cpu - first.gen_cpu) / seconds,
@@ -143,7 +128,6 @@ def summarise(
         "pings_per_s": pings / seconds,
         "ws_pings_per_s": (last.ws_pings - first.ws_pings) / seconds,
         "pings_answered": pings,
-        "windows": windows(samples, activity_timeout),
         "lost": last.lost,
         "samples": [asdict(s) for s in samples],
         "failures": failures,
@@ -180,38 +164,41 @@ def summary_text(result: dict[str, Any]) -> str:
         )
     if hold := result.get("hold"):
         lines.append(
-            f"hold: {hold['seconds'] / 60:.1f} min, {hold['connections']:,} connections, "
-            f"{hold['lost']} lost"
+            f"hold: {hold['seconds'] / 60:.1f} min after a {hold['warmup_seconds']:.0f} s "
+            f"warm-up, {hold['connections']:,} connections, {hold['lost']} lost"
         )
         lines.append(
-            f"  kanal RSS start {_mib(hold['rss_start'])} "
-            f"({hold['bytes_per_connection_start']:,.0f} B/connection above idle "
-            f"{_mib(hold['rss_idle_server'])}), end {_mib(hold['rss_end'])} "
-            f"({hold['bytes_per_connection_end']:,.0f} B/connection); growth "
-            f"{hold['rss_growth']:+.2%}, slope {hold['rss_slope_bytes_per_min'] / 1024:+,.1f} "
-            f"KiB/min: {'flat' if hold['flat'] else 'NOT flat'}"
+            f"  kanal RSS {_mib(hold['rss_idle_server'])} idle; connected "
+            f"{_mib(hold['rss_connected'])} ({hold['bytes_per_connection_connected']:,.0f} "
+            f"B/connection above idle); hold start {_mib(hold['rss_start'])} "
+            f"({hold['bytes_per_connection_start']:,.0f} B/connection), end "
+            f"{_mib(hold['rss_end'])} ({hold['bytes_per_connection_end']:,.0f} B/connection)"
         )
-        per_ping = hold["server_cpu_us_per_ping"]
+        lines.append(
+            f"  RSS growth over the hold {hold['rss_growth']:+.2%}, slope "
+            f"{hold['rss_slope_bytes_per_min'] / 1024:+,.1f} KiB/min: "
+            + ("flat" if hold["flat"] else "NOT flat")
+        )
+        per_ping, quiet = hold["server_cpu_us_per_ping"], hold["quiet_server_cpu_cores"]
+        extra = hold["server_cpu_us_per_ping_over_quiet"]
         lines.append(
             f"  kanal CPU {100 * hold['server_cpu_cores']:.2f} % of a core "
             f"({hold['server_cpu_percent_per_1k']:.3f} % per 1k connections"
-            + (f", {per_ping:,.0f} µs per ping" if per_ping else "")
+            + (f", {per_ping:,.0f} µs per ping answered" if per_ping else "")
             + f"); redis {100 * hold['redis_cpu_cores']:.2f} %; generators "
             f"{100 * hold['generator_cpu_cores']:.2f} %; other processes "
             f"{100 * hold['other_cores']:.0f} %"
         )
+        if quiet is not None:
+            lines.append(
+                f"  before the first ping ({hold['quiet_seconds']:.0f} s): kanal CPU "
+                f"{100 * quiet:.2f} % of a core"
+                + (f"; each ping costs {extra:,.1f} µs above that" if extra is not None else "")
+            )
         lines.append(
             f"  pings answered: {hold['pings_per_s']:,.1f}/s pusher:ping, "
             f"{hold['ws_pings_per_s']:,.1f}/s WebSocket Ping ({hold['pings_answered']:,} in all)"
         )
-        for name, window in hold["windows"].items():
-            extra = window.get("cpu_us_per_ping_over_quiet")
-            lines.append(
-                f"  {name} part ({window['from_s']:.0f} s on, {window['seconds']:.0f} s): kanal "
-                f"CPU {100 * window['server_cpu_cores']:.2f} % of a core, "
-                f"{window['pings_per_s']:,.1f} pings/s"
-                + (f", {extra:,.1f} µs of kanal CPU per ping above quiet" if extra else "")
-            )
     if broadcast := result.get("broadcast"):
         reach = broadcast["seconds_to_all"]
         lines.append(

@@ -26,7 +26,7 @@ def _soak(tmp_path: Path, *args: str) -> dict[str, Any]:
     out = tmp_path / "soak.json"
     command = [
         sys.executable, "-m", "bench.soak", "--minutes", "0.05", "--sample-seconds", "1",
-        "--activity-timeout", "1", "--logs", str(tmp_path), "--out", str(out),
+        "--activity-timeout", "1", "--warmup", "2", "--logs", str(tmp_path), "--out", str(out),
         # Three seconds say nothing about RSS growth; the figure is only checked to exist.
         "--flat", "0.5", *args,
     ]  # fmt: skip
