@@ -33,6 +33,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import orjson
+
 from bench import procstat
 from bench.soakgen import EVENT, GeneratorProc
 from bench.soakreport import Sample, limits, summarise, summary_text
@@ -79,6 +81,8 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 
 class Soak:
+    """The processes of one soak and its phases; ``failures`` collects what went wrong."""
+
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.redis: Redis | None = None
@@ -180,15 +184,17 @@ class Soak:
             time.sleep(0.5)  # polling the API for a condition, bounded by the deadline
         return count
 
+    def _redis_pids(self) -> list[int]:
+        return [self.redis.proc.pid] if self.redis and self.redis.proc else []
+
     def cpu(self) -> dict[str, float]:
         """CPU seconds so far of kanal (master and workers), Redis, the generators, and the
         whole machine, with the time they were read."""
         assert self.kanal is not None
-        redis = [self.redis.proc.pid] if self.redis and self.redis.proc else []
         return {
             "t": time.monotonic(),
             "kanal": procstat.total_cpu_seconds(self.kanal.pids),
-            "redis": procstat.total_cpu_seconds(redis),
+            "redis": procstat.total_cpu_seconds(self._redis_pids()),
             "generators": procstat.total_cpu_seconds([gen.pid for gen in self.gens]),
             "machine": _machine_busy(),
         }
@@ -204,17 +210,16 @@ class Soak:
         for gen in self.gens:
             gen.send("stats")
         stats = [gen.reply() or {} for gen in self.gens]
-        redis = [self.redis.proc.pid] if self.redis and self.redis.proc else []
-        gens = [gen.pid for gen in self.gens]
+        cpu = self.cpu()
         return Sample(
-            t=time.monotonic() - t0,
+            t=cpu["t"] - t0,
             server_rss=[procstat.rss_bytes(pid) for pid in kanal.pids],
-            server_cpu=procstat.total_cpu_seconds(kanal.pids),
-            redis_rss=sum(procstat.rss_bytes(pid) for pid in redis),
-            redis_cpu=procstat.total_cpu_seconds(redis),
-            gen_rss=sum(procstat.rss_bytes(pid) for pid in gens),
-            gen_cpu=procstat.total_cpu_seconds(gens),
-            machine_busy=_machine_busy(),
+            server_cpu=cpu["kanal"],
+            redis_rss=sum(procstat.rss_bytes(pid) for pid in self._redis_pids()),
+            redis_cpu=cpu["redis"],
+            gen_rss=sum(procstat.rss_bytes(gen.pid) for gen in self.gens),
+            gen_cpu=cpu["generators"],
+            machine_busy=cpu["machine"],
             **{key: sum(s.get(key, 0) for s in stats) for key in ("live", "lost", "pings")},
             ws_pings=sum(s.get("ws_pings", 0) for s in stats),
         )
@@ -374,8 +379,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _json(result: dict[str, Any]) -> bytes:
-    import orjson
-
     return orjson.dumps(result, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
 
 
