@@ -89,3 +89,6 @@ async def test_a_waiting_poll_wakes_on_news_and_on_close() -> None:
     await wait_until(lambda: made.polling("1"))
     await made.close()
     assert (await asyncio.wait_for(quiet, 1)).events == []
+    made.watch("1")  # a console polls again while the node stops: answered at once
+    assert not made.watching and not made.polling("1")
+    assert (await asyncio.wait_for(made.wait("1", 1, 0, 30), 1)).events == []

@@ -109,6 +109,7 @@ class Recorder:
         self._webhooks: dict[str, _Ring] = {}
         self._wakers: dict[str, asyncio.Event] = {}
         self._timer: asyncio.TimerHandle | None = None
+        self._closed = False  # the node is stopping: polls are answered at once
 
     # --- reports (the hub, the service, the webhook pipeline) ------------------------------
 
@@ -147,6 +148,8 @@ class Recorder:
 
     def watch(self, app_id: str) -> None:
         """A console polled ``app_id``: record its events for another :attr:`lease` seconds."""
+        if self._closed:
+            return
         now = self._now()
         deadline = now + self.lease
         watch = self._watched.get(app_id)
@@ -182,7 +185,7 @@ class Recorder:
     async def wait(self, app_id: str, event_after: int, webhook_after: int, wait: float) -> Page:
         """Long poll: :meth:`page` as soon as it has something, or after ``wait`` seconds."""
         page = self.page(app_id, event_after, webhook_after)
-        if page.events or page.webhooks or page.lost or wait <= 0:
+        if page.events or page.webhooks or page.lost or wait <= 0 or self._closed:
             return page
         waker = self._wakers.get(app_id)
         if waker is None:
@@ -228,7 +231,9 @@ class Recorder:
         )
 
     async def close(self) -> None:
-        """Stop recording and answer every waiting poll now (the node is stopping)."""
+        """Stop recording and answer every waiting poll now, and later ones at once (the node
+        is stopping: a poll must not hold up the end of the drain)."""
+        self._closed = True
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
