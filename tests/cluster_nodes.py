@@ -50,6 +50,7 @@ from kanal.protocol.webhooks import EVENT_TYPES
 from kanal.server import Server, build, serve
 from tests.conftest import APP_ID, APP_KEY, APP_SECRET, NO_DRAIN, RunningServer, make_app
 from tests.redis_server import RedisProcess, delete_prefix
+from tests.webapp import served
 from tests.wsclient import WsClient, api_request, data_of
 
 __all__ = [
@@ -287,15 +288,9 @@ async def hook_receiver() -> AsyncIterator[HookReceiver]:
 
     app = web.Application()
     app.router.add_post("/hook/{node}", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    state.base_url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    try:
+    async with served(app) as base:
+        state.base_url = base
         yield state
-    finally:
-        await runner.cleanup()
 
 
 # --- a TCP proxy to partition one node from Redis ---------------------------------------------

@@ -31,6 +31,7 @@ from kanal.webhooks.cluster_queue import GROUP, RedisWebhookQueue
 from kanal.webhooks.delivery import WebhookClient
 from kanal.webhooks.dispatch import WebhookDispatcher, default_client
 from tests.redis_server import RedisProcess, delete_prefix
+from tests.webapp import port_of, served
 
 pytestmark = pytest.mark.redis
 
@@ -123,13 +124,9 @@ async def receiver() -> AsyncIterator[Receiver]:
     rec = Receiver()
     server = web.Application()
     server.router.add_route("POST", "/{tail:.*}", rec.handle)
-    runner = web.AppRunner(server, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    rec.port = runner.addresses[0][1]
-    yield rec
-    await runner.cleanup()
+    async with served(server, access_log=None) as base:
+        rec.port = port_of(base)
+        yield rec
 
 
 # --- nodes -----------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from kanal.config import Config, ServerSettings, WebhookSettings, WebhookTarget
 from kanal.server import build, serve
 from tests.cluster_nodes import Cluster, cluster  # noqa: F401 - fixture
 from tests.conftest import APP_SECRET, NO_DRAIN, RunningServer, StartServer, make_app
+from tests.webapp import port_of, served
 from tests.wsclient import Clients, trigger, wait_until
 
 TOKEN = "console-token-0123456789"
@@ -298,14 +299,10 @@ async def flaky() -> AsyncIterator[FlakyEndpoint]:
     endpoint = FlakyEndpoint()
     web_app = web.Application()
     web_app.router.add_post("/hook", endpoint.handle)
-    runner = web.AppRunner(web_app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    endpoint.port = runner.addresses[0][1]
-    endpoint.url = f"http://user:pw@127.0.0.1:{endpoint.port}/hook?token=abc"
-    yield endpoint
-    await runner.cleanup()
+    async with served(web_app) as base:
+        endpoint.port = port_of(base)
+        endpoint.url = f"http://user:pw@127.0.0.1:{endpoint.port}/hook?token=abc"
+        yield endpoint
 
 
 @both_transports

@@ -31,6 +31,7 @@ import kanal
 from kanal.config import App, Config, ServerSettings, WebhookSettings, WebhookTarget
 from kanal.protocol.signatures import sign_channel, sign_signin
 from tests.cluster_nodes import NodeProcess, free_port, node_toml, poll, spawn_kanal
+from tests.webapp import served
 from tests.wsclient import Clients, api_request
 
 APP_ID = "7"
@@ -60,15 +61,9 @@ async def webhook_receiver() -> AsyncIterator[Webhooks]:
 
     app = web.Application()
     app.router.add_post("/hook", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    received.url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
-    try:
+    async with served(app) as base:
+        received.url = f"{base}/hook"
         yield received
-    finally:
-        await runner.cleanup()
 
 
 async def start(tmp_path: Path, *args: str, hook_url: str = "", **server: Any) -> NodeProcess:

@@ -33,6 +33,7 @@ from kanal.protocol.signatures import webhook_signature
 from kanal.protocol.webhooks import EVENT_TYPES, WebhookEvent, webhook_body
 from kanal.webhooks.delivery import Backoff, display_url, request_headers
 from kanal.webhooks.dispatch import State, WebhookDispatcher, wants
+from tests.webapp import port_of, served
 
 if TYPE_CHECKING:  # checked by mypy; importing the hub at run time is not this file's business
     from kanal.hub import WebhookSink
@@ -140,15 +141,11 @@ async def receiver() -> AsyncIterator[Receiver]:
     rec = Receiver()
     server = web.Application()
     server.router.add_route("*", "/{tail:.*}", rec.handle)
-    runner = web.AppRunner(server, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    rec.port = runner.addresses[0][1]
-    yield rec
-    for gate in rec.gates.values():
-        gate.set()
-    await runner.cleanup()
+    async with served(server, access_log=None) as base:
+        rec.port = port_of(base)
+        yield rec
+        for gate in rec.gates.values():
+            gate.set()
 
 
 Make = Callable[..., WebhookDispatcher]

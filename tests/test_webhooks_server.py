@@ -19,6 +19,7 @@ from aiohttp import web
 from kanal.config import WebhookSettings, WebhookTarget
 from kanal.protocol.webhooks import EVENT_TYPES
 from tests.conftest import APP_ID, APP_KEY, APP_SECRET, RunningServer, StartServer, make_app
+from tests.webapp import served
 from tests.wsclient import Clients, trigger
 
 WAIT = 5.0
@@ -65,13 +66,9 @@ async def receiver() -> AsyncIterator[Receiver]:
 
     app = web.Application()
     app.router.add_post("/hook", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    state.url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
-    yield state
-    await runner.cleanup()
+    async with served(app) as base:
+        state.url = f"{base}/hook"
+        yield state
 
 
 async def hooked_server(start_server: StartServer, receiver: Receiver, **app: Any) -> RunningServer:

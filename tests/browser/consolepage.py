@@ -21,6 +21,7 @@ from aiohttp import web
 
 from tests.browser import servers
 from tests.browser.browser import Browser, Page
+from tests.webapp import served
 
 TOKEN = "console-token-for-the-browser-tests"
 #: The chat's member_added / member_removed webhooks, and a short grace period so that a
@@ -66,14 +67,8 @@ async def receiver(bodies: list[Any]) -> AsyncIterator[str]:
 
     app = web.Application()
     app.router.add_post("/webhooks", take)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}/webhooks"
-    finally:
-        await runner.cleanup()
+    async with served(app) as base:
+        yield f"{base}/webhooks"
 
 
 @contextlib.asynccontextmanager

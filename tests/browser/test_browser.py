@@ -11,6 +11,7 @@ import pytest
 from aiohttp import web
 
 from tests.browser.browser import Browser, BrowserError
+from tests.webapp import served
 
 pytestmark = pytest.mark.browser
 
@@ -38,14 +39,8 @@ async def site() -> AsyncIterator[str]:
 
     app = web.Application()
     app.router.add_get("/", page)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}/"
-    finally:
-        await runner.cleanup()
+    async with served(app) as base:
+        yield f"{base}/"
 
 
 async def test_fill_click_and_wait_for_text(site: str, browser: Browser) -> None:
