@@ -41,27 +41,12 @@ async def test_a_waiting_coroutine_is_finished_by_a_task() -> None:
     assert seen == [1, "from the future"]
 
 
-async def test_cancelling_the_task_cancels_the_coroutine_and_what_it_waits_on() -> None:
-    loop = asyncio.get_running_loop()
-    never: asyncio.Future[None] = loop.create_future()
-    cleaned: list[str] = []
-
-    async def answer() -> None:
-        try:
-            await never
-        finally:
-            cleaned.append("finally")
-
-    task = eager.start(answer())
-    assert task is not None
-    await asyncio.sleep(0)  # one loop iteration: the task's first step runs, it now waits
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    assert cleaned == ["finally"] and never.cancelled()
-
-
-async def test_cancelled_before_its_first_step() -> None:
+@pytest.mark.parametrize("first_step", [True, False], ids=["waiting", "before-first-step"])
+async def test_cancelling_the_task_cancels_the_coroutine_and_what_it_waits_on(
+    first_step: bool,
+) -> None:
+    """Cancelled while it waits, or before the loop ran its first step (then _finish never
+    runs and start()'s done callback ends the coroutine)."""
     never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     cleaned: list[str] = []
 
@@ -73,7 +58,9 @@ async def test_cancelled_before_its_first_step() -> None:
 
     task = eager.start(answer())
     assert task is not None
-    task.cancel()  # before the loop ran it
+    if first_step:
+        await asyncio.sleep(0)  # one loop iteration: the task's first step runs, it now waits
+    task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     assert cleaned == ["finally"] and never.cancelled()
