@@ -40,6 +40,10 @@ class App:
     key: str
     secret: str
     enabled: bool = True
+    # Secret rotation: signatures made with previous_secret are accepted until
+    # previous_secret_expires_at (Unix seconds); webhooks are always signed with ``secret``.
+    previous_secret: str = ""
+    previous_secret_expires_at: float = 0.0
     enable_client_messages: bool = False
     enable_encrypted_client_messages: bool = False
     enable_user_authentication: bool = False

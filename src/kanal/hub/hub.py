@@ -196,6 +196,13 @@ class Hub:
             await self._users.sign_out(local)
         await self.membership.remove_connection(app.id, socket_id)
 
+    def close_app(self, app_id: str, code: int, reason: str) -> int:
+        """Close every local connection of one app (disabled or removed: 4003); how many."""
+        closing = [local for local in self._locals.values() if local.session.app.id == app_id]
+        for local in closing:
+            self.refuse(local.conn, code, reason)
+        return len(closing)
+
     def close_all(self, code: int, reason: str) -> None:
         """Graceful shutdown: every client reconnects elsewhere (close 4200)."""
         for local in list(self._locals.values()):

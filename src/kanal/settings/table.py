@@ -187,6 +187,8 @@ id                   credential App id used in HTTP API paths; string or integer
 key                  credential Public key that clients connect with.
 secret               credential Signing secret shared with your backend; never sent to clients.
 enabled              -          A disabled app refuses connections (4003) and API calls (403).
+previous_secret      -          The secret being rotated out: still accepted until it expires.
+previous_secret_expires_at nonneg Unix time (seconds) after which previous_secret is refused.
 enable_client_messages -        Allow client-* events on private and presence channels.
 enable_encrypted_client_messages - Also allow client events on private-encrypted- channels.
 enable_user_authentication -    Require pusher:signin in time (user_authentication_timeout).
