@@ -90,7 +90,7 @@ class ChannelsApi:
         if not app.enabled:
             raise ApiError(403, "Application disabled")
         rate = app.max_backend_requests_per_second if write else app.max_read_requests_per_second
-        if not self._limits.allow(f"{app.id}:{write}", rate, self._monotonic()):
+        if rate > 0 and not self._limits.allow(f"{app.id}:{write}", rate, self._monotonic()):
             raise ApiError(429, "Too many requests")
 
     # --- writes -------------------------------------------------------------------------

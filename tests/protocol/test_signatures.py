@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -694,3 +696,12 @@ def test_timestamp_window_is_configurable() -> None:
     assert error.message == (
         f"Timestamp expired: Given timestamp ({TS}) not within 30s of server time ({TS - 30})"
     )
+
+
+@given(secret=st.text(max_size=200), message=st.binary(max_size=300))
+def test_hmac_matches_the_standard_library(secret: str, message: bytes) -> None:
+    """The keyed states made once per secret (RFC 2104) give hmac.new's answer for any key,
+    shorter or longer than SHA-256's block, and any message."""
+    key = secret.encode("utf-8", "surrogatepass")
+    assert hmac_sha256_hex(secret, message) == hmac.new(key, message, hashlib.sha256).hexdigest()
+    assert hmac_sha256_hex(secret, message) == hmac_sha256_hex(secret, message)  # copies

@@ -130,7 +130,7 @@ class Metrics:
         self.presence_reconciled = 0
         self.fanout = Histogram(FANOUT_BUCKETS)
         #: HTTP API calls by (app id, endpoint, status); app "" when no app was identified
-        self.http_requests: defaultdict[tuple[str, str, str], int] = defaultdict(int)
+        self.http_requests: defaultdict[tuple[str, str, int], int] = defaultdict(int)
         self.http_latency: dict[str, Histogram] = {}
         self._families: dict[str, _Family] = {}
         self._registry = CollectorRegistry(auto_describe=False)
@@ -140,7 +140,7 @@ class Metrics:
 
     def request(self, app_id: str, endpoint: str, status: int, seconds: float) -> None:
         """One HTTP API call, answered in ``seconds``."""
-        self.http_requests[(app_id, endpoint, str(status))] += 1
+        self.http_requests[(app_id, endpoint, status)] += 1  # the label is made when scraped
         latency = self.http_latency.get(endpoint)
         if latency is None:
             latency = self.http_latency[endpoint] = Histogram(HTTP_BUCKETS)
@@ -215,8 +215,8 @@ class Metrics:
             "HTTP API requests by app, handler and status",
             labels=["app", "endpoint", "status"],
         )
-        for key, count in sorted(self.http_requests.items()):
-            requests.add_metric(list(key), count)
+        for (app_id, endpoint, status), count in sorted(self.http_requests.items()):
+            requests.add_metric([app_id, endpoint, str(status)], count)
         yield requests
         latency = HistogramMetricFamily(
             "kanal_http_request_duration_seconds",

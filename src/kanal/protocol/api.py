@@ -132,7 +132,7 @@ def _event_data(obj: Mapping[str, Any], app: App) -> str:
         raise _bad("Missing parameter: data")
     if not isinstance(data, str):
         raise _bad("data must be a string")
-    size = len(data.encode("utf-8", "surrogatepass"))
+    size = len(data) if data.isascii() else len(data.encode("utf-8", "surrogatepass"))
     if size > app.max_event_payload_bytes:
         raise ApiError(
             413, f"Event data too large: {size} bytes (limit {app.max_event_payload_bytes})"

@@ -79,10 +79,14 @@ _PREFIXES: tuple[tuple[str, ChannelType], ...] = (
     ("cache-", ChannelType(ChannelKind.PUBLIC, cache=True)),
 )
 _PUBLIC = ChannelType(ChannelKind.PUBLIC, cache=False)
+#: The first characters of the prefixes: any other name is public without a comparison.
+_PREFIX_STARTS = frozenset(prefix[0] for prefix, _ in _PREFIXES)
 
 
 def channel_type(name: str) -> ChannelType:
     """Classify ``name`` by prefix; anything unprefixed is public."""
+    if name[:1] not in _PREFIX_STARTS:
+        return _PUBLIC
     for prefix, kind in _PREFIXES:
         if name.startswith(prefix):
             return kind

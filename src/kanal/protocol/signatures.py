@@ -17,10 +17,10 @@ transport layers to put on the wire.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from urllib.parse import unquote
 
@@ -52,7 +52,6 @@ TIMESTAMP_WINDOW = 600
 EMPTY_BODY_MD5 = "d41d8cd98f00b204e9800998ecf8427e"
 
 _REQUIRED_PARAMS = ("auth_key", "auth_timestamp", "auth_version", "auth_signature")
-_TIMESTAMP_RE = re.compile(r"[0-9]{1,18}")
 _MAX_ECHO = 128  # longest client-supplied value echoed back in an error message
 
 
@@ -65,7 +64,30 @@ def _utf8(text: str) -> bytes:
 def hmac_sha256_hex(secret: str, message: str | bytes) -> str:
     """Lowercase hex HMAC-SHA256 of ``message`` keyed with ``secret`` (auth.md §1)."""
     data = message if isinstance(message, bytes) else _utf8(message)
-    return hmac.new(_utf8(secret), data, hashlib.sha256).hexdigest()
+    inner_pad, outer_pad = _keyed(secret)
+    inner = inner_pad.copy()
+    inner.update(data)
+    outer = outer_pad.copy()
+    outer.update(inner.digest())
+    return outer.hexdigest()
+
+
+# RFC 2104 §2: H(K xor opad, H(K xor ipad, text)), K padded to SHA-256's 64-byte block (a
+# longer key hashed first). The two keyed states are made once per secret and copied per
+# message, which takes about half the instructions of ``hmac.new`` or ``hmac.digest`` (each
+# builds them again); tests/protocol/test_signatures.py checks it against ``hmac.new``.
+_BLOCK = 64
+_IPAD = bytes(byte ^ 0x36 for byte in range(256))
+_OPAD = bytes(byte ^ 0x5C for byte in range(256))
+
+
+@functools.lru_cache(maxsize=1024)
+def _keyed(secret: str) -> tuple[hashlib._Hash, hashlib._Hash]:
+    key = _utf8(secret)
+    if len(key) > _BLOCK:
+        key = hashlib.sha256(key).digest()
+    key = key.ljust(_BLOCK, b"\0")
+    return hashlib.sha256(key.translate(_IPAD)), hashlib.sha256(key.translate(_OPAD))
 
 
 def md5_hex(body: bytes) -> str:
@@ -75,6 +97,8 @@ def md5_hex(body: bytes) -> str:
 
 def _equal(given: str, expected: str) -> bool:
     """Constant-time string equality that accepts any text."""
+    if given.isascii() and expected.isascii():  # hex digests: compared as they are
+        return hmac.compare_digest(given, expected)
     return hmac.compare_digest(_utf8(given), _utf8(expected))
 
 
@@ -185,8 +209,8 @@ def canonical_query(params: Iterable[tuple[str, str]]) -> str:
 
     ``params`` must already exclude ``auth_signature`` and hold each (lower-cased) key once.
     """
-    pairs = sorted((key.lower(), value) for key, value in params)
-    return "&".join(f"{key}={value}" for key, value in pairs)
+    pairs = sorted([(key.lower(), value) for key, value in params])
+    return "&".join([f"{key}={value}" for key, value in pairs])
 
 
 def request_string_to_sign(method: str, path: str, params: Iterable[tuple[str, str]]) -> str:
@@ -256,7 +280,7 @@ def _check_timestamp(given: str, now: float, max_skew: int) -> None:
     ``now`` is truncated to whole seconds, as the gem does with ``Time.now.to_i``.
     """
     server_now = int(now)
-    if _TIMESTAMP_RE.fullmatch(given) is None:
+    if not (given.isascii() and given.isdigit() and len(given) <= 18):
         raise _unauthorized(f"Invalid auth_timestamp: {_echo(given)} is not an integer")
     if abs(server_now - int(given)) >= max_skew:
         raise _unauthorized(

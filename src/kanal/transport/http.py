@@ -55,7 +55,7 @@ class _Route:
             if segment.startswith("{"):
                 if not part:
                     return None
-                found[segment[1:-1]] = unquote(part)
+                found[segment[1:-1]] = unquote(part) if "%" in part else part
             elif part != segment:
                 return None
         return found
@@ -69,7 +69,14 @@ def _by_length(routes: list[_Route]) -> dict[int, list[_Route]]:
     return index
 
 
+_NOT_FOUND = Response(404, b"Not found")
+_NOT_ALLOWED = Response(405, b"Method not allowed")
+_EMPTY = Response(200, b"{}", "application/json")  # most answers: a trigger's
+
+
 def _json(body: Any, status: int = 200) -> Response:
+    if not body and status == 200 and type(body) is dict:
+        return _EMPTY
     return Response(status, orjson.dumps(body), "application/json")
 
 
@@ -130,17 +137,20 @@ class HttpApi:
 
     async def dispatch(self, request: Request) -> Response:
         """Route a request: 404 for an unknown path, 405 for a known path's wrong method."""
-        return await self._route(request, self._by_length)
+        endpoint = self._route(request, self._by_length)
+        return endpoint if isinstance(endpoint, Response) else await endpoint(request)
 
     async def dispatch_probes(self, request: Request) -> Response:
         """Only ``GET /`` and ``GET /ready``; every other path is 404."""
-        return await self._route(request, self._probes_by_length)
+        endpoint = self._route(request, self._probes_by_length)
+        return endpoint if isinstance(endpoint, Response) else await endpoint(request)
 
-    async def _route(self, request: Request, table: dict[int, list[_Route]]) -> Response:
+    def _route(self, request: Request, table: dict[int, list[_Route]]) -> Endpoint | Response:
+        """The endpoint for ``request`` (its path parameters set), or the 404/405 answer."""
         path = request.path
         if self._prefix:
             if not path.startswith(self._prefix):
-                return Response(404, b"Not found")
+                return _NOT_FOUND
             path = path[len(self._prefix) :]
         parts = path.strip("/").split("/")
         known = False
@@ -150,9 +160,9 @@ class HttpApi:
                 continue
             if request.method in (route.method, "HEAD" if route.method == "GET" else ""):
                 request.match = found
-                return await route.endpoint(request)
+                return route.endpoint
             known = True
-        return Response(405, b"Method not allowed") if known else Response(404, b"Not found")
+        return _NOT_ALLOWED if known else _NOT_FOUND
 
     async def health(self, request: Request) -> Response:
         return _json({"ok": True})

@@ -34,11 +34,27 @@ MAX_HEAD_BYTES = 64 * 1024  # request line plus headers; more is refused with 43
 # long before closing: closing with unread data would reset the connection and could destroy
 # the answer before the client reads it (RFC 9112 §9.6, "lingering close").
 LINGER_SECONDS = 2.0
+_FAILED = Response(500, b"Internal server error")
 
 
 Dispatch = Callable[[Request], Awaitable[Response]]
 #: takes the request, the transport and any bytes read past the request head
 Upgrade = Callable[[Request, asyncio.Transport, bytes], None]
+
+
+def _decode_headers(raw: list[tuple[bytes, bytes]]) -> tuple[dict[str, str], int]:
+    """Header names lower-cased, repeated ones joined with ", " (RFC 9110 §5.3); and how
+    many Host fields there were. One dict comprehension when no name repeats (the usual
+    case), the joining loop only when one does."""
+    headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in raw}
+    if len(headers) == len(raw):
+        return headers, int("host" in headers)
+    headers, hosts = {}, 0
+    for name_bytes, value_bytes in raw:
+        name, value = name_bytes.decode("latin-1").lower(), value_bytes.decode("latin-1")
+        hosts += name == "host"
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    return headers, hosts
 
 
 class HttpServer:
@@ -101,8 +117,9 @@ class HttpConnection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._client = ""  # the peer's address, once connected
         self._parser: Any = httptools.HttpRequestParser(self)
+        self._secure = False  # TLS: known once connected
         self._url = b""
-        self._headers: list[tuple[str, str]] = []
+        self._headers: list[tuple[bytes, bytes]] = []  # as read; decoded once, when complete
         self._request: Request | None = None
         self._body: list[bytes] = []
         self._size = 0  # body bytes of the current request
@@ -128,6 +145,7 @@ class HttpConnection(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         peer = transport.get_extra_info("peername")
         self._client = peer[0] if isinstance(peer, tuple) and peer else ""
+        self._secure = transport.get_extra_info("sslcontext") is not None
         self._server.connections.add(self)
         self._arm_idle()
 
@@ -189,8 +207,10 @@ class HttpConnection(asyncio.Protocol):
         """A header field, or a trailer field of a chunked body (counted alike, not used)."""
         if not self._rejected:
             if self._request is None:  # a trailer field comes after the head: not kept
-                self._headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
-            self._count_head(len(name) + len(value))
+                self._headers.append((name, value))
+            self._head_size += len(name) + len(value)
+            if self._head_size > MAX_HEAD_BYTES:
+                self._fail(431, "Request header fields too large")
 
     def _count_head(self, size: int) -> None:
         self._head_size += size
@@ -201,21 +221,18 @@ class HttpConnection(asyncio.Protocol):
         self._in_head = False
         if self._rejected or self._parser is None:
             return
-        refused = self._refused_head()
+        headers, hosts = _decode_headers(self._headers)
+        refused = self._refused_head(hosts)
         if refused is not None:
             self._fail(400, refused)
             return
-        headers: dict[str, str] = {}
-        for name, value in self._headers:
-            headers[name] = f"{headers[name]}, {value}" if name in headers else value
         path, query = split_target(self._url)
         self._request = Request(
-            method=self._parser.get_method().decode("latin-1"),
-            path=path,
-            query_string=query,
-            headers=headers,
-            secure=self._transport is not None
-            and self._transport.get_extra_info("sslcontext") is not None,
+            self._parser.get_method().decode("latin-1"),
+            path,
+            query,
+            headers,
+            secure=self._secure,
             client=self._client,
         )
         if "chunked" in headers.get("transfer-encoding", "").lower():
@@ -229,11 +246,10 @@ class HttpConnection(asyncio.Protocol):
             else:  # it would be taken for an answer to a request before this one
                 self._continue_due = True
 
-    def _refused_head(self) -> str | None:
+    def _refused_head(self, hosts: int) -> str | None:
         """RFC 9112 §3.2: exactly one Host in HTTP/1.1 (at most one in 1.0); RFC 6455 §4.1:
         an upgrade needs HTTP/1.1."""
         version = self._parser.get_http_version()
-        hosts = sum(1 for name, _ in self._headers if name == "host")
         if hosts > 1 or (hosts == 0 and version == "1.1"):
             return "Exactly one Host header is required"
         if self._parser.should_upgrade() and version != "1.1":
@@ -286,7 +302,13 @@ class HttpConnection(asyncio.Protocol):
         try:
             while self._queue and self._transport is not None:
                 request, keep_alive = self._queue.popleft()
-                response = await self._answer(request)
+                try:
+                    response = await self._server.dispatch(request)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("%s %s failed", request.method, request.path)
+                    response = _FAILED
                 transport = self._transport
                 if transport.is_closing():
                     return
@@ -319,15 +341,6 @@ class HttpConnection(asyncio.Protocol):
                 self.close_if_idle()
             else:
                 self._arm_idle()
-
-    async def _answer(self, request: Request) -> Response:
-        try:
-            return await self._server.dispatch(request)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("%s %s failed", request.method, request.path)
-            return Response(500, b"Internal server error")
 
     def _write_continue(self) -> None:
         transport = self._transport

@@ -18,6 +18,10 @@ import httptools
 __all__ = ["Request", "Response", "parse_query", "split_target"]
 
 _REASONS = {status.value: status.phrase for status in HTTPStatus}
+#: Encoded response heads by (status, content type, body length, keep-alive); bounded, as
+#: body lengths vary (a channel list's, a user list's).
+_HEADS: dict[tuple[int, str, int, bool], bytes] = {}
+_MAX_HEADS = 512
 
 
 @dataclass(slots=True)
@@ -67,6 +71,17 @@ class Response:
     headers: tuple[tuple[str, str], ...] = ()
 
     def encode(self, keep_alive: bool, head: bool = False) -> bytes:
+        if not self.headers:  # most answers: the status line and two headers, kept once made
+            key = (self.status, self.content_type, len(self.body), keep_alive)
+            start = _HEADS.get(key)
+            if start is None:
+                start = self._head(keep_alive)
+                if len(_HEADS) < _MAX_HEADS:
+                    _HEADS[key] = start
+            return start if head else start + self.body
+        return self._head(keep_alive) + (b"" if head else self.body)
+
+    def _head(self, keep_alive: bool) -> bytes:
         lines = [
             f"HTTP/1.1 {self.status} {_REASONS.get(self.status, '')}",
             f"Content-Type: {self.content_type}",
@@ -75,7 +90,7 @@ class Response:
         ]
         if not keep_alive:
             lines.append("Connection: close")
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (b"" if head else self.body)
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
 def split_target(target: bytes) -> tuple[str, str]:
