@@ -115,6 +115,9 @@ class HttpConnection(asyncio.Protocol):
     def __init__(self, server: HttpServer) -> None:
         self._server = server
         self._transport: asyncio.Transport | None = None
+        # Python 3.11's get_running_loop() makes a getpid() system call each time (3.12
+        # dropped it): the loop is looked up once per connection, not per request.
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._client = ""  # the peer's address, once connected
         self._parser: Any = httptools.HttpRequestParser(self)
         self._secure = False  # TLS: known once connected
@@ -143,6 +146,7 @@ class HttpConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self._loop = asyncio.get_running_loop()
         peer = transport.get_extra_info("peername")
         self._client = peer[0] if isinstance(peer, tuple) and peer else ""
         self._secure = transport.get_extra_info("sslcontext") is not None
@@ -293,7 +297,7 @@ class HttpConnection(asyncio.Protocol):
             if self._server.eager:  # answered now if no I/O is needed (eager.py says why)
                 self._worker = eager.start(self._respond())
             else:
-                self._worker = asyncio.get_running_loop().create_task(self._respond())
+                self._worker = self._running_loop().create_task(self._respond())
 
     # --- responses -------------------------------------------------------------------------
 
@@ -377,7 +381,7 @@ class HttpConnection(asyncio.Protocol):
             return
         transport.write_eof()
         self._cancel_timer()
-        self._idle = asyncio.get_running_loop().call_later(LINGER_SECONDS, transport.close)
+        self._idle = self._running_loop().call_later(LINGER_SECONDS, transport.close)
 
     def _upgrade(self, rest: bytes) -> None:
         """The request asks to upgrade: hand the socket over once the requests before it are
@@ -403,6 +407,11 @@ class HttpConnection(asyncio.Protocol):
 
     # --- timeouts and shutdown -------------------------------------------------------------
 
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
+
     def _arm_idle(self) -> None:
         """Close after ``idle_timeout`` with nothing to do. Cheap per request: one timer
         stays armed and, when it fires early, re-arms itself for the current deadline,
@@ -410,7 +419,7 @@ class HttpConnection(asyncio.Protocol):
         timeout = self._server.idle_timeout
         if timeout <= 0:
             return
-        loop = asyncio.get_running_loop()
+        loop = self._running_loop()
         self._idle_deadline = loop.time() + timeout
         if self._idle is None:
             self._idle = loop.call_at(self._idle_deadline, self._idle_due)
@@ -424,7 +433,7 @@ class HttpConnection(asyncio.Protocol):
         deadline = self._idle_deadline
         if deadline is None:
             return
-        loop = asyncio.get_running_loop()
+        loop = self._running_loop()
         if loop.time() < deadline:
             self._idle = loop.call_at(deadline, self._idle_due)
         else:

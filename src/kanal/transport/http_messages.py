@@ -8,7 +8,6 @@ them.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from urllib.parse import unquote_plus
@@ -98,11 +97,14 @@ def split_target(target: bytes) -> tuple[str, str]:
     printable ASCII) is split here; anything else goes through httptools' URL parser, which
     also refuses what is not a valid URL (tests/test_http11.py checks the two agree)."""
     text = target.decode("latin-1")
-    if text.startswith("/") and text.isascii() and text.isprintable() and not _ODD.search(text):
+    if (
+        text.startswith("/")
+        and text.isascii()
+        and text.isprintable()
+        and " " not in text  # a space or a fragment: left to httptools
+        and "#" not in text
+    ):
         path, _, query = text.partition("?")
         return path, query
     url = httptools.parse_url(target)
     return (url.path or b"/").decode("latin-1"), (url.query or b"").decode("latin-1")
-
-
-_ODD = re.compile("[# ]")  # a fragment or a space: left to httptools
