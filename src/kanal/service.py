@@ -99,7 +99,10 @@ class ChannelsApi:
         """Publish one event to each of its channels; ``{"channels": {...}}`` when the event
         asked for ``info``, else ``{}`` (http-api.md §3)."""
         self.admit(app, write=True)
-        await self._publish(app, event)
+        if self._hub.console.watching:
+            self._report(app, event)
+        for channel in event.channels:
+            await self._hub.publish_event(app, channel, event.name, event.data, event.socket_id)
         if not event.info:
             return {}
         return {"channels": {ch: await self._info(app, ch, event.info) for ch in event.channels}}
@@ -109,7 +112,10 @@ class ChannelsApi:
         when any event asked for ``info``, else ``{}`` (http-api.md §4)."""
         self.admit(app, write=True)
         for event in events:
-            await self._publish(app, event)
+            if self._hub.console.watching:
+                self._report(app, event)
+            for channel in event.channels:
+                await self._hub.publish_event(app, channel, event.name, event.data, event.socket_id)
         if not any(event.info for event in events):
             return {}
         return {"batch": [await self._info(app, e.channels[0], e.info) for e in events]}
@@ -130,19 +136,16 @@ class ChannelsApi:
         await self._hub.terminate_user(app, user_id)
         return {}
 
-    async def _publish(self, app: App, event: api.TriggerEvent) -> None:
-        console = self._hub.console
-        if console.watching:
-            console.event(
-                app.id,
-                "api_message",
-                channels=list(event.channels),
-                event=event.name,
-                size=len(event.data.encode()),
-                socket_id=event.socket_id,
-            )
-        for channel in event.channels:
-            await self._hub.publish_event(app, channel, event.name, event.data, event.socket_id)
+    def _report(self, app: App, event: api.TriggerEvent) -> None:
+        """What the live console shows of a trigger (docs/console.md)."""
+        self._hub.console.event(
+            app.id,
+            "api_message",
+            channels=list(event.channels),
+            event=event.name,
+            size=len(event.data.encode()),
+            socket_id=event.socket_id,
+        )
 
     async def _info(self, app: App, channel: str, info: frozenset[str]) -> JsonObject:
         if not info or channel.startswith(SERVER_TO_USER_PREFIX):

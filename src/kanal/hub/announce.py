@@ -10,7 +10,7 @@ membership of its own: only the throttle state of :mod:`kanal.hub.subscription_c
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from kanal.adapters.base import Broker, Envelope, JoinResult, LeaveResult
@@ -45,10 +45,11 @@ class Announcer:
         self.emit = webhooks.emit
         self._counter = SubscriptionCounter(self._publish_count, monotonic)
 
-    async def publish(
+    def publish(
         self, app_id: str, channel: str, payload: bytes, exclude: str | None = None
-    ) -> None:
-        await self._broker.publish(Envelope(app_id, "channel", channel, payload, exclude))
+    ) -> Awaitable[None]:
+        # The broker's coroutine itself, not one around it: a frame less per trigger.
+        return self._broker.publish(Envelope(app_id, "channel", channel, payload, exclude))
 
     async def joined(
         self, app: App, channel: str, result: JoinResult, member: Member | None, exclude: str | None

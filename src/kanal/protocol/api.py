@@ -155,8 +155,10 @@ def _channel_list(raw: object, app: App) -> tuple[str, ...]:
         raise _bad("channels must not be empty")
     if len(raw) > app.max_channels_per_trigger:
         raise _bad(f"Too many channels: {len(raw)} (limit {app.max_channels_per_trigger})")
+    if len(raw) == 1:  # what the SDKs send for one channel: nothing to de-duplicate
+        return (_check_channel_name(raw[0], app),)
     # De-duplicated in order: an event must not reach a connection twice (http-api.md §3).
-    channels = tuple(dict.fromkeys(_check_channel_name(name, app) for name in raw))
+    channels = tuple(dict.fromkeys([_check_channel_name(name, app) for name in raw]))
     if len(channels) > 1 and any(name.startswith(_ENCRYPTED_PREFIX) for name in channels):
         raise _bad("Cannot trigger on more than one channel when one is private-encrypted-")
     return channels

@@ -227,11 +227,13 @@ class HttpApi:
         )
         return app, body
 
-    async def events(self, request: Request, app: App, body: bytes) -> Any:
-        return await self._service.trigger(app, api.parse_trigger(body, app))
+    # The two writes return the service's coroutine rather than awaiting it in one of their
+    # own: a frame less on the path every trigger takes (docs/performance.md).
+    def events(self, request: Request, app: App, body: bytes) -> Awaitable[Any]:
+        return self._service.trigger(app, api.parse_trigger(body, app))
 
-    async def batch(self, request: Request, app: App, body: bytes) -> Any:
-        return await self._service.trigger_batch(app, api.parse_batch(body, app))
+    def batch(self, request: Request, app: App, body: bytes) -> Awaitable[Any]:
+        return self._service.trigger_batch(app, api.parse_batch(body, app))
 
     async def channels(self, request: Request, app: App, body: bytes) -> Any:
         return await self._service.channels(app, api.parse_channels_query(request.query))
