@@ -274,7 +274,7 @@ async def run(scenario: Scenario) -> Outcome:
     open_at_end = not transport.eof and not transport.closing
     transport.close()  # the client goes away
     await settle(lambda: transport.lost and not others_pending())
-    assert server.idle.is_set()
+    assert server.is_idle
     upgraded_at, taken = upgraded[0] if upgraded else (None, None)
     assert len(upgraded) <= 1
     return Outcome(transport, requests, bytes(fed), taken, upgraded_at, loop_errors, open_at_end)

@@ -79,16 +79,27 @@ class HttpServer:
         self.idle_timeout = idle_timeout
         self.connections: set[HttpConnection] = set()
         self.closing = False
-        self.idle = asyncio.Event()  # set while no request is being answered
-        self.idle.set()
-        self._answering = 0
+        self._answering = 0  # requests being answered
+        # Made only when a shutdown waits: an event set and cleared around every request
+        # would cost each request two calls for the sake of one wait at the end.
+        self._idle: asyncio.Event | None = None
 
     def answering(self, delta: int) -> None:
         self._answering += delta
-        if self._answering:
-            self.idle.clear()
-        else:
-            self.idle.set()
+        if not self._answering and self._idle is not None:
+            self._idle.set()
+            self._idle = None
+
+    @property
+    def is_idle(self) -> bool:
+        return not self._answering
+
+    async def wait_idle(self) -> None:
+        """Until no request is being answered."""
+        while self._answering:
+            if self._idle is None:
+                self._idle = asyncio.Event()
+            await self._idle.wait()
 
     def protocol(self) -> HttpConnection:
         return HttpConnection(self)

@@ -268,7 +268,7 @@ class Listener:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout_at(deadline):
                 for _, connections in self._servers:
-                    await connections.idle.wait()
+                    await connections.wait_idle()
         for _, connections in self._servers:
             connections.abort_all()
         with contextlib.suppress(TimeoutError):
