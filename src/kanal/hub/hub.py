@@ -28,6 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kanal.adapters.base import Broker, Envelope, JoinResult, LeaveResult, Membership
+from kanal.adapters.memory import MemoryBroker
 from kanal.config import App
 from kanal.console import Recorder
 from kanal.hub import log_lines, reports
@@ -96,6 +97,9 @@ class Hub:
         self.console = console if console is not None else Recorder()
         self.metrics = metrics if metrics is not None else Metrics()
         self._broker = broker
+        # Memory mode: every envelope comes back to this hub alone, so a channel without a
+        # local subscriber has none anywhere and an event to it can stop before its frame.
+        self._only_node = isinstance(broker, MemoryBroker)
         self._announce = Announcer(broker, webhooks, monotonic)
         self._cache = ChannelCache(membership, self._announce.emit, wall)
         self._frame = frame
@@ -453,13 +457,16 @@ class Hub:
         self, app: App, channel: str, name: str, data: str, socket_id: str | None
     ) -> None:
         """channels.md §7: publish one HTTP API event to one channel."""
-        payload = events.channel_event_frame(name, channel, data)
         if channel.startswith(SERVER_TO_USER_PREFIX):
             user_id = channel[len(SERVER_TO_USER_PREFIX) :]
+            payload = events.channel_event_frame(name, channel, data)
             await self._users.publish(app, user_id, payload, socket_id)
             return
         if channel_type(channel).cache:
             await self._cache.remember(app, channel, name, data)
+        if self._only_node and not self._channels.get(app.id, channel):
+            return
+        payload = events.channel_event_frame(name, channel, data)
         await self._announce.publish(app.id, channel, payload, exclude=socket_id)
 
     async def terminate_user(self, app: App, user_id: str) -> None:
