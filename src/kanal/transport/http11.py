@@ -123,6 +123,32 @@ class HttpConnection(asyncio.Protocol):
     ``100 Continue`` are written once the worker has answered everything queued before them.
     """
 
+    __slots__ = (
+        "_body",
+        "_client",
+        "_continue_due",
+        "_head_began",
+        "_head_bytes",
+        "_head_size",
+        "_headers",
+        "_idle",
+        "_idle_deadline",
+        "_in_head",
+        "_loop",
+        "_parser",
+        "_queue",
+        "_refusal",
+        "_rejected",
+        "_request",
+        "_secure",
+        "_server",
+        "_size",
+        "_transport",
+        "_upgrade_rest",
+        "_url",
+        "_worker",
+    )
+
     def __init__(self, server: HttpServer) -> None:
         self._server = server
         self._transport: asyncio.Transport | None = None

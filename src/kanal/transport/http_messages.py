@@ -92,19 +92,21 @@ class Response:
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
+#: Bytes that send a request target to httptools' parser: controls, space, DEL and "#".
+_NOT_PLAIN = bytes(range(0x21)) + b"#\x7f"
+
+
 def split_target(target: bytes) -> tuple[str, str]:
     """A request target's path and query. The origin form every client sends ("/path?query",
     printable ASCII) is split here; anything else goes through httptools' URL parser, which
     also refuses what is not a valid URL (tests/test_http11.py checks the two agree)."""
-    text = target.decode("latin-1")
     if (
-        text.startswith("/")
-        and text.isascii()
-        and text.isprintable()
-        and " " not in text  # a space or a fragment: left to httptools
-        and "#" not in text
+        target.startswith(b"/")
+        and target.isascii()
+        # printable, with no space and no fragment; else left to httptools
+        and len(target.translate(None, _NOT_PLAIN)) == len(target)
     ):
-        path, _, query = text.partition("?")
+        path, _, query = target.decode("latin-1").partition("?")
         return path, query
     url = httptools.parse_url(target)
     return (url.path or b"/").decode("latin-1"), (url.query or b"").decode("latin-1")
