@@ -25,7 +25,14 @@ from kanal.settings.render import dump_config, render_settings_markdown, splice_
 __all__ = ["build_parser", "main"]
 
 Handler = Callable[[argparse.Namespace, Mapping[str, str]], int]
-_METAVARS = {"str": "TEXT", "id": "ID", "int": "N", "float": "NUMBER", "strs": "A,B,..."}
+_METAVARS = {
+    "str": "TEXT",
+    "id": "ID",
+    "int": "N",
+    "float": "NUMBER",
+    "time": "TIME",
+    "strs": "A,B,...",
+}
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:

@@ -73,7 +73,8 @@ class Hub:
         webhooks: where webhook events go.
         frame: turns a JSON payload into the bytes written to a connection (done once per
             broadcast per node).
-        monotonic: clock for heartbeats and throttles; ``wall``: Unix time for cache TTLs.
+        monotonic: clock for heartbeats and throttles; ``wall``: Unix time for cache TTLs and
+            a rotating app's previous secret.
         max_connections: server-wide cap (0 = none); over it, close 4100.
         console: where the live console's records go (:mod:`kanal.console`); every report
             is guarded by ``console.watching``, so an unwatched node does no work for it.
@@ -97,6 +98,7 @@ class Hub:
         self.metrics = metrics if metrics is not None else Metrics()
         self._broker = broker
         self._announce = Announcer(broker, webhooks, monotonic)
+        self._wall = wall
         self._cache = ChannelCache(membership, self._announce.emit, wall)
         self._frame = frame
         self._now = monotonic
@@ -158,7 +160,7 @@ class Hub:
         self.metrics.apps[local.session.app.id].received += 1
         if self.console.watching:
             self.console.received(local.session.app.id)
-        for command in local.session.receive(text, self._now()):
+        for command in local.session.receive(text, self._now(), self._wall()):
             await self._execute(local, command)
 
     def activity(self, socket_id: str) -> None:
