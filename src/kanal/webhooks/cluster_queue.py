@@ -141,8 +141,8 @@ class RedisWebhookQueue:
         settings: ``[webhooks]``: ``grace_period``, ``max_queue`` (the local buffer's bound),
             ``shutdown_timeout``, ``request_timeout`` (for the default ``claim_idle``).
         dispatcher: the node-local sender; started and closed by this queue.
-        apps: app by id as configured now, for entries read from the stream and for the
-            endpoints of each emitted event (a reload may have changed them).
+        apps: app by id as configured now (a reload may change it), for entries read from
+            the stream: their endpoints and the secret that signs them.
         hooks: this process's in-process hooks (an embedded app), started and closed by this
             queue; it competes to run the cluster's hooks once one is registered.
         lead_webhooks: compete to send the cluster's webhooks (nodes with an endpoint).
@@ -182,7 +182,6 @@ class RedisWebhookQueue:
         self.lead_webhooks = lead_webhooks
         self.stats = ClusterWebhookStats()
         self._client = client
-        self._apps = apps
         self._wall = wall
         self._maxlen = max_stream_length
         self._batch = batch
@@ -271,8 +270,7 @@ class RedisWebhookQueue:
     def emit(self, app: App, event: WebhookEvent) -> None:
         """Take one event at the moment of its transition. Never blocks, never raises."""
         try:
-            # The app as a reload left it (docs/apps.md, "Reload"); a removed one as it was.
-            self._emit(self._apps(app.id) or app, event)
+            self._emit(app, event)
         except Exception:
             log.exception("webhook event %s on %s lost", event.name, event.channel)
 
