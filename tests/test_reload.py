@@ -193,7 +193,8 @@ async def test_reload_applies_apps_and_closes_removed_and_disabled_ones(tmp_path
         since = node.mark()
         os.kill(node.pid, signal.SIGHUP)
         [done] = await node.line("reload: configuration reloaded", since)
-        assert "added 9, changed 1, removed 2, disabled 3; 2 connections closed" in done, done
+        expected = "added 9, changed 1, removed 2, disabled 3; 2 connections updated, 2 closed"
+        assert expected in done, done
 
         assert await two.expect_closed() == 4003
         assert await three.expect_closed() == 4003
@@ -218,6 +219,33 @@ async def check_new_app_works(node: Kanal, clients: Clients, receiver: HookRecei
     assert (await client.expect("headline", "private-news"))["data"] == "hello"
     await receiver.wait_for("channel_occupied", "private-news")
     assert receiver.invalid == 0  # signed with the new app's secret
+
+
+async def test_a_rotation_by_reload_reaches_open_connections(tmp_path: Path) -> None:
+    """A connection opened before the reload: its app's new secret and its previous one both
+    sign its subscriptions, and its webhooks go to the endpoint added, with the new secret."""
+    old = App(id="9", key=APP_KEY, secret="s9-old-secret")
+    async with hook_receiver() as receiver, kanal(tmp_path, [old]) as (node, config):
+        async with Clients() as clients:
+            signs_new = await clients.connect(node, secret=APP_SECRET)
+            signs_old = await clients.connect(node, secret=old.secret)
+            rotated = App(
+                id="9",
+                key=APP_KEY,
+                secret=APP_SECRET,
+                previous_secret=old.secret,
+                previous_secret_expires_at=4102444800.0,  # 2100: the test never reaches it
+                webhooks=(hook(receiver),),
+            )
+            write_config(config, node.port, [rotated])
+            since = node.mark()
+            os.kill(node.pid, signal.SIGHUP)
+            [done] = await node.line("reload: configuration reloaded", since)
+            assert "changed 9, removed -, disabled -; 2 connections updated" in done, done
+            for client in (signs_new, signs_old):
+                await client.subscribe(f"private-{client.socket_id}")
+                await receiver.wait_for("channel_occupied", f"private-{client.socket_id}")
+        assert receiver.invalid == 0  # signed with the new secret, as the receiver checks
 
 
 async def test_an_invalid_file_leaves_the_running_config_and_names_the_key(

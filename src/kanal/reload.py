@@ -7,8 +7,8 @@ disabled is the pure :func:`app_changes`.
 
 What reloads (docs/apps.md, "Reload"): the ``[[apps]]`` — credentials (a secret rotation
 included), switches, limits and webhook endpoints. New connections and HTTP API requests see
-the new apps at once; an open connection keeps the app it was admitted with, except that its
-webhook events go to the endpoints its app has now. The connections of a removed or disabled
+the new apps at once, and open connections from their next frame on
+(:meth:`kanal.hub.Hub.reconfigure_app`). The connections of a removed or disabled
 app are closed with 4003 (protocol.md §6: 4000-4099, do not reconnect as is). The
 ``[server]``, ``[webhooks]`` and ``[scaling]`` settings need a restart: a changed one is named in
 a WARNING and keeps its running value. A file that does not load is refused as a whole, with
@@ -121,17 +121,21 @@ class Reloader:
         changes = app_changes(running.apps, loaded.apps)
         self.server.apps.replace(loaded.apps)
         self.server.config = dataclasses.replace(running, apps=loaded.apps)
+        hub = self.server.hub
         for app_id in changes.added:
-            _ = self.server.hub.metrics.apps[app_id]  # its series exist from now on, at 0
+            _ = hub.metrics.apps[app_id]  # its series exist from now on, at 0
+        by_id = {app.id: app for app in loaded.apps}
+        updated = sum(hub.reconfigure_app(by_id[app_id]) for app_id in changes.changed)
         closed = sum(self._close(app_id, changes) for app_id in changes.closed)
         log.info(
             "reload: configuration reloaded: %d apps (added %s, changed %s, removed %s, "
-            "disabled %s; %d connections closed with 4003)",
+            "disabled %s; %d connections updated, %d closed with 4003)",
             len(loaded.apps),
             _ids(changes.added),
             _ids(changes.changed),
             _ids(changes.removed),
             _ids(changes.disabled),
+            updated,
             closed,
         )
         return changes

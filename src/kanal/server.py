@@ -167,7 +167,7 @@ def _webhook_sink(
     if not has_webhooks and hooks is None and not cluster:
         return NullWebhooks(), [], []
     dispatcher = WebhookDispatcher(
-        config.webhooks, hooks=None if cluster else hooks, console=recorder, apps=apps.by_id
+        config.webhooks, hooks=None if cluster else hooks, console=recorder
     )
     if not cluster:
         if has_webhooks:

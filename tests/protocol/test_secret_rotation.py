@@ -174,3 +174,16 @@ def test_a_session_accepts_the_previous_secret_by_the_wall_clock() -> None:
 
 def frame(event: str, **data: str) -> str:
     return json.dumps({"event": event, "data": data})
+
+
+def test_a_reconfigured_session_checks_with_the_reloaded_secrets() -> None:
+    """A reload hands an open connection its rotated app (``Session.reconfigure``)."""
+    session = Session(App(id=APP.id, key=KEY, secret=OLD), SOCKET_ID, now=0.0)
+    new_auth = sdk(NEW).authenticate("private-orders", SOCKET_ID)["auth"]
+    subscribe = frame("pusher:subscribe", channel="private-orders", auth=new_auth)
+    assert not isinstance(session.receive(subscribe, 1.0, BEFORE)[0], Join)
+    session.reconfigure(APP)
+    assert isinstance(session.receive(subscribe, 2.0, BEFORE)[0], Join)
+    old_auth = sdk(OLD).authenticate("private-old", SOCKET_ID)["auth"]
+    subscribe_old = frame("pusher:subscribe", channel="private-old", auth=old_auth)
+    assert isinstance(session.receive(subscribe_old, 3.0, BEFORE)[0], Join)

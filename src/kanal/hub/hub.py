@@ -205,6 +205,14 @@ class Hub:
             self.refuse(local.conn, code, reason)
         return len(closing)
 
+    def reconfigure_app(self, app: App) -> int:
+        """A reload changed ``app``: its local connections use it from their next frame on
+        (:meth:`Session.reconfigure`); how many."""
+        changing = [local for local in self._locals.values() if local.session.app.id == app.id]
+        for local in changing:
+            local.session.reconfigure(app)
+        return len(changing)
+
     def close_all(self, code: int, reason: str) -> None:
         """Graceful shutdown: every client reconnects elsewhere (close 4200)."""
         for local in list(self._locals.values()):

@@ -151,6 +151,14 @@ class Session:
         self._tokens = float(app.max_client_events_per_second)
         self._tokens_at = now
 
+    def reconfigure(self, app: App) -> None:
+        """A reload changed this connection's app (the same id): its secrets, switches and
+        limits hold from the next frame on, so a secret rotation reaches open connections too
+        (docs/apps.md). What was settled when the connection opened stays: the sign-in
+        deadline and the client's own ``activity_timeout``, though the server's pings follow
+        the new one."""
+        self.app = app
+
     def established(self) -> Send:
         """The first frame: ``pusher:connection_established`` (protocol.md §4.1)."""
         return Send(events.connection_established_frame(self.socket_id, self.app.activity_timeout))

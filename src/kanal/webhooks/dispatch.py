@@ -110,9 +110,6 @@ class WebhookDispatcher:
             starts and closes them.
         console: the live console's recorder: events the grace period holds or cancels, and
             (through each endpoint's sender) every delivery attempt.
-        apps: the app by id as configured now: an event goes to the endpoints (and is signed
-            with the secret) of its app as a reload left it, not as it was when the
-            connection that caused it was admitted (docs/apps.md, "Reload").
     """
 
     def __init__(
@@ -127,10 +124,8 @@ class WebhookDispatcher:
         rng: random.Random | None = None,
         hooks: Hooks | None = None,
         console: Recorder | None = None,
-        apps: Callable[[str], App | None] | None = None,
     ) -> None:
         self.settings = settings
-        self._apps = apps
         self.hooks = hooks
         self.console = console
         self.stats = WebhookStats()
@@ -165,8 +160,7 @@ class WebhookDispatcher:
     def emit(self, app: App, event: WebhookEvent) -> None:
         """Take one event at the moment of its transition. Never blocks, never raises."""
         try:
-            current = self._apps(app.id) if self._apps is not None else None
-            self._emit(current or app, event)  # a removed app's last events: as it was
+            self._emit(app, event)
         except Exception:
             log.exception("webhook event %s on %s lost", event.name, event.channel)
 
