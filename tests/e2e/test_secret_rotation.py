@@ -13,12 +13,15 @@ import json
 import time
 from typing import Any
 
+import pusher
 import pytest
+from aiohttp import web
 from pusher.errors import PusherBadAuth
 
 from kanal.config import WebhookTarget
-from tests.conftest import APP_SECRET, RunningServer, StartServer, make_app
+from tests.conftest import APP_ID, APP_KEY, APP_SECRET, RunningServer, StartServer, make_app
 from tests.test_webhooks_server import Receiver, receiver  # noqa: F401 (fixture)
+from tests.webapp import served
 
 from .helpers import MASTER_KEY, call, connect, roundtrip, sdk
 from .jsclient import JsDriver
@@ -102,3 +105,50 @@ async def test_after_the_expiry_the_old_secret_is_refused(
     assert accepted["status"] == 200, accepted
     for event in ("still-works", "node-works"):
         await js.wait_for(client="new", type="event", event=event, since=since)
+
+
+def auth_backend(secret: str) -> web.Application:
+    """A backend's ``/pusher/auth`` and ``/pusher/user-auth``, signing with ``secret`` through
+    the official Python SDK, as an app server does before and after the rotation."""
+    signer = pusher.Pusher(app_id=APP_ID, key=APP_KEY, secret=secret)
+
+    async def channel(request: web.Request) -> web.Response:
+        form = await request.post()
+        socket_id, name = str(form["socket_id"]), str(form["channel_name"])
+        member = MEMBER if name.startswith("presence-") else None
+        return web.json_response(signer.authenticate(name, socket_id, member))
+
+    async def user(request: web.Request) -> web.Response:
+        form = await request.post()
+        return web.json_response(signer.authenticate_user(str(form["socket_id"]), {"id": "ada"}))
+
+    app = web.Application()
+    app.router.add_post("/pusher/auth", channel)
+    app.router.add_post("/pusher/user-auth", user)
+    return app
+
+
+@pytest.mark.parametrize("expires_in", [3600, -3600], ids=["rotating", "expired"])
+async def test_auth_endpoints_on_the_old_and_the_new_secret(
+    start_server: StartServer, js: JsDriver, expires_in: float
+) -> None:
+    """pusher-js with real auth endpoints (``transport: "ajax"``): the backend still on the
+    old secret works until the expiry and not after; the one on the new secret always does."""
+    server: RunningServer = await start_server(apps=[make_app(**rotating(expires_in))])
+    async with served(auth_backend(OLD_SECRET)) as old, served(auth_backend(APP_SECRET)) as new:
+        for client, base in (("old", old), ("new", new)):
+            options = {
+                "channelAuthorization": {"endpoint": f"{base}/pusher/auth", "transport": "ajax"},
+                "userAuthentication": {"endpoint": f"{base}/pusher/user-auth", "transport": "ajax"},
+            }
+            await connect(js, server, client, options=options)
+        for channel in ("private-orders", "presence-room"):
+            await js.subscribe("new", channel)
+            since = js.mark()
+            await js.subscribe("old", channel, expect_error=expires_in < 0)
+            if expires_in < 0:
+                err = await js.wait_for(client="old", type="subscription_error", since=since)
+                assert err["status"] == 401, err
+        await js.signin("new")
+        await js.signin("old", expect_error=expires_in < 0)
+        await roundtrip(js, "old")
