@@ -38,6 +38,7 @@ from tests.cluster_nodes import (
 )
 from tests.conftest import APP_KEY, APP_SECRET, NO_DRAIN
 from tests.test_cluster_workers import (
+    children_of,
     current_workers,
     needs_proc,
     sockets_by_worker,
@@ -329,6 +330,32 @@ async def test_every_worker_reloads(cluster: Cluster) -> None:
             closes = await asyncio.gather(*(client.expect_closed() for client in removed))
             assert set(closes) == {4003}
             await connections_on_every_worker(clients, parent, "k3", workers, port)
+            await check_a_restarted_worker_serves_the_reloaded_apps(cluster, parent, port)
+
+
+async def check_a_restarted_worker_serves_the_reloaded_apps(
+    cluster: Cluster, parent: NodeProcess, port: int
+) -> None:
+    """The parent read the apps at the SIGHUP too: a worker it starts after a crash serves
+    them, not a file changed since without a reload."""
+    unsignalled = cluster.config([app("1")], port=port)
+    (cluster.workdir / "reloading.toml").write_text(node_toml(unsignalled), encoding="utf-8")
+    dead = (await current_workers(parent))[0]
+    os.kill(dead, signal.SIGKILL)
+    workers = await poll(
+        lambda: asyncio.to_thread(children_of, parent.pid),
+        lambda found: len(found) == 2 and dead not in found,
+        within=20,
+        what="the replacement worker",
+    )
+    await poll(
+        lambda: asyncio.to_thread(sockets_by_worker, workers, port, "0A"),
+        lambda held: all(held.values()),
+        within=20,
+        what="the replacement listening",
+    )
+    async with Clients() as clients:
+        await connections_on_every_worker(clients, parent, "k3", workers, port)
 
 
 async def connections_on_every_worker(
