@@ -9,6 +9,7 @@ import json
 import runpy
 import sys
 import types
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -50,8 +51,13 @@ def config_file(tmp_path: Path) -> str:
 def fake_server(monkeypatch: pytest.MonkeyPatch) -> list[Config]:
     """Replace kanal.server with a recorder so that `serve` returns at once."""
     calls: list[Config] = []
+
+    def run(config: Config, load: Callable[[], Config]) -> None:
+        assert load() == config  # SIGHUP reads the same file, environment and flags again
+        calls.append(config)
+
     module = types.ModuleType("kanal.server")
-    module.run = calls.append  # type: ignore[attr-defined]
+    module.run = run  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "kanal.server", module)
     monkeypatch.setattr(kanal, "server", module, raising=False)
     return calls
@@ -97,6 +103,13 @@ def test_serve_config_error_exits_2(
     err = capsys.readouterr().err
     assert err == "kanal: error: --port: server.port: expected an integer, got 'http'\n"
     assert fake_server == []
+
+
+def test_reload_needs_a_pid_file(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["reload"], {}) == 2
+    assert capsys.readouterr().err == (
+        "kanal: error: reload needs --pid-file FILE (or $KANAL_PID_FILE)\n"
+    )
 
 
 def test_check_config_prints_masked_config(

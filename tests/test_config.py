@@ -47,6 +47,7 @@ url = "https://example.com/hook"
 event_types = ["channel_occupied", "channel_vacated", "member_added"]
 """
 MINIMAL_APP = '[[apps]]\nid = "7"\nkey = "k7"\nsecret = "s7-secret"\n'
+ROTATION_END = "apps[0].previous_secret_expires_at"
 
 
 def write(tmp_path: Path, text: str) -> str:
@@ -285,6 +286,10 @@ def test_unknown_key_suggests_the_close_match(tmp_path: Path) -> None:
         (MINIMAL_APP + MINIMAL_APP.replace('"k7"', '"other"'), "apps[1].id"),
         (MINIMAL_APP + MINIMAL_APP.replace('"7"', '"8"'), "apps[1].key"),
         (MINIMAL_APP + "webhooks = 1\n", "apps[0].webhooks"),
+        (MINIMAL_APP + 'previous_secret = "old"\n', "apps[0].previous_secret"),
+        (MINIMAL_APP + "previous_secret_expires_at = 2026-12-08T12:00:00\n", ROTATION_END),
+        (MINIMAL_APP + "previous_secret_expires_at = 2026-12-08\n", ROTATION_END),
+        (MINIMAL_APP + "previous_secret_expires_at = -1\n", ROTATION_END),
         (
             MINIMAL_APP + '[[apps.webhooks]]\nurl = "ftp://x"\nevent_types = ["cache_miss"]\n',
             "apps[0].webhooks[0].url",
@@ -334,6 +339,19 @@ def test_bad_file_values_name_the_key_and_the_file(tmp_path: Path, text: str, ke
         ),
         ({"KANAL_LOG_FORMAT": "xml"}, "KANAL_LOG_FORMAT: server.log_format: must be one of"),
         (
+            {"KANAL_APP_PREVIOUS_SECRET_EXPIRES_AT": "2026-12-08T12:00:00"},
+            f"KANAL_APP_PREVIOUS_SECRET_EXPIRES_AT: {ROTATION_END}: 2026-12-08T12:00:00 has no "
+            "UTC offset",
+        ),
+        (
+            {"KANAL_APP_PREVIOUS_SECRET_EXPIRES_AT": "tomorrow"},
+            f"KANAL_APP_PREVIOUS_SECRET_EXPIRES_AT: {ROTATION_END}: expected a time",
+        ),
+        (
+            {"KANAL_APP_PREVIOUS_SECRET": "old-secret"},
+            "KANAL_APP_PREVIOUS_SECRET: apps[0].previous_secret: needs previous_secret_expires_at",
+        ),
+        (
             {"KANAL_MAX_CONNECTIONS_PER_IP_PER_SECOND": "-1"},
             "KANAL_MAX_CONNECTIONS_PER_IP_PER_SECOND: server.max_connections_per_ip_per_second: "
             "must be 0 or greater",
@@ -351,6 +369,21 @@ def test_bad_flag_values_name_the_flag() -> None:
         load_config(None, {}, {"app_max_connections": "lots"})
     with pytest.raises(ConfigError, match=r"^--port: server\.port: expected an integer"):
         load_config(None, {}, {"port": True})
+
+
+@pytest.mark.parametrize(
+    "written",
+    ["2026-12-08T12:00:00Z", "2026-12-08T13:00:00+01:00", "1796731200", "1796731200.0"],
+)
+def test_rotation_end_is_a_unix_time_or_an_offset_date_time(tmp_path: Path, written: str) -> None:
+    # 1796731200 is 2026-12-08T12:00:00Z; TOML takes the date-time bare, env and flags quoted.
+    text = MINIMAL_APP + f'previous_secret = "s6-secret"\nprevious_secret_expires_at = {written}\n'
+    [app] = load_text(tmp_path, text).apps
+    assert (app.previous_secret, app.previous_secret_expires_at) == ("s6-secret", 1796731200.0)
+    environ = {"KANAL_APP_PREVIOUS_SECRET": "s6", "KANAL_APP_PREVIOUS_SECRET_EXPIRES_AT": written}
+    assert load_config(None, environ, {}).apps[0].previous_secret_expires_at == 1796731200.0
+    flags = {"app_previous_secret": "s6", "app_previous_secret_expires_at": written}
+    assert load_config(None, {}, flags).apps[0].previous_secret_expires_at == 1796731200.0
 
 
 def test_redis_with_url_and_workers_is_valid() -> None:
@@ -379,8 +412,13 @@ def test_dump_masks_secrets_and_passwords_and_stays_valid_toml(tmp_path: Path) -
         + PUBLIC_SCHEMA.replace(
             "[[apps.webhooks]]", "[[apps.webhooks]]\nheaders = {A = 'tok'}"
         ).replace("[server]", '[server]\nadmin_token = "console-password-1234"')
+    ).replace(
+        "enable_client_messages",
+        'previous_secret = "old-secret-value"\n'
+        "previous_secret_expires_at = 2026-12-08T12:00:00Z\nenable_client_messages",
     )
     dumped = dump_config(load_text(tmp_path, text))
+    assert 'previous_secret = "ol***"' in dumped and "old-secret-value" not in dumped
     assert "my-secret-value" not in dumped and "hunter22" not in dumped and "'tok'" not in dumped
     assert '"tok"' not in dumped and "console-password" not in dumped
     assert 'admin_token = "***"' in dumped

@@ -1,4 +1,5 @@
-"""The ``kanal`` command line: ``serve``, ``check-config``, ``sign`` (and hidden ``docs-settings``).
+"""The ``kanal`` command line: ``serve``, ``reload``, ``check-config``, ``sign`` (and hidden
+``docs-settings``).
 
 The setting flags are generated from :data:`kanal.settings.SETTINGS`, so every setting that has
 an environment variable also has a flag spelled by the same rule, and none is hand-written
@@ -14,6 +15,7 @@ import argparse
 import hashlib
 import hmac
 import os
+import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -25,7 +27,14 @@ from kanal.settings.render import dump_config, render_settings_markdown, splice_
 __all__ = ["build_parser", "main"]
 
 Handler = Callable[[argparse.Namespace, Mapping[str, str]], int]
-_METAVARS = {"str": "TEXT", "id": "ID", "int": "N", "float": "NUMBER", "strs": "A,B,..."}
+_METAVARS = {
+    "str": "TEXT",
+    "id": "ID",
+    "int": "N",
+    "float": "NUMBER",
+    "time": "TIME",
+    "strs": "A,B,...",
+}
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
@@ -54,12 +63,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"kanal {__version__}")
     # The metavar lists the public commands only, which keeps docs-settings out of --help.
     commands = parser.add_subparsers(
-        dest="command", metavar="{serve,check-config,sign}", required=True
+        dest="command", metavar="{serve,reload,check-config,sign}", required=True
     )
     serve = commands.add_parser("serve", help="run the server")
     serve.add_argument("--config", metavar="FILE", help="TOML config file (default: $KANAL_CONFIG)")
     _add_setting_flags(serve)
     serve.set_defaults(handler=_serve)
+
+    reload = commands.add_parser(
+        "reload", help="make a running kanal serve re-read its config file (sends SIGHUP)"
+    )
+    reload.add_argument(
+        "--pid-file",
+        metavar="FILE",
+        help="the running server's pid file (default: $KANAL_PID_FILE)",
+    )
+    reload.set_defaults(handler=_reload)
 
     check = commands.add_parser(
         "check-config", help="validate the configuration and print the effective config"
@@ -127,14 +146,32 @@ def _config_file(args: argparse.Namespace, environ: Mapping[str, str]) -> str | 
 
 
 def _serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    config = load_config(_config_file(args, environ), environ, _overrides(args))
+    path, overrides = _config_file(args, environ), _overrides(args)
+    config = load_config(path, environ, overrides)
     from kanal import server  # late: the CLI must work (check-config, sign) without it
 
     try:
-        server.run(config)
+        # SIGHUP reads the same file, environment and flags again (kanal.reload).
+        server.run(config, lambda: load_config(path, environ, overrides))
     except server.StartupError as exc:
         print(f"kanal: error: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _reload(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from kanal.process import PidFileError, signal_pid_file
+
+    path = args.pid_file or environ.get("KANAL_PID_FILE")
+    if not path:
+        print("kanal: error: reload needs --pid-file FILE (or $KANAL_PID_FILE)", file=sys.stderr)
+        return 2
+    try:
+        pid = signal_pid_file(path, signal.SIGHUP)
+    except PidFileError as exc:
+        print(f"kanal: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"sent SIGHUP to kanal (pid {pid}); its log says whether the reload was applied")
     return 0
 
 

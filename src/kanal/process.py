@@ -1,5 +1,5 @@
 """What ``kanal serve`` does to its own process besides serving: the open-files limit, and the
-pid file (``[server] pid_file``, ``--pid-file``).
+pid file (``[server] pid_file``, ``--pid-file``), which ``kanal reload`` reads to signal it.
 
 Ownership rule: this module owns the pid file. It is claimed before anything starts (refused
 when it names a kanal that still runs), written once the node listens (with ``--workers``, by
@@ -16,7 +16,7 @@ import resource
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["FEW_OPEN_FILES", "PidFile", "PidFileError", "raise_open_files_limit"]
+__all__ = ["FEW_OPEN_FILES", "PidFile", "PidFileError", "raise_open_files_limit", "signal_pid_file"]
 
 log = logging.getLogger("kanal")
 
@@ -136,3 +136,32 @@ class PidFile:
                 self.path.unlink()
         except OSError as exc:
             log.warning("could not remove the pid file %s: %s", self.path, exc.strerror)
+
+
+def signal_pid_file(path: str, signum: int) -> int:
+    """Send ``signum`` to the kanal named by the pid file at ``path``; returns its pid.
+
+    Raises:
+        PidFileError: no such file, no pid in it, or a pid that is not a running kanal.
+    """
+    try:
+        text = Path(path).read_text(encoding="ascii", errors="replace").strip()
+    except FileNotFoundError:
+        raise PidFileError(
+            f"no pid file at {path}: is kanal serve running with --pid-file {path}?"
+        ) from None
+    except OSError as exc:
+        raise PidFileError(f"cannot read the pid file {path}: {exc.strerror}") from None
+    if not text.isdigit() or int(text) <= 0:
+        raise PidFileError(f"the pid file {path} holds no process id ({text[:20]!r})")
+    pid = int(text)
+    if pid == os.getpid() or not _running_kanal(pid):
+        raise PidFileError(
+            f"the pid file {path} names pid {pid}, which is not a running kanal (a stale file "
+            "left by a kanal that was killed?)"
+        )
+    try:
+        os.kill(pid, signum)
+    except OSError as exc:
+        raise PidFileError(f"cannot signal pid {pid} from {path}: {exc.strerror}") from None
+    return pid

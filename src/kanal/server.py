@@ -3,13 +3,15 @@
 ``run(config)`` builds the app store, the cluster adapters, the webhook dispatcher, the hub
 and the transports, serves until SIGINT/SIGTERM, then drains (:mod:`kanal.drain`: /ready
 503, upgrades refused, clients closed with 4200 in batches spread over ``drain_seconds``),
-stops listening and gives queued webhooks a bounded time to go out.
+stops listening and gives queued webhooks a bounded time to go out. Given a way to read the
+configuration again, it reloads the apps on SIGHUP (:mod:`kanal.reload`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import logging
 import shutil
@@ -35,8 +37,9 @@ from kanal.metrics import Metrics
 from kanal.metrics.sources import register_hooks, register_node, register_queue, register_webhooks
 from kanal.process import PidFile, PidFileError, raise_open_files_limit
 from kanal.protocol.errors import CloseCode
+from kanal.reload import Reloader, reload_on_sighup
 from kanal.service import ChannelsApi
-from kanal.settings import DEV_APP, is_default_credentials
+from kanal.settings import DEV_APP, ConfigError, is_default_credentials
 from kanal.settings.render import startup_summary
 from kanal.transport.admission import Admission
 from kanal.transport.console import Console
@@ -146,19 +149,21 @@ def _webhook_sink(
     apps: StaticAppStore,
     hooks: Hooks | None,
     recorder: Recorder,
+    reloadable: bool,
 ) -> tuple[WebhookSink, Lifecycle, Lifecycle]:
     """Local delivery, or (cluster mode) the shared Redis queue in front of it.
 
     In-process hooks are one more target of the same pipeline: on one node, of the dispatcher,
     which an embedded node therefore gets even without endpoints; in a cluster, of the queue's
     hooks stream, which every node writes for the hooks of the embedded processes (a node
-    without endpoints or hooks, ``kanal serve``'s, included; docs/scaling.md).
+    without endpoints or hooks, ``kanal serve``'s, included; docs/scaling.md). A node whose
+    apps may be reloaded is built as if it had endpoints: a reload may add some.
     """
     if hooks is not None:
         register_hooks(metrics, hooks)
     scaling = config.scaling
     cluster = scaling.adapter == "redis"
-    has_webhooks = any(app.webhooks for app in config.apps)
+    has_webhooks = reloadable or any(app.webhooks for app in config.apps)
     if not has_webhooks and hooks is None and not cluster:
         return NullWebhooks(), [], []
     dispatcher = WebhookDispatcher(
@@ -230,6 +235,7 @@ def build(
     frame: Callable[[bytes], bytes] = text_frame,
     hooks: bool = False,
     group: WorkerGroup | None = None,
+    reloadable: bool = False,
 ) -> Server:
     """Wire a node from ``config``; nothing is started.
 
@@ -238,13 +244,14 @@ def build(
     (which frames messages itself). ``hooks``: give the node a registry of in-process hooks
     (``Server.hooks``, for an embedding app; docs/embedding.md). ``group``: this node is a
     worker of ``kanal serve --workers N``, whose scrapes report the whole group.
+    ``reloadable``: the apps may change while the node runs (:mod:`kanal.reload`).
     """
     apps = StaticAppStore(config.apps)
     metrics = Metrics()
     registry = Hooks(config.webhooks) if hooks else None
     recorder = Recorder()
     webhooks, webhook_start, webhook_close = _webhook_sink(
-        config, metrics, apps, registry, recorder
+        config, metrics, apps, registry, recorder, reloadable
     )
     readiness = Readiness()
     membership, broker, cluster = _adapters(config)
@@ -446,8 +453,15 @@ def check_listen(settings: ServerSettings) -> None:
         raise StartupError(str(exc)) from None
 
 
-def run(config: Config) -> None:
-    """Run a node (or ``workers`` nodes) in the foreground until SIGINT or SIGTERM."""
+Load = Callable[[], Config]
+
+
+def run(config: Config, load: Load | None = None) -> None:
+    """Run a node (or ``workers`` nodes) in the foreground until SIGINT or SIGTERM.
+
+    ``load`` reads the configuration again, as ``config`` was read: given it, SIGHUP reloads
+    the apps (:mod:`kanal.reload`).
+    """
     settings = config.server
     logs.configure(settings.log_level, settings.log_format, settings.verbose, sys.stderr)
     _warn_default_credentials(config)
@@ -457,27 +471,37 @@ def run(config: Config) -> None:
             if config.server.workers > 1:
                 check_listen(config.server)
                 pid_file.write()  # the parent's pid: it is the one that stops the workers
-                raise SystemExit(_supervise(config))
-            _run_node(config, pid_file.write)
+                raise SystemExit(_supervise(config, load))
+            _run_node(config, load, pid_file.write)
     except PidFileError as exc:
         raise StartupError(str(exc)) from None
 
 
-def _supervise(config: Config) -> int:
+def _supervise(config: Config, load: Load | None) -> int:
     workers = config.server.workers
     # The workers answer each other's scrapes on Unix sockets in here (mode 0700).
     directory = tempfile.mkdtemp(prefix="kanal-workers-")
+    current = [config]
+
+    def reread() -> None:
+        """On SIGHUP the parent reads the apps too, for a worker it restarts later; the
+        workers log what they make of the file, so the parent stays quiet."""
+        if load is not None:
+            with contextlib.suppress(ConfigError):
+                current[0] = dataclasses.replace(current[0], apps=load().apps)
+
+    def worker(index: int) -> None:
+        _run_node(current[0], load, group=WorkerGroup(directory, index, workers))
+
     try:
-        return supervise(
-            workers,
-            lambda index: _run_node(config, group=WorkerGroup(directory, index, workers)),
-        )
+        return supervise(workers, worker, on_hangup=reread)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
 
 
 def _run_node(
     config: Config,
+    load: Load | None,
     listening: Callable[[], None] = lambda: None,
     group: WorkerGroup | None = None,
 ) -> None:
@@ -485,7 +509,7 @@ def _run_node(
         import uvloop
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    asyncio.run(_main(config, listening, group))
+    asyncio.run(_main(config, load, listening, group))
 
 
 def _warn_default_credentials(config: Config) -> None:
@@ -503,8 +527,12 @@ def _warn_default_credentials(config: Config) -> None:
             )
 
 
-async def _main(config: Config, listening: Callable[[], None], group: WorkerGroup | None) -> None:
-    server = build(config, group=group)
+async def _main(
+    config: Config, load: Load | None, listening: Callable[[], None], group: WorkerGroup | None
+) -> None:
+    server = build(config, group=group, reloadable=load is not None)
     stop = asyncio.Event()
     stop_on_signals(stop, worker=config.server.workers > 1)
+    if load is not None:
+        reload_on_sighup(Reloader(server, load))
     await serve(server, stop, lambda _port: listening())

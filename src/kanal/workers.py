@@ -3,7 +3,8 @@ several.
 
 Ownership rule: the parent process owns only its children's pids. It forks N workers (each
 a full cluster member with its own node id, so N > 1 needs the Redis adapter, which config
-validation enforces), forwards the first SIGINT/SIGTERM to them (each drains, kanal.drain),
+validation enforces), forwards the first SIGINT/SIGTERM to them (each drains, kanal.drain)
+and every SIGHUP (each reloads its apps, kanal.reload),
 restarts a worker that dies unexpectedly, and exits when all have stopped after a stop
 signal. A second stop signal kills the workers (SIGKILL) and ends the parent with status
 128 + the signal's number: the workers ignore every signal after their first, since they may
@@ -38,6 +39,9 @@ def _spawn(worker: Callable[[int], None], index: int) -> int:
     if pid == 0:  # child: default signal handling, then run the node and never return
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        # Until the node's loop takes SIGHUP over (kanal.reload), one must not end the worker
+        # (the default action); one that arrives in that moment is missed by this worker.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
         code = 0
         try:
             worker(index)
@@ -50,8 +54,11 @@ def _spawn(worker: Callable[[int], None], index: int) -> int:
     return pid
 
 
-def supervise(workers: int, worker: Callable[[int], None]) -> int:
-    """Run ``worker(index)`` in ``workers`` forked processes until a stop signal."""
+def supervise(
+    workers: int, worker: Callable[[int], None], on_hangup: Callable[[], None] = lambda: None
+) -> int:
+    """Run ``worker(index)`` in ``workers`` forked processes until a stop signal; on SIGHUP,
+    call ``on_hangup`` and send SIGHUP to every worker."""
     children: dict[int, int] = {}
     stopping = False
     killed_by = 0  # the second stop signal, once it came
@@ -65,8 +72,15 @@ def supervise(workers: int, worker: Callable[[int], None]) -> int:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL if killed_by else signum)
 
+    def hangup(signum: int, frame: FrameType | None) -> None:
+        on_hangup()
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGHUP)
+
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGHUP, hangup)
     for index in range(workers):
         children[_spawn(worker, index)] = index
     status = 0

@@ -36,9 +36,12 @@ const pusher = new Pusher({ appId: cfg.appId, key: cfg.key, secret: cfg.secret,
 """
 
 
-async def node_sdk(server: RunningServer, *calls: list[Any]) -> list[dict[str, Any]]:
-    """Run ``calls`` ([method, *args]) in order with the Node SDK; returns their responses."""
-    cfg = {"appId": APP_ID, "key": APP_KEY, "secret": APP_SECRET, "port": server.port}
+async def node_sdk(
+    server: RunningServer, *calls: list[Any], secret: str = APP_SECRET
+) -> list[dict[str, Any]]:
+    """Run ``calls`` ([method, *args]) in order with the Node SDK signing with ``secret``;
+    returns their responses."""
+    cfg = {"appId": APP_ID, "key": APP_KEY, "secret": secret, "port": server.port}
     cfg["calls"] = list(calls)
     proc = await asyncio.create_subprocess_exec(
         "node", "-e", NODE_SCRIPT, json.dumps(cfg), cwd=REPO_ROOT,

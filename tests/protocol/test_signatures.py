@@ -64,7 +64,7 @@ def _verify(
         query=query,
         body=body,
         app_key=KEY,
-        app_secret=SECRET,
+        app_secrets=(SECRET,),
         now=now,
         expose_hint=expose_hint,
     )
@@ -112,7 +112,7 @@ def test_auth_vector(vector: dict[str, Any]) -> None:
         auth = sign_signin(app_key=KEY, app_secret=SECRET, socket_id=SOCKET_ID, user_data=user_data)
         assert auth == vector["auth"]
         verify_signin(
-            app_key=KEY, app_secret=SECRET, socket_id=SOCKET_ID, auth=auth, user_data=user_data
+            app_key=KEY, app_secrets=(SECRET,), socket_id=SOCKET_ID, auth=auth, user_data=user_data
         )
         return
     channel, channel_data = _auth_vector_parts(vector)
@@ -127,7 +127,7 @@ def test_auth_vector(vector: dict[str, Any]) -> None:
     assert auth == vector["auth"]
     verify_channel_auth(
         app_key=KEY,
-        app_secret=SECRET,
+        app_secrets=(SECRET,),
         socket_id=SOCKET_ID,
         channel=channel,
         auth=auth,
@@ -140,7 +140,7 @@ def _channel_auth(
 ) -> None:
     verify_channel_auth(
         app_key=KEY,
-        app_secret=SECRET,
+        app_secrets=(SECRET,),
         socket_id=SOCKET_ID,
         channel=channel,
         auth=auth,
@@ -198,7 +198,7 @@ def test_presence_auth_requires_exact_channel_data_bytes() -> None:
 
 def _signin(auth: str, user_data: str = '{"id":"12345"}') -> None:
     verify_signin(
-        app_key=KEY, app_secret=SECRET, socket_id=SOCKET_ID, auth=auth, user_data=user_data
+        app_key=KEY, app_secrets=(SECRET,), socket_id=SOCKET_ID, auth=auth, user_data=user_data
     )
 
 
@@ -480,7 +480,7 @@ def test_python_sdk_requests_verify(name: str, skew: int) -> None:
         query=query,
         body=request.body,
         app_key=KEY,
-        app_secret=SECRET,
+        app_secrets=(SECRET,),
         now=TS + skew,
     )
 
@@ -496,8 +496,8 @@ def test_python_sdk_requests_rejected_with_other_secret_or_late_clock(name: str)
         "body": request.body,
         "app_key": KEY,
     }
-    _api_error(lambda: verify_request(**kwargs, app_secret="other", now=TS))
-    _api_error(lambda: verify_request(**kwargs, app_secret=SECRET, now=TS + 600))
+    _api_error(lambda: verify_request(**kwargs, app_secrets=("other",), now=TS))
+    _api_error(lambda: verify_request(**kwargs, app_secrets=(SECRET,), now=TS + 600))
 
 
 def test_python_sdk_vector_signature() -> None:
@@ -637,7 +637,7 @@ def test_channel_auth_only_raises_subscription_error(
     try:
         verify_channel_auth(
             app_key=KEY,
-            app_secret=SECRET,
+            app_secrets=(SECRET,),
             socket_id=socket_id,
             channel=channel,
             auth=auth,
@@ -654,7 +654,7 @@ def test_channel_auth_only_raises_subscription_error(
     )
     verify_channel_auth(
         app_key=KEY,
-        app_secret=SECRET,
+        app_secrets=(SECRET,),
         socket_id=socket_id,
         channel=channel,
         auth=good,
@@ -666,13 +666,13 @@ def test_channel_auth_only_raises_subscription_error(
 def test_signin_only_raises_pusher_error(socket_id: str, auth: str, user_data: str) -> None:
     try:
         verify_signin(
-            app_key=KEY, app_secret=SECRET, socket_id=socket_id, auth=auth, user_data=user_data
+            app_key=KEY, app_secrets=(SECRET,), socket_id=socket_id, auth=auth, user_data=user_data
         )
     except PusherError as error:
         assert error.code is None
     good = sign_signin(app_key=KEY, app_secret=SECRET, socket_id=socket_id, user_data=user_data)
     verify_signin(
-        app_key=KEY, app_secret=SECRET, socket_id=socket_id, auth=good, user_data=user_data
+        app_key=KEY, app_secrets=(SECRET,), socket_id=socket_id, auth=good, user_data=user_data
     )
 
 
@@ -686,7 +686,7 @@ def test_timestamp_window_is_configurable() -> None:
             query=query,
             body=b"",
             app_key=KEY,
-            app_secret=SECRET,
+            app_secrets=(SECRET,),
             now=now,
             max_skew=30,
         )

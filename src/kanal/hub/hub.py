@@ -74,7 +74,8 @@ class Hub:
         webhooks: where webhook events go.
         frame: turns a JSON payload into the bytes written to a connection (done once per
             broadcast per node).
-        monotonic: clock for heartbeats and throttles; ``wall``: Unix time for cache TTLs.
+        monotonic: clock for heartbeats and throttles; ``wall``: Unix time for cache TTLs and
+            a rotating app's previous secret.
         max_connections: server-wide cap (0 = none); over it, close 4100.
         console: where the live console's records go (:mod:`kanal.console`); every report
             is guarded by ``console.watching``, so an unwatched node does no work for it.
@@ -101,6 +102,7 @@ class Hub:
         # local subscriber has none anywhere and an event to it can stop before its frame.
         self._only_node = isinstance(broker, MemoryBroker)
         self._announce = Announcer(broker, webhooks, monotonic)
+        self._wall = wall
         self._cache = ChannelCache(membership, self._announce.emit, wall)
         self._frame = frame
         self._now = monotonic
@@ -162,7 +164,7 @@ class Hub:
         self.metrics.apps[local.session.app.id].received += 1
         if self.console.watching:
             self.console.received(local.session.app.id)
-        for command in local.session.receive(text, self._now()):
+        for command in local.session.receive(text, self._now(), self._wall()):
             await self._execute(local, command)
 
     def activity(self, socket_id: str) -> None:
@@ -206,6 +208,14 @@ class Hub:
         for local in closing:
             self.refuse(local.conn, code, reason)
         return len(closing)
+
+    def reconfigure_app(self, app: App) -> int:
+        """A reload changed ``app``: its local connections use it from their next frame on
+        (:meth:`Session.reconfigure`); how many."""
+        changing = [local for local in self._locals.values() if local.session.app.id == app.id]
+        for local in changing:
+            local.session.reconfigure(app)
+        return len(changing)
 
     def close_all(self, code: int, reason: str) -> None:
         """Graceful shutdown: every client reconnects elsewhere (close 4200)."""

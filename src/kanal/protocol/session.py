@@ -29,7 +29,7 @@ from kanal.protocol.channels import (
 )
 from kanal.protocol.errors import CloseCode, PusherError, SubscriptionError
 from kanal.protocol.presence import Member, member_from_channel_data, member_from_user
-from kanal.protocol.signatures import verify_channel_auth, verify_signin
+from kanal.protocol.signatures import accepted_secrets, verify_channel_auth, verify_signin
 
 __all__ = [
     "Close",
@@ -151,6 +151,14 @@ class Session:
         self._tokens = float(app.max_client_events_per_second)
         self._tokens_at = now
 
+    def reconfigure(self, app: App) -> None:
+        """A reload changed this connection's app (the same id): its secrets, switches and
+        limits hold from the next frame on, so a secret rotation reaches open connections too
+        (docs/apps.md). What was settled when the connection opened stays: the sign-in
+        deadline and the client's own ``activity_timeout``, though the server's pings follow
+        the new one."""
+        self.app = app
+
     def established(self) -> Send:
         """The first frame: ``pusher:connection_established`` (protocol.md §4.1)."""
         return Send(events.connection_established_frame(self.socket_id, self.app.activity_timeout))
@@ -178,13 +186,18 @@ class Session:
             return [Probe()]
         return []
 
-    def receive(self, text: str | bytes, now: float) -> list[Command]:
-        """Handle one inbound text frame; never raises."""
+    def receive(self, text: str | bytes, now: float, wall: float | None = None) -> list[Command]:
+        """Handle one inbound text frame; never raises.
+
+        ``now`` is the session's (monotonic) clock; ``wall`` the Unix time, which decides
+        whether a rotating app's previous secret still signs (:func:`accepted_secrets`;
+        ``None``: only the current secret does).
+        """
         if self.state is not State.OPEN:
             return []
         self.activity(now)
         try:
-            return self._dispatch(events.parse_client_message(text), now)
+            return self._dispatch(events.parse_client_message(text), now, wall)
         except SubscriptionError as error:
             return [
                 Send(
@@ -199,20 +212,22 @@ class Session:
             refusal = Refusal(None, error.code, error.message)
             return [Send(events.error_frame(error.code, error.message), refusal)]
 
-    def _dispatch(self, message: events.ClientMessage, now: float) -> list[Command]:
+    def _dispatch(
+        self, message: events.ClientMessage, now: float, wall: float | None
+    ) -> list[Command]:
         if isinstance(message, events.Ping):
             return [Send(events.pong_frame())]
         if isinstance(message, events.Subscribe):
-            return [self._subscribe(message)]
+            return [self._subscribe(message, wall)]
         if isinstance(message, events.Unsubscribe):
             return [Leave(message.channel)]
         if isinstance(message, events.Signin):
-            return self._signin(message)
+            return self._signin(message, wall)
         if isinstance(message, events.ClientEvent):
             return [self._client_event(message, now)]
         return []  # Pong and ignored events: activity already recorded
 
-    def _subscribe(self, message: events.Subscribe) -> Join:
+    def _subscribe(self, message: events.Subscribe, wall: float | None) -> Join:
         """channels.md §3.1-3.2: name rules, then type-specific authorization."""
         channel = message.channel
         if not is_valid_channel_name(channel, self.app.max_channel_name_length):
@@ -231,7 +246,7 @@ class Session:
             return Join(channel, kind, None)
         verify_channel_auth(
             app_key=self.app.key,
-            app_secret=self.app.secret,
+            app_secrets=accepted_secrets(self.app, wall),
             socket_id=self.socket_id,
             channel=channel,
             auth=message.auth,
@@ -253,11 +268,11 @@ class Session:
             f"{channel} is a presence channel and subscription must include channel_data",
         )
 
-    def _signin(self, message: events.Signin) -> list[Command]:
+    def _signin(self, message: events.Signin, wall: float | None) -> list[Command]:
         """users.md §2: verify, parse ``user_data``, record, reply ``signin_success``."""
         verify_signin(
             app_key=self.app.key,
-            app_secret=self.app.secret,
+            app_secrets=accepted_secrets(self.app, wall),
             socket_id=self.socket_id,
             auth=message.auth,
             user_data=message.user_data,

@@ -4,7 +4,13 @@ Ownership: this module owns the three signature schemes of the Pusher protocol a
 
 * channel authorization and user sign-in tokens ``"<key>:<hex>"`` (auth.md §1-3);
 * HTTP API request signatures (http-api.md §2);
-* the ``X-Pusher-Signature`` of webhook bodies (webhooks.md §2, §7).
+* the ``X-Pusher-Signature`` of webhook bodies (webhooks.md §2, §7);
+
+and which secrets a signature may be made with while a secret is rotated
+(:func:`accepted_secrets`, docs/apps.md "Secret rotation"): the current one, and until its
+expiry the previous one. Incoming signatures are checked against every accepted secret, all of
+them every time, so neither the answer's timing nor its text tells which secret matched;
+webhooks are signed with the current secret only.
 
 All signatures are ``lowercase_hex(HMAC-SHA256(app_secret, message))`` over UTF-8 bytes, and all
 comparisons of secret-derived values use :func:`hmac.compare_digest` on bytes (a ``str``
@@ -24,12 +30,14 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from urllib.parse import unquote
 
+from kanal.config import App
 from kanal.protocol.errors import ApiError, PusherError, SubscriptionError
 
 __all__ = [
     "AUTH_VERSION",
     "EMPTY_BODY_MD5",
     "TIMESTAMP_WINDOW",
+    "accepted_secrets",
     "canonical_query",
     "channel_string_to_sign",
     "hmac_sha256_hex",
@@ -102,6 +110,31 @@ def _equal(given: str, expected: str) -> bool:
     return hmac.compare_digest(_utf8(given), _utf8(expected))
 
 
+def _signed_by_any(given: str, secrets: Sequence[str], strings_to_sign: Sequence[str]) -> bool:
+    """Whether ``given`` is the HMAC of one of ``strings_to_sign`` under one of ``secrets``.
+
+    Every combination is computed and compared, without stopping at a match, so the time taken
+    depends only on how many secrets are accepted, never on which one matched.
+    """
+    found = False
+    for secret in secrets:
+        for string_to_sign in strings_to_sign:
+            found |= _equal(given, hmac_sha256_hex(secret, string_to_sign))
+    return found
+
+
+def accepted_secrets(app: App, now: float | None) -> tuple[str, ...]:
+    """The secrets an incoming signature of ``app`` may be made with at Unix time ``now``.
+
+    ``app.secret`` always; ``app.previous_secret`` too while a rotation runs, that is until
+    ``app.previous_secret_expires_at`` (at that second and after it, it is refused). With
+    ``now`` unknown (``None``) only the current secret.
+    """
+    if app.previous_secret and now is not None and now < app.previous_secret_expires_at:
+        return (app.secret, app.previous_secret)
+    return (app.secret,)
+
+
 def _split_token(auth: str) -> tuple[str, str] | None:
     """``"<key>:<sig>"`` split at the first colon, or ``None`` without a colon."""
     key, colon, sig = auth.partition(":")
@@ -151,13 +184,15 @@ def _signature_mismatch(string_to_sign: str, got: str) -> str:
 def verify_channel_auth(
     *,
     app_key: str,
-    app_secret: str,
+    app_secrets: tuple[str, ...],
     socket_id: str,
     channel: str,
     auth: str,
     channel_data: str | None,
 ) -> None:
     """Check a ``pusher:subscribe`` ``auth`` value for a private/presence channel (auth.md §3.1).
+
+    ``app_secrets``: the secrets any of which may have signed (:func:`accepted_secrets`).
 
     Raises:
         SubscriptionError: ``AuthError``/401 with the hosted message texts.
@@ -167,14 +202,16 @@ def verify_channel_auth(
         message = f"Invalid key in subscription auth data: '{key}'"
         raise SubscriptionError(channel, "AuthError", 401, message)
     string_to_sign = channel_string_to_sign(socket_id, channel, channel_data)
-    if not _equal(sig, hmac_sha256_hex(app_secret, string_to_sign)):
+    if not _signed_by_any(sig, app_secrets, [string_to_sign]):
         raise SubscriptionError(channel, "AuthError", 401, _signature_mismatch(string_to_sign, sig))
 
 
 def verify_signin(
-    *, app_key: str, app_secret: str, socket_id: str, auth: str, user_data: str
+    *, app_key: str, app_secrets: tuple[str, ...], socket_id: str, auth: str, user_data: str
 ) -> None:
     """Check a ``pusher:signin`` ``auth`` value (auth.md §3.2); ``user_data`` is not parsed here.
+
+    ``app_secrets``: the secrets any of which may have signed (:func:`accepted_secrets`).
 
     Raises:
         PusherError: code ``None`` with the hosted texts of limits.md §3.
@@ -187,7 +224,7 @@ def verify_signin(
         # No hosted text is known for sign-in; this mirrors the subscription wording.
         raise PusherError(None, f"Invalid key in signin auth data: '{key}'")
     string_to_sign = signin_string_to_sign(socket_id, user_data)
-    if not _equal(sig, hmac_sha256_hex(app_secret, string_to_sign)):
+    if not _signed_by_any(sig, app_secrets, [string_to_sign]):
         raise PusherError(None, _signature_mismatch(string_to_sign, sig))
 
 
@@ -196,7 +233,11 @@ def verify_signin(
 
 
 def webhook_signature(app_secret: str, body: bytes) -> str:
-    """``X-Pusher-Signature``: HMAC of the exact body bytes sent (webhooks.md §2, §7)."""
+    """``X-Pusher-Signature``: HMAC of the exact body bytes sent (webhooks.md §2, §7).
+
+    ``app_secret`` is the app's current secret: during a rotation the backend may already have
+    dropped the previous one, so it never signs a webhook.
+    """
     return hmac_sha256_hex(app_secret, body)
 
 
@@ -301,19 +342,22 @@ def _check_body_md5(params: Mapping[str, str], body: bytes) -> None:
 
 
 def _check_signature(
-    method: str, path: str, params: Mapping[str, str], secret: str, expose_hint: bool
+    method: str,
+    path: str,
+    params: Mapping[str, str],
+    secrets: tuple[str, ...],
+    expose_hint: bool,
 ) -> None:
     """http-api.md §2.3 steps 8-10, including the one retry with the percent-decoded path."""
     given = params["auth_signature"]
     signed = [(key, value) for key, value in params.items() if key != "auth_signature"]
     string_to_sign = request_string_to_sign(method, path, signed)
-    if _equal(given, hmac_sha256_hex(secret, string_to_sign)):
-        return
+    candidates = [string_to_sign]
     decoded_path = unquote(path)
     if decoded_path != path:
-        retry = request_string_to_sign(method, decoded_path, signed)
-        if _equal(given, hmac_sha256_hex(secret, retry)):
-            return
+        candidates.append(request_string_to_sign(method, decoded_path, signed))
+    if _signed_by_any(given, secrets, candidates):
+        return
     if not expose_hint:
         raise _unauthorized("Invalid signature")
     # http-api.md §2.4: the Ruby gem's text, string literals escaped so the body stays one line.
@@ -330,7 +374,7 @@ def verify_request(
     query: Sequence[tuple[str, str]],
     body: bytes,
     app_key: str,
-    app_secret: str,
+    app_secrets: tuple[str, ...],
     now: float,
     expose_hint: bool = True,
     max_skew: int = TIMESTAMP_WINDOW,
@@ -343,7 +387,7 @@ def verify_request(
         query: percent-decoded ``(key, value)`` pairs in received order (step 2).
         body: the raw body bytes (step 7).
         app_key: the key of the app named in the path; ``auth_key`` must equal it.
-        app_secret: that app's secret.
+        app_secrets: the secrets any of which may have signed (:func:`accepted_secrets`).
         now: the server's Unix time in seconds (finite).
         expose_hint: echo the expected string to sign on a signature mismatch (§2.4).
         max_skew: seconds of clock skew at which ``auth_timestamp`` is refused (step 6).
@@ -361,4 +405,4 @@ def verify_request(
         raise _unauthorized("Unknown auth_key")
     _check_timestamp(params["auth_timestamp"], now, max_skew)  # step 6
     _check_body_md5(params, body)  # step 7
-    _check_signature(method, path, params, app_secret, expose_hint)  # steps 8-10
+    _check_signature(method, path, params, app_secrets, expose_hint)  # steps 8-10

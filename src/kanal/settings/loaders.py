@@ -18,6 +18,7 @@ import re
 import tomllib
 import typing
 from collections.abc import Callable, Iterator, Mapping
+from datetime import datetime
 from functools import partial
 from types import MappingProxyType
 from typing import Any
@@ -52,6 +53,10 @@ class ConfigError(ValueError):
     """An unknown or invalid setting; the message names the source and the dotted key."""
 
 
+class _NaiveTime(ValueError):
+    """A date-time without a UTC offset: which moment it means depends on the host's zone."""
+
+
 # -- values --------------------------------------------------------------------------------
 
 
@@ -65,8 +70,10 @@ def _coerce(kind: Kind, raw: object) -> object:
         return str(raw) if isinstance(raw, str | int) else None
     if kind == "int":
         return raw if isinstance(raw, int) else None
-    if kind == "float":
-        return float(raw) if isinstance(raw, int | float) else None
+    if kind in ("float", "time") and isinstance(raw, int | float):
+        return float(raw)
+    if kind == "time" and isinstance(raw, datetime):  # a TOML offset date-time
+        return _unix_time(raw)
     if kind == "strs" and isinstance(raw, list | tuple):
         return tuple(raw) if all(isinstance(item, str) for item in raw) else None
     if kind == "headers" and isinstance(raw, dict):
@@ -81,16 +88,28 @@ def _parse_text(kind: Kind, text: str) -> object:
         return text
     if kind == "int":
         return int(text) if re.fullmatch(r"\s*[+-]?\d+\s*", text) else None
-    if kind == "float":
+    if kind in ("float", "time"):
         try:
             return float(text)
         except ValueError:
+            pass
+    if kind == "time":
+        try:
+            moment = datetime.fromisoformat(text.strip())  # RFC 3339, as in TOML
+        except ValueError:
             return None
+        return _unix_time(moment)
     if kind == "bool":
         return words.get(text.strip().lower())
     if kind == "strs":
         return tuple(part.strip() for part in text.split(",") if part.strip())
     return None
+
+
+def _unix_time(moment: datetime) -> float:
+    if moment.tzinfo is None:
+        raise _NaiveTime(f"{moment.isoformat()} has no UTC offset (add Z or +01:00)")
+    return moment.timestamp()
 
 
 _TOML_TYPES = {bool: "boolean", str: "string", int: "integer", float: "float", list: "array"}
@@ -103,10 +122,13 @@ def _describe(raw: object) -> str:
 def _value(setting: Setting, raw: object, where: tuple[str, str], text: bool) -> Any:
     """Type-convert and check one value; ``where`` is (source, dotted key) for the message."""
     source, key = where
-    if text and isinstance(raw, str):
-        value = _parse_text(setting.kind, raw)
-    else:
-        value = _coerce(setting.kind, raw)
+    try:
+        if text and isinstance(raw, str):
+            value = _parse_text(setting.kind, raw)
+        else:
+            value = _coerce(setting.kind, raw)
+    except _NaiveTime as exc:
+        raise ConfigError(f"{source}: {key}: {exc}") from None
     if value is None:
         got = repr(raw) if text else _describe(raw)
         raise ConfigError(f"{source}: {key}: expected {KIND_TEXT[setting.kind]}, got {got}")
@@ -326,9 +348,20 @@ def _cross_check(config: Config, sections: Mapping[str, Layer], apps: list[Layer
             f"{origin('server', 'tls_cert_file')}: server.tls_cert_file: tls_cert_file and "
             "tls_key_file must be set together"
         )
+    _check_apps(config.apps, apps)
+
+
+def _check_apps(configured: tuple[App, ...], apps: list[Layer]) -> None:
+    """Per app: a rotation has an end; ids and keys are unique."""
+    for index, app in enumerate(configured):
+        if app.previous_secret and not app.previous_secret_expires_at:
+            raise ConfigError(
+                f"{apps[index]['previous_secret'][1]}: apps[{index}].previous_secret: needs "
+                "previous_secret_expires_at (a rotation must end; docs/apps.md)"
+            )
     for name in ("id", "key"):
         seen: dict[str, int] = {}
-        for index, app in enumerate(config.apps):
+        for index, app in enumerate(configured):
             value = getattr(app, name)
             if value in seen:
                 raise ConfigError(

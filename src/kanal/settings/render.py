@@ -101,7 +101,7 @@ def _dump_rows(section: str, obj: object) -> list[str]:
 
 
 def _masked(name: str, value: Any) -> Any:
-    if name == "secret":
+    if name == "secret" or (name == "previous_secret" and value):  # empty: no rotation
         return _mask(value)
     if name == "admin_token":
         return "***" if value else value
@@ -123,7 +123,7 @@ def _mask(secret: str) -> str:
 def _toml(kind: Kind, value: Any) -> str:
     if kind == "bool":
         return "true" if value else "false"
-    if kind in ("int", "float"):
+    if kind in ("int", "float", "time"):
         return repr(value)
     if kind == "strs":
         return "[" + ", ".join(_toml_str(item) for item in value) + "]"

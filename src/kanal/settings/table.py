@@ -44,7 +44,7 @@ __all__ = [
     "Setting",
 ]
 
-Kind = Literal["str", "id", "int", "float", "bool", "strs", "headers"]
+Kind = Literal["str", "id", "int", "float", "time", "bool", "strs", "headers"]
 Check = Callable[[Any], str | None]
 
 WEBHOOK_EVENT_TYPES = EVENT_TYPES  # the seven names of webhooks.md §3
@@ -188,7 +188,7 @@ key                  credential Public key that clients connect with.
 secret               credential Signing secret shared with your backend; never sent to clients.
 enabled              -          A disabled app refuses connections (4003) and API calls (403).
 previous_secret      -          The secret being rotated out: still accepted until it expires.
-previous_secret_expires_at nonneg Unix time (seconds) after which previous_secret is refused.
+previous_secret_expires_at nonneg When previous_secret stops working; required with it.
 enable_client_messages -        Allow client-* events on private and presence channels.
 enable_encrypted_client_messages - Also allow client events on private-encrypted- channels.
 enable_user_authentication -    Require pusher:signin in time (user_authentication_timeout).
@@ -263,11 +263,18 @@ _KINDS: dict[object, Kind] = {
     tuple[str, ...]: "strs",
     tuple[tuple[str, str], ...]: "headers",
 }
+# Fields whose kind is not their Python type's: an app id may be written as a TOML integer, a
+# time as a TOML date-time (or an RFC 3339 string in the environment and flags).
+_SPECIAL_KINDS: dict[tuple[type, str], Kind] = {
+    (App, "id"): "id",
+    (App, "previous_secret_expires_at"): "time",
+}
 KIND_TEXT: dict[Kind, str] = {
     "str": "a string",
     "id": "a string or integer",
     "int": "an integer",
     "float": "a number",
+    "time": "a time (Unix seconds or RFC 3339 date-time)",
     "bool": "a boolean",
     "strs": "an array of strings",
     "headers": "a table of strings",
@@ -321,7 +328,7 @@ def _build_table() -> tuple[Setting, ...]:
             raise AssertionError(f"settings table out of sync with {cls.__name__}")
         for f in fields:
             check, help_text = declared[f.name]
-            kind: Kind = "id" if (cls, f.name) == (App, "id") else _KINDS[hints[f.name]]
+            kind: Kind = _SPECIAL_KINDS.get((cls, f.name)) or _KINDS[hints[f.name]]
             env = flag = None
             if env_prefix != "-":
                 env, flag = env_prefix + f.name.upper(), flag_prefix + f.name.replace("_", "-")

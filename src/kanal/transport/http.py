@@ -22,7 +22,7 @@ from kanal.config import App
 from kanal.metrics import CONTENT_TYPE, Metrics
 from kanal.protocol import api
 from kanal.protocol.errors import ApiError
-from kanal.protocol.signatures import verify_request
+from kanal.protocol.signatures import accepted_secrets, verify_request
 from kanal.service import ChannelsApi
 from kanal.transport.console import Console
 from kanal.transport.http11 import Request, Response
@@ -214,14 +214,15 @@ class HttpApi:
         path = request.path
         if self._prefix and path.startswith(self._prefix):
             path = path[len(self._prefix) :]  # the signed path has no mount prefix (§1)
+        now = self._wall()
         verify_request(
             method=request.method,
             path=path,
             query=request.query_items,
             body=body,
             app_key=app.key,
-            app_secret=app.secret,
-            now=self._wall(),
+            app_secrets=accepted_secrets(app, now),
+            now=now,
             expose_hint=self._hint,
             max_skew=app.max_timestamp_skew,
         )

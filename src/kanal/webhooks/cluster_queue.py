@@ -141,7 +141,8 @@ class RedisWebhookQueue:
         settings: ``[webhooks]``: ``grace_period``, ``max_queue`` (the local buffer's bound),
             ``shutdown_timeout``, ``request_timeout`` (for the default ``claim_idle``).
         dispatcher: the node-local sender; started and closed by this queue.
-        apps: app by id, for entries read from the stream.
+        apps: app by id as configured now (a reload may change it), for entries read from
+            the stream: their endpoints and the secret that signs them.
         hooks: this process's in-process hooks (an embedded app), started and closed by this
             queue; it competes to run the cluster's hooks once one is registered.
         lead_webhooks: compete to send the cluster's webhooks (nodes with an endpoint).
