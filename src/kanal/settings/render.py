@@ -175,7 +175,9 @@ def render_settings_markdown() -> str:
     lines: list[str] = []
     for section, rows in BY_SECTION.items():
         lines += [
-            f"### `[[{section}]]`" if section.startswith("apps") else f"### `[{section}]`",
+            f"### `[[{section}]]`"
+            if section in ("apps", "apps.webhooks")
+            else f"### `[{section}]`",
             "",
             "| Key | Type | Default | Env var | Flag | Meaning |",
             "| --- | --- | --- | --- | --- | --- |",
