@@ -88,6 +88,15 @@ def test_rotate_secret_keeps_the_old_one_for_the_grace_period(tmp_path: Path) ->
         store.close()
 
 
+def test_a_new_webhook_url_replaces_the_old_one(tmp_path: Path) -> None:
+    url = f"sqlite://{tmp_path / 'apps.db'}"
+    ok("create", "--id", "3", "--webhook-url", "https://old.example/hook", url=url)
+    shown = ok("update", "3", "--webhook-url", "https://new.example/hook", url=url)
+    assert [target["url"] for target in shown["webhooks"]] == ["https://new.example/hook"]
+    shown = ok("update", "3", "--webhook-url", "", url=url)
+    assert "webhooks" not in shown and "webhook_url" not in shown
+
+
 def test_the_store_is_found_as_kanal_serve_finds_it(tmp_path: Path) -> None:
     url = f"sqlite://{tmp_path / 'apps.db'}"
     config = tmp_path / "kanal.toml"

@@ -24,7 +24,7 @@ from kanal.app_stores.sql import AppConflict, AppNotFound, SqlAppStore, StoreUna
 from kanal.config import App, Config
 from kanal.settings.loaders import ConfigError, app_from_table, load_config, parse_setting
 from kanal.settings.render import app_table
-from kanal.settings.table import BY_SECTION
+from kanal.settings.table import BY_SECTION, WEBHOOK_EVENT_TYPES
 
 __all__ = ["DEFAULT_GRACE", "add_apps_parser"]
 
@@ -175,7 +175,12 @@ def _show(store: SqlAppStore, args: argparse.Namespace) -> int:
 
 def _update(store: SqlAppStore, args: argparse.Namespace) -> int:
     app = store.get(args.app_id)
-    table = {**app_table(app), **_given_settings(args)}
+    given = _given_settings(args)
+    table = {**app_table(app), **given}
+    if "webhook_url" in given and "webhooks" not in given and app.webhook_url:
+        # The loader added the old webhook_url to the endpoints: it goes with it.
+        folded = {"url": app.webhook_url, "event_types": list(WEBHOOK_EVENT_TYPES)}
+        table["webhooks"] = [target for target in table["webhooks"] if target != folded]
     store.replace(app_from_table(table, "kanal apps update"))
     return _print_app(store.get(args.app_id), args.json)
 
