@@ -9,7 +9,7 @@ import pytest
 from kanal.app_stores.sql import SqlAppStore
 from kanal.asgi import create_app
 from kanal.config import App, AppsStoreSettings, Config
-from kanal.service import ApiError
+from kanal.protocol.errors import ApiError
 
 
 async def test_realtime_needs_an_app_id_with_a_sql_store(tmp_path: Path) -> None:
