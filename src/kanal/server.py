@@ -26,6 +26,7 @@ from kanal.adapters.redis import RedisMembership, default_node_id, webhook_queue
 from kanal.adapters.redis import connect as redis_connect
 from kanal.adapters.resilient import ResilientBroker, ResilientMembership
 from kanal.app_stores.cache import GONE, CachedAppStore
+from kanal.app_stores.database import DriverMissing
 from kanal.app_stores.sql import SqlAppStore
 from kanal.apps import AppStore, StaticAppStore
 from kanal.cluster import ClusterMaintainer
@@ -352,11 +353,18 @@ def build(
 
 
 def _app_store(config: Config) -> tuple[AppStore, CachedAppStore | None]:
-    """``[apps_store] url``: the file's ``[[apps]]`` (empty), else a SQL store, cached."""
+    """``[apps_store] url``: the file's ``[[apps]]`` (empty), else a SQL store, cached.
+
+    Raises:
+        StartupError: the URL's driver is not installed (``kanal[postgresql]``, ...).
+    """
     url = config.apps_store.url
     if not url:
         return StaticAppStore(config.apps), None
-    store = CachedAppStore(SqlAppStore.from_url(url), ttl=config.apps_store.ttl)
+    try:
+        store = CachedAppStore(SqlAppStore.from_url(url), ttl=config.apps_store.ttl)
+    except DriverMissing as exc:
+        raise StartupError(f"[apps_store] url: {exc}") from None
     return store, store
 
 

@@ -153,3 +153,17 @@ def test_a_toml_store_lists_and_refuses_writes(tmp_path: Path) -> None:
 def test_unknown_app_ids_fail(verb: str, tmp_path: Path) -> None:
     done = kanal("apps", verb, "404", "--apps-store-url", f"sqlite://{tmp_path / 'a.db'}")
     assert done.returncode == 1 and "no app with id 404" in done.stderr
+
+
+@pytest.mark.parametrize("command", [["serve", "--port", "0"], ["apps", "list"]])
+def test_a_missing_driver_names_the_extra(command: list[str]) -> None:
+    # None in sys.modules makes `import psycopg` fail, as where kanal[postgresql] is missing.
+    code = (
+        "import sys; sys.modules['psycopg'] = None; from kanal.cli import main; "
+        f"sys.exit(main({[*command, '--apps-store-url', 'postgresql://k@127.0.0.1/k']!r}))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 1, done.stderr
+    assert "postgresql needs the psycopg package: pip install 'kanal[postgresql]'" in done.stderr

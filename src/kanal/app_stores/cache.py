@@ -37,6 +37,9 @@ class CachedAppStore:
 
     ``on_gone(app, why)`` is called for every app a refresh finds disabled or deleted (``why``
     is a key of :data:`GONE`); the composition root closes its connections there.
+
+    Raises:
+        DriverMissing: the store's URL needs a driver that is not installed.
     """
 
     def __init__(
@@ -47,6 +50,9 @@ class CachedAppStore:
         on_gone: Callable[[App, str], None] = lambda app, why: None,
     ) -> None:
         self.store = store
+        # What a refresh survives; imports the driver now, so that a missing one stops the
+        # node at start-up (DriverMissing) instead of at its first refresh.
+        self._failures = (StoreUnavailable, store.database.integrity_error)
         self.ttl = ttl
         self.on_gone = on_gone
         self._apps: tuple[App, ...] = ()
@@ -99,7 +105,7 @@ class CachedAppStore:
             if revision != self._revision:
                 revision, apps = await asyncio.to_thread(self.store.load)
                 self._replace(revision, apps)
-        except (StoreUnavailable, self.store.database.integrity_error) as exc:
+        except self._failures as exc:
             if not self._outage_logged:
                 self._outage_logged = True
                 log.error(
