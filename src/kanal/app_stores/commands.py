@@ -36,10 +36,10 @@ _WRITES = ("create", "update", "disable", "enable", "delete", "rotate-secret")
 _LIST_COLUMNS = ("id", "key", "enabled", "enable_client_messages", "webhooks")
 
 
-def add_apps_parser(commands: Any, environ_help: str) -> None:
+def add_apps_parser(commands: Any, config_help: str) -> None:
     """``kanal apps ...`` as a subcommand of ``commands`` (the top-level subparsers)."""
     store = argparse.ArgumentParser(add_help=False)
-    store.add_argument("--config", metavar="FILE", help=environ_help)
+    store.add_argument("--config", metavar="FILE", help=config_help)
     for row in BY_SECTION["apps_store"].values():
         store.add_argument(
             row.flag or "", dest=row.dest, default=argparse.SUPPRESS, help=f"{row.help} [{row.env}]"
