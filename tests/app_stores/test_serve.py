@@ -2,7 +2,7 @@
 and a database that goes away leaves the cached apps working and /ready saying so.
 
 The node runs in the test's loop (``start_server``); ``kanal apps`` runs as its own process,
-as an operator would run it, against the same SQLite file.
+as an operator would run it, against the same database.
 """
 
 from __future__ import annotations
@@ -58,9 +58,9 @@ async def closed_with(clients: Clients, server: RunningServer, key: str) -> int 
 
 
 async def test_an_app_disabled_with_the_cli_is_closed_and_refused_within_the_ttl(
-    tmp_path: Path, start_server: StartServer
+    store_url: str, start_server: StartServer
 ) -> None:
-    url = f"sqlite://{tmp_path / 'apps.db'}"
+    url = store_url  # on each SQL backend
     created = await kanal_apps(url, "create", "--id", "123")
     key, secret = created["key"], created["secret"]
     server = await start_server(apps_store=AppsStoreSettings(url=url, ttl=TTL))
