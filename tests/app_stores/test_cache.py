@@ -7,6 +7,7 @@ after the first contact, as a node does); PostgreSQL by a URL whose port has no 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -85,4 +86,30 @@ async def test_a_row_that_no_longer_loads_is_left_out(
         assert await cache.refresh()
     assert [app.id for app in cache.all()] == ["1"]
     assert "app 2 is left out" in caplog.text and "max_connections" in caplog.text
+    await cache.close()
+
+
+async def test_a_database_that_stops_answering_is_down_after_the_timeout() -> None:
+    # A server that accepts connections and never says a word: psycopg's handshake waits.
+    held: list[asyncio.StreamWriter] = []
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+        await reader.read()
+
+    silent = await asyncio.start_server(hold, "127.0.0.1", 0)
+    port = silent.sockets[0].getsockname()[1]
+    cache = CachedAppStore(
+        SqlAppStore.from_url(f"postgresql://postgres@127.0.0.1:{port}/kanal"), ttl=60, timeout=0.3
+    )
+    assert not await cache.refresh()
+    assert cache.status() == (False, "apps store unavailable: no answer within 0.3 s")
+    assert not await cache.refresh()
+    assert len(held) == 1  # the second refresh waited for the first read, opened nothing
+    for writer in held:  # the server goes away: the read fails at once, and so do the next
+        writer.close()
+    silent.close()
+    await silent.wait_closed()
+    assert not await cache.refresh()
+    assert "no answer" not in cache.status()[1]
     await cache.close()

@@ -30,6 +30,10 @@ log = logging.getLogger("kanal.apps")
 
 #: Why a refresh closes an app's connections, as the close reason (4003).
 GONE = {"disabled": "Application disabled", "deleted": "Application deleted"}
+#: Seconds a refresh waits for the database before it counts as down.
+REFRESH_TIMEOUT = 10.0
+
+Loaded = tuple[int, tuple[App, ...]]  # a revision and the apps as of it
 
 
 class CachedAppStore:
@@ -48,12 +52,14 @@ class CachedAppStore:
         *,
         ttl: float,
         on_gone: Callable[[App, str], None] = lambda app, why: None,
+        timeout: float = REFRESH_TIMEOUT,
     ) -> None:
         self.store = store
         # What a refresh survives; imports the driver now, so that a missing one stops the
         # node at start-up (DriverMissing) instead of at its first refresh.
         self._failures = (StoreUnavailable, store.database.integrity_error)
         self.ttl = ttl
+        self.timeout = timeout
         self.on_gone = on_gone
         self._apps: tuple[App, ...] = ()
         self._by_key: dict[str, App] = {}
@@ -62,6 +68,9 @@ class CachedAppStore:
         self._error: str | None = "not loaded yet"
         self._outage_logged = False  # one error line per outage, one info line at its end
         self._task: asyncio.Task[None] | None = None
+        # The database read in its thread; a read that outlives its refresh is awaited by
+        # the next one rather than joined by a second thread waiting for the same database.
+        self._reading: asyncio.Future[Loaded | None] | None = None
 
     def by_key(self, key: str) -> App | None:
         app = self._by_key.get(key)
@@ -96,29 +105,47 @@ class CachedAppStore:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        await asyncio.to_thread(self.store.close)
+        if self._reading is None or self._reading.done():
+            await asyncio.to_thread(self.store.close)
+        # else a read still waits for the database: it holds the connection until the
+        # driver's own timeouts end it, and closing would wait for that too.
 
     async def refresh(self) -> bool:
-        """Reload the apps if they changed; False (and the old snapshot kept) on failure."""
+        """Reload the apps if they changed; False (and the old snapshot kept) when the
+        database fails or does not answer within ``timeout`` seconds."""
+        if self._reading is None or self._reading.done():
+            self._reading = asyncio.ensure_future(asyncio.to_thread(self._read, self._revision))
+            self._reading.add_done_callback(_retrieve)
         try:
-            revision = await asyncio.to_thread(self.store.revision)
-            if revision != self._revision:
-                revision, apps = await asyncio.to_thread(self.store.load)
-                self._replace(revision, apps)
+            async with asyncio.timeout(self.timeout):
+                loaded = await asyncio.shield(self._reading)
+        except TimeoutError:
+            return self._failed(f"no answer within {self.timeout:g} s")
         except self._failures as exc:
-            if not self._outage_logged:
-                self._outage_logged = True
-                log.error(
-                    "apps store unavailable: %s; serving the %d apps cached, refusing others",
-                    exc,
-                    len(self._apps),
-                )
-            self._error = str(exc)
-            return False
+            return self._failed(str(exc))
+        if loaded is not None:
+            self._replace(*loaded)
         if self._error is not None:
-            log.info("apps store: %d apps loaded (revision %d)", len(self._apps), revision)
+            log.info("apps store: %d apps loaded (revision %s)", len(self._apps), self._revision)
         self._error, self._outage_logged = None, False
         return True
+
+    def _read(self, known: int | None) -> Loaded | None:
+        """In a thread: the apps if the revision moved from ``known``, else None."""
+        if self.store.revision() == known:
+            return None
+        return self.store.load()
+
+    def _failed(self, error: str) -> bool:
+        if not self._outage_logged:
+            self._outage_logged = True
+            log.error(
+                "apps store unavailable: %s; serving the %d apps cached, refusing others",
+                error,
+                len(self._apps),
+            )
+        self._error = error
+        return False
 
     async def _refresh_every_ttl(self) -> None:
         while True:
@@ -150,3 +177,9 @@ class CachedAppStore:
             self._error,
             level=logging.ERROR,
         )
+
+
+def _retrieve(reading: asyncio.Future[Loaded | None]) -> None:
+    """Mark a read's failure as seen: the refresh that waited for it may have timed out."""
+    if not reading.cancelled():
+        reading.exception()

@@ -24,6 +24,12 @@ __all__ = ["Cursor", "Database", "DriverMissing", "StoreUnavailable"]
 
 #: Seconds to wait for a connection (and, in SQLite, for another writer's lock).
 CONNECT_TIMEOUT = 5.0
+_PG_KEEPALIVES = {
+    "keepalives": "1",
+    "keepalives_idle": "5",
+    "keepalives_interval": "2",
+    "keepalives_count": "2",
+}
 # The package each dialect's driver comes from: the extras of pyproject.toml (docs/apps.md).
 _EXTRAS = {"postgresql": ("psycopg", "kanal[postgresql]"), "mysql": ("pymysql", "kanal[mysql]")}
 
@@ -131,8 +137,12 @@ class Database:
             return sqlite3.connect(target, uri=True, timeout=CONNECT_TIMEOUT, isolation_level=None)
         if self._connection is None:
             if self.dialect == "postgresql":
+                # TCP keepalives: a server that vanished mid-query is noticed in seconds
+                # (libpq parameters; the URL's own settings win).
                 self._connection = self._driver.connect(
-                    url.url, connect_timeout=int(CONNECT_TIMEOUT)
+                    url.url,
+                    connect_timeout=int(CONNECT_TIMEOUT),
+                    **{**_PG_KEEPALIVES, **dict(url.options)},
                 )
             else:
                 self._connection = self._driver.connect(
