@@ -53,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     run_p.add_argument(
         "--servers",
         default="kanal,soketi",
-        help="comma list of kanal, kanal-redis (one node in cluster mode), kanal-asgi (embedded "
+        help="comma list of kanal, kanal-redis (one node in cluster mode), kanal-sqlite (the app "
+        "in a SQLite app store), kanal-asgi (embedded "
         "under uvicorn), kanal-own-port (embedded, own transport), kanal-base (kanal from "
         "--base-src), soketi",
     )
@@ -148,6 +149,8 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> Report:
             server = start_kanal(workdir, server_cpu)
         elif name == "kanal-redis":
             server = start_kanal_redis(workdir, server_cpu)
+        elif name == "kanal-sqlite":
+            server = start_kanal(workdir, server_cpu, name="kanal-sqlite", sqlite=True)
         elif name in ("kanal-asgi", "kanal-own-port"):
             server = start_kanal_asgi(workdir, server_cpu, own_port=name == "kanal-own-port")
         elif name == "kanal-base":

@@ -10,13 +10,16 @@ its request task or eager answer, the response's encoding). Requests go through 
 API's ``dispatch`` and events through the hub and its broker, exactly as a served node runs
 them, minus the sockets. Run each under
 ``valgrind --tool=callgrind``; the workload's cost is its total minus ``none``'s. Set
-``PYTHONPATH`` to another checkout's ``src`` to measure that one (``bench/instructions.sh``).
+``PYTHONPATH`` to another checkout's ``src`` to measure that one (``bench/instructions.sh``),
+and ``KANAL_BENCH_APPS=sqlite`` to serve the app from a SQLite app store instead of the file.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -120,8 +123,36 @@ def _request(channel: str) -> Request:
     return Request("POST", path, query_string, {"content-type": "application/json"}, body)
 
 
+def _config(directory: str) -> Config:
+    """The node's config: the app in the file, or (``KANAL_BENCH_APPS=sqlite``) in a SQLite
+    app store in ``directory``, read through the node's cache (docs/apps.md)."""
+    settings = ServerSettings(port=0)
+    if os.environ.get("KANAL_BENCH_APPS", "toml") != "sqlite":
+        return Config(server=settings, apps=(APP,))
+    from kanal.app_stores.sql import SqlAppStore
+    from kanal.config import AppsStoreSettings
+
+    url = f"sqlite://{directory}/apps.db"
+    store = SqlAppStore.from_url(url)
+    store.create(APP)
+    store.close()
+    return Config(server=settings, apps_store=AppsStoreSettings(url=url))
+
+
 async def _run(workload: str) -> int:
-    server = build(Config(server=ServerSettings(port=0), apps=(APP,)))
+    with tempfile.TemporaryDirectory() as directory:
+        server = build(_config(directory))
+        started = getattr(server.apps, "start", None)
+        if started is not None:  # a SQL store: load its apps, refresh every ttl as served
+            await started()
+        try:
+            return await _workload(server, workload)
+        finally:
+            if started is not None:
+                await server.apps.close()  # type: ignore[attr-defined]
+
+
+async def _workload(server: Any, workload: str) -> int:
     hub, http = server.hub, server.listener._http  # the same attribute in every version
     sinks = [Sink(f"1.{index}") for index in range(SUBSCRIBERS)]
     subscribe = orjson.dumps({"event": "pusher:subscribe", "data": {"channel": "bench"}})

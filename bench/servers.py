@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,8 @@ from typing import IO
 
 from bench.procstat import cpu_seconds, rss_bytes
 from bench.protocol import Target
+from kanal.app_stores.sql import SqlAppStore
+from kanal.settings.loaders import app_from_table
 
 __all__ = [
     "ServerProc",
@@ -189,18 +192,30 @@ def start_kanal_redis(workdir: Path, cpu: int | None) -> ServerProc:
     return server
 
 
-def _kanal_config(workdir: Path, port: int, redis_url: str = "") -> tuple[Target, Path]:
-    """The benchmark app on ``port``, as a TOML file for ``kanal serve`` or the embedded app."""
+def _kanal_config(
+    workdir: Path, port: int, redis_url: str = "", sqlite: bool = False
+) -> tuple[Target, Path]:
+    """The benchmark app on ``port``, as a TOML file for ``kanal serve`` or the embedded app;
+    ``sqlite``: the app in a SQLite app store beside it instead (docs/apps.md)."""
     target = Target("kanal", HOST, port, "1", "app-key", "app-secret")
     config = workdir / f"kanal-{port}.toml"
     config.parent.mkdir(parents=True, exist_ok=True)
-    config.write_text(
-        "[server]\n"
-        f'host = "{HOST}"\nport = {port}\nlog_level = "warning"\n\n'
-        "[[apps]]\n"
+    app = (
         f'id = "{target.app_id}"\nkey = "{target.key}"\nsecret = "{target.secret}"\n'
         "enable_client_messages = true\n"
         f"max_presence_members = {MAX_PRESENCE_MEMBERS}\n"
+    )
+    apps = "[[apps]]\n" + app
+    if sqlite:
+        url = f"sqlite://{workdir / f'apps-{port}.db'}"
+        store = SqlAppStore.from_url(url)
+        store.create(app_from_table(tomllib.loads(app), "bench"))
+        store.close()
+        apps = f'[apps_store]\nurl = "{url}"\n'
+    config.write_text(
+        "[server]\n"
+        f'host = "{HOST}"\nport = {port}\nlog_level = "warning"\n\n'
+        + apps
         + (f'\n[scaling]\nadapter = "redis"\nredis_url = "{redis_url}"\n' if redis_url else "")
     )
     return target, config
@@ -212,13 +227,15 @@ def start_kanal(
     redis_url: str = "",
     name: str = "kanal",
     src: Path | None = None,
+    sqlite: bool = False,
 ) -> ServerProc:
     """``python -m kanal serve --config <toml>`` with the benchmark app on a free port.
 
     ``src``: run the kanal package found in that ``src`` folder (e.g. a git worktree of an
     earlier commit) instead of this checkout's, to compare two versions in one run.
+    ``sqlite``: the app comes from a SQLite app store (``kanal-sqlite``) instead of the file.
     """
-    target, config = _kanal_config(workdir, free_port(), redis_url)
+    target, config = _kanal_config(workdir, free_port(), redis_url, sqlite)
     cmd = [sys.executable, "-m", "kanal", "serve", "--config", str(config)]
     env = None if src is None else {**os.environ, "PYTHONPATH": str(src)}
     return _spawn(name, cmd, target, workdir / f"kanal-{target.port}.log", cpu, env=env)

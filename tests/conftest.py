@@ -16,7 +16,14 @@ from typing import Any
 import pytest
 import uvloop
 
-from kanal.config import App, Config, ScalingSettings, ServerSettings, WebhookSettings
+from kanal.config import (
+    App,
+    AppsStoreSettings,
+    Config,
+    ScalingSettings,
+    ServerSettings,
+    WebhookSettings,
+)
 from kanal.server import Server, build, serve
 from tests.asgi_server import AsgiNode
 
@@ -74,7 +81,8 @@ def transport() -> str:
 
 @pytest.fixture
 async def start_server(transport: str) -> AsyncIterator[StartServer]:
-    """Factory: ``await start_server(apps=[...], **server_settings)`` -> RunningServer."""
+    """Factory: ``await start_server(apps=[...], **server_settings)`` -> RunningServer; with
+    ``apps_store`` the apps come from that store instead (tests/app_stores)."""
     running: list[tuple[asyncio.Event, asyncio.Task[None]]] = []
     embedded: list[AsgiNode] = []
 
@@ -82,6 +90,7 @@ async def start_server(transport: str) -> AsyncIterator[StartServer]:
         apps: list[App] | None = None,
         webhooks: WebhookSettings | None = None,
         scaling: ScalingSettings | None = None,
+        apps_store: AppsStoreSettings | None = None,
         **server_settings: Any,
     ) -> RunningServer:
         settings = dataclasses.replace(ServerSettings(port=0, **NO_DRAIN), **server_settings)
@@ -90,6 +99,7 @@ async def start_server(transport: str) -> AsyncIterator[StartServer]:
             apps=tuple(apps or [make_app()]),
             webhooks=webhooks or WebhookSettings(),
             scaling=scaling or ScalingSettings(),
+            apps_store=apps_store or AppsStoreSettings(),
         )
         if transport == "asgi":
             node = AsgiNode(config)

@@ -123,10 +123,11 @@ def test_cluster_mode_server_runs_at_tiny_size(tmp_path: Path) -> None:
 
 
 def test_embedded_servers_and_the_base_checkout_run_at_tiny_size(tmp_path: Path) -> None:
-    """``kanal-asgi`` (uvicorn), ``kanal-own-port`` (embedded, own transport) and
-    ``kanal-base`` (another checkout's src/, here this one's) deliver every event."""
+    """``kanal-asgi`` (uvicorn), ``kanal-own-port`` (embedded, own transport),
+    ``kanal-base`` (another checkout's src/, here this one's) and ``kanal-sqlite`` (the app in
+    a SQLite app store) deliver every event."""
     out = tmp_path / "embedded.json"
-    servers = ["kanal-asgi", "kanal-own-port", "kanal-base"]
+    servers = ["kanal-asgi", "kanal-own-port", "kanal-base", "kanal-sqlite"]
     command = [
         sys.executable, "-m", "bench", "run", "--tiny", "--runs", "1", "--servers",
         ",".join(servers), "--base-src", str(REPO / "src"), "--scenarios", "fanout,http",

@@ -5,6 +5,7 @@ Each rule names a part of the tree and what it must not import, with the reason.
 - only ``kanal.transport`` touches sockets, TLS and the HTTP/WebSocket libraries;
 - the service, the hub and the in-process API know no transport (nor a composition root);
 - the adapters (the cluster seam) know neither the hub, the service nor a transport;
+- the app stores know neither the hub, the service, a transport nor a composition root;
 - the worker's publisher holds no connections: no transport, no composition root, not even
   indirectly (a Celery worker importing it loads neither the transports nor aiohttp);
 - ``transport/frames.py`` is sans-I/O like the protocol.
@@ -77,6 +78,11 @@ RULES = [
         "adapters/",
         frozenset({*COMPOSITION, "kanal.hub", "kanal.service", "kanal.transport"}),
         "the cluster seam knows nothing above it",
+    ),
+    Rule(
+        "app_stores/",
+        frozenset({*COMPOSITION, "kanal.hub", "kanal.service", "kanal.transport"}),
+        "the app stores are read through kanal.apps.AppStore and know nothing above it",
     ),
     Rule(
         "transport/frames.py",

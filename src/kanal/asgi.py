@@ -81,7 +81,8 @@ class KanalApp:
         #: In-process hooks for the webhook events (docs/embedding.md, "In-process hooks").
         self.hooks: Hooks = server.hooks
         settings = server.config.server
-        self.realtime = Realtime(server.service, server.apps, server.config.apps[0])
+        default = None if server.config.apps_store.url else server.config.apps[0]
+        self.realtime = Realtime(server.service, server.apps, default)
         self._transport = AsgiTransport(
             hub=server.hub,
             http=server.http,

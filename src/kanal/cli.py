@@ -1,5 +1,5 @@
-"""The ``kanal`` command line: ``serve``, ``reload``, ``check-config``, ``sign`` (and hidden
-``docs-settings``).
+"""The ``kanal`` command line: ``serve``, ``reload``, ``check-config``, ``sign``, ``apps``
+(and hidden ``docs-settings``).
 
 The setting flags are generated from :data:`kanal.settings.SETTINGS`, so every setting that has
 an environment variable also has a flag spelled by the same rule, and none is hand-written
@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from kanal import __version__
+from kanal.app_stores.commands import add_apps_parser
 from kanal.settings import SETTINGS, ConfigError, load_config
 from kanal.settings.render import dump_config, render_settings_markdown, splice_settings_markdown
 
@@ -63,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"kanal {__version__}")
     # The metavar lists the public commands only, which keeps docs-settings out of --help.
     commands = parser.add_subparsers(
-        dest="command", metavar="{serve,reload,check-config,sign}", required=True
+        dest="command", metavar="{serve,reload,check-config,sign,apps}", required=True
     )
     serve = commands.add_parser("serve", help="run the server")
     serve.add_argument("--config", metavar="FILE", help="TOML config file (default: $KANAL_CONFIG)")
@@ -96,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     sign.add_argument("--secret", required=True, help="app secret (visible in `ps`: debug only)")
     sign.add_argument("--string-to-sign", required=True, metavar="STR")
     sign.set_defaults(handler=_sign)
+
+    add_apps_parser(commands, "TOML config file (default: $KANAL_CONFIG)")
 
     docs = commands.add_parser("docs-settings")
     docs.add_argument("--write", metavar="FILE", help="update the settings block of FILE")

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 __all__ = [
     "App",
+    "AppsStoreSettings",
     "Config",
     "ScalingSettings",
     "ServerSettings",
@@ -136,6 +137,15 @@ class ScalingSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class AppsStoreSettings:
+    """``[apps_store]``: where the apps live (docs/apps.md): the ``[[apps]]`` of the file when
+    ``url`` is empty, else a SQL database, whose apps each node caches for ``ttl`` seconds."""
+
+    url: str = field(default="", repr=False)  # may hold a database password
+    ttl: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole effective configuration of one kanal process."""
 
@@ -143,3 +153,4 @@ class Config:
     apps: tuple[App, ...] = ()
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     scaling: ScalingSettings = field(default_factory=ScalingSettings)
+    apps_store: AppsStoreSettings = field(default_factory=AppsStoreSettings)

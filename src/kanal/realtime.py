@@ -59,9 +59,11 @@ class Realtime:
     Args:
         service: the node's service.
         apps: the node's apps; ``app_id`` picks one per call, else the only (or first) app.
+        default_app: that app; None when the apps are in a SQL store (docs/apps.md), where
+            every call names its ``app_id``.
     """
 
-    def __init__(self, service: ChannelsApi, apps: AppStore, default_app: App) -> None:
+    def __init__(self, service: ChannelsApi, apps: AppStore, default_app: App | None) -> None:
         self._service = service
         self._apps = apps
         self._default = default_app
@@ -79,6 +81,8 @@ class Realtime:
 
     def app(self, app_id: str | None = None) -> App:
         if app_id is None:
+            if self._default is None:  # a SQL store's apps change: no app is "the" app
+                raise ApiError(400, "the apps are in an apps store: pass app_id")
             return self._default
         app = self._apps.by_id(app_id)
         if app is None:

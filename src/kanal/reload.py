@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from kanal.apps import StaticAppStore
 from kanal.config import App, Config
 from kanal.protocol.errors import CloseCode
 from kanal.settings import ConfigError
@@ -41,7 +42,7 @@ log = logging.getLogger("kanal")
 
 #: The sections a reload cannot apply: listeners, processes, the adapter and the webhook
 #: pipeline are built once, at start-up.
-FIXED_SECTIONS = ("server", "webhooks", "scaling")
+FIXED_SECTIONS = ("server", "webhooks", "scaling", "apps_store")
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,8 +119,13 @@ class Reloader:
         running = self.server.config
         for key in fixed_changes(running, loaded):
             log.warning("reload: %s changed, which needs a restart: the running value stays", key)
+        apps = self.server.apps
+        if not isinstance(apps, StaticAppStore):
+            # A SQL store's apps are read from the database every ttl, never from the file.
+            log.info("reload: the apps come from [apps_store], not the file: nothing to reload")
+            return AppChanges()
         changes = app_changes(running.apps, loaded.apps)
-        self.server.apps.replace(loaded.apps)
+        apps.replace(loaded.apps)
         self.server.config = dataclasses.replace(running, apps=loaded.apps)
         hub = self.server.hub
         for app_id in changes.added:

@@ -27,9 +27,12 @@ from kanal.adapters.memory import MemoryBroker, MemoryMembership
 from kanal.adapters.redis import RedisMembership, default_node_id, webhook_queue_client
 from kanal.adapters.redis import connect as redis_connect
 from kanal.adapters.resilient import ResilientBroker, ResilientMembership
-from kanal.apps import StaticAppStore
+from kanal.app_stores.cache import GONE, CachedAppStore
+from kanal.app_stores.database import DriverMissing
+from kanal.app_stores.sql import SqlAppStore
+from kanal.apps import AppStore, StaticAppStore
 from kanal.cluster import ClusterMaintainer
-from kanal.config import Config, ServerSettings
+from kanal.config import App, Config, ServerSettings
 from kanal.console import Recorder
 from kanal.drain import close_in_batches, drain, ready_when_flushed, stop_on_signals
 from kanal.hub import Hub, NullWebhooks, WebhookSink
@@ -89,7 +92,7 @@ class Server:
     config: Config
     hub: Hub
     service: ChannelsApi
-    apps: StaticAppStore
+    apps: AppStore
     http: HttpApi
     websocket: WebSocketEndpoint
     listener: Listener
@@ -146,7 +149,7 @@ Lifecycle = list[Callable[[], Awaitable[None]]]
 def _webhook_sink(
     config: Config,
     metrics: Metrics,
-    apps: StaticAppStore,
+    apps: AppStore,
     hooks: Hooks | None,
     recorder: Recorder,
     reloadable: bool,
@@ -163,7 +166,11 @@ def _webhook_sink(
         register_hooks(metrics, hooks)
     scaling = config.scaling
     cluster = scaling.adapter == "redis"
-    has_webhooks = reloadable or any(app.webhooks for app in config.apps)
+    # A SQL store's apps can gain endpoints at any time (docs/apps.md), and so can reloaded
+    # ones: then always a dispatcher.
+    has_webhooks = (
+        reloadable or bool(config.apps_store.url) or any(app.webhooks for app in config.apps)
+    )
     if not has_webhooks and hooks is None and not cluster:
         return NullWebhooks(), [], []
     dispatcher = WebhookDispatcher(
@@ -203,7 +210,7 @@ class _Cluster:
     starters: Lifecycle
     closers: Lifecycle
 
-    def attach(self, hub: Hub, apps: StaticAppStore, readiness: Readiness) -> ClusterMaintainer:
+    def attach(self, hub: Hub, apps: AppStore, readiness: Readiness) -> ClusterMaintainer:
         readiness.checks += [self.membership.status, self.broker.status]
         return ClusterMaintainer(
             hub,
@@ -246,7 +253,7 @@ def build(
     worker of ``kanal serve --workers N``, whose scrapes report the whole group.
     ``reloadable``: the apps may change while the node runs (:mod:`kanal.reload`).
     """
-    apps = StaticAppStore(config.apps)
+    apps, store = _app_store(config)
     metrics = Metrics()
     registry = Hooks(config.webhooks) if hooks else None
     recorder = Recorder()
@@ -267,8 +274,13 @@ def build(
         console=recorder,
     )
     settings = config.server
-    register_node(metrics, hub, [app.id for app in config.apps])
-    starters, closers = list(webhook_start), []
+    register_node(metrics, hub, [app.id for app in apps.all()])
+    starters: Lifecycle = list(webhook_start)
+    closers: Lifecycle = []
+    if store is not None:
+        _attach_store(store, hub, readiness)
+        starters.insert(0, store.start)  # the apps are loaded before the node listens
+        closers.append(store.close)
     if cluster is not None:
         maintainer = cluster.attach(hub, apps, readiness)
         starters = [*cluster.starters, maintainer.start, *starters]
@@ -348,6 +360,38 @@ def build(
         webhooks=webhooks,
         metrics_listener=metrics_listener,
     )
+
+
+def _app_store(config: Config) -> tuple[AppStore, CachedAppStore | None]:
+    """``[apps_store] url``: the file's ``[[apps]]`` (empty), else a SQL store, cached.
+
+    Raises:
+        StartupError: the URL's driver is not installed (``kanal[postgresql]``, ...).
+    """
+    url = config.apps_store.url
+    if not url:
+        return StaticAppStore(config.apps), None
+    try:
+        store = CachedAppStore(SqlAppStore.from_url(url), ttl=config.apps_store.ttl)
+    except DriverMissing as exc:
+        raise StartupError(f"[apps_store] url: {exc}") from None
+    return store, store
+
+
+def _attach_store(store: CachedAppStore, hub: Hub, readiness: Readiness) -> None:
+    """A refresh that finds an app disabled or deleted closes its connections (4003, as a
+    new connection to it is refused); /ready reports a store that is down."""
+
+    def gone(app: App, why: str) -> None:
+        closed = hub.close_app(app.id, CloseCode.APP_DISABLED, GONE[why])
+        log.info("apps store: app %s %s; %d connections closed (4003)", app.id, why, closed)
+
+    def changed(app: App) -> None:
+        hub.reconfigure_app(app)  # a rotated secret works on open connections too
+
+    store.on_gone = gone
+    store.on_changed = changed
+    readiness.checks.append(store.status)
 
 
 def _metrics_port_starter(
@@ -513,7 +557,7 @@ def _run_node(
 
 
 def _warn_default_credentials(config: Config) -> None:
-    for app in config.apps:
+    for app in () if config.apps_store.url else config.apps:
         if is_default_credentials(app):
             # The secret is shown only when it is the published development one: an app that
             # kept the development key but set its own secret must not see it in the logs.

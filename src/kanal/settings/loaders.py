@@ -25,6 +25,7 @@ from typing import Any
 
 from kanal.config import (
     App,
+    AppsStoreSettings,
     Config,
     ScalingSettings,
     ServerSettings,
@@ -42,7 +43,14 @@ from kanal.settings.table import (
     Setting,
 )
 
-__all__ = ["ConfigError", "is_default_credentials", "load_config", "resolve_config"]
+__all__ = [
+    "ConfigError",
+    "app_from_table",
+    "is_default_credentials",
+    "load_config",
+    "parse_setting",
+    "resolve_config",
+]
 
 Layer = dict[str, tuple[Any, str]]  # field name -> (value, where it came from)
 
@@ -162,15 +170,23 @@ def load_config(
         for name in BY_SECTION
         if name not in ("apps", "apps.webhooks")
     }
-    apps = _file_apps(document, source) or [_dev_app()]
+    file_apps = _file_apps(document, source)
+    apps = file_apps or [_dev_app()]
     for setting, value, origin in _outside_values(environ, overrides):
         layer = apps[0] if setting.section == "apps" else sections[setting.section]
         layer[setting.name] = (value, origin)
+    store_url, store_origin = sections["apps_store"].get("url", ("", source))
+    if file_apps and store_url:
+        raise ConfigError(
+            f"{store_origin}: apps_store.url: the file has [[apps]]: apps live either in the "
+            "file or in the store (docs/apps.md)"
+        )
     config = Config(
         server=ServerSettings(**_values(sections["server"])),
         apps=tuple(_with_webhook_url(App(**_values(layer))) for layer in apps),
         webhooks=WebhookSettings(**_values(sections["webhooks"])),
         scaling=ScalingSettings(**_values(sections["scaling"])),
+        apps_store=AppsStoreSettings(**_values(sections["apps_store"])),
     )
     _cross_check(config, sections, apps)
     return config
@@ -241,7 +257,7 @@ def _read_toml(path: str) -> dict[str, Any]:
         raise ConfigError(f"{path}: cannot read config file: {exc.strerror or exc}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
-    top_level = ("server", "webhooks", "scaling", "apps")
+    top_level = ("server", "webhooks", "scaling", "apps_store", "apps")
     for name in document:
         if name not in top_level:
             raise ConfigError(_unknown(path, name, name, top_level))
@@ -297,6 +313,25 @@ def _file_app(table: Mapping[str, Any], prefix: str, source: str) -> Layer:
     )
     layer["webhooks"] = (targets, source)
     return layer
+
+
+def app_from_table(table: Mapping[str, Any], source: str) -> App:
+    """One app from an ``[[apps]]`` table (webhooks included), checked exactly as the file's
+    apps are: what a SQL store keeps per row (:mod:`kanal.app_stores.sql`).
+
+    Raises:
+        ConfigError: an unknown, missing or invalid setting, named with ``source``.
+    """
+    return _with_webhook_url(App(**_values(_file_app(table, "apps", source))))
+
+
+def parse_setting(setting: Setting, text: str, source: str) -> Any:
+    """A setting's value from a command-line string, type-converted and checked as a flag's.
+
+    Raises:
+        ConfigError: the text is not a valid value (the message names ``source``).
+    """
+    return _value(setting, text, (source, f"{setting.section}.{setting.name}"), text=True)
 
 
 def _dev_app() -> Layer:

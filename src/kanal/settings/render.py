@@ -10,7 +10,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from kanal import __version__
-from kanal.config import Config, ServerSettings
+from kanal.config import App, Config, ServerSettings
 from kanal.settings.table import (
     BY_SECTION,
     DEV_APP,
@@ -22,6 +22,7 @@ from kanal.settings.table import (
 )
 
 __all__ = [
+    "app_table",
     "dump_config",
     "render_settings_markdown",
     "splice_settings_markdown",
@@ -35,13 +36,38 @@ SUMMARY_APPS = 20
 def dump_config(config: Config) -> str:
     """The effective configuration as TOML; secrets, header values and URL passwords masked."""
     out = ["# kanal effective configuration (secrets masked)"]
-    for section in ("server", "webhooks", "scaling"):
+    for section in ("server", "webhooks", "scaling", "apps_store"):
         out += ["", f"[{section}]", *_dump_rows(section, getattr(config, section))]
     for app in config.apps:
         out += ["", "[[apps]]", *_dump_rows("apps", app)]
         for target in app.webhooks:
             out += ["", "[[apps.webhooks]]", *_dump_rows("apps.webhooks", target)]
     return "\n".join(out) + "\n"
+
+
+def app_table(app: App) -> dict[str, Any]:
+    """The app as its ``[[apps]]`` table in TOML types: every setting that differs from its
+    default (``id`` and ``key`` always), webhooks as a list of tables. Loaded back with
+    :func:`kanal.settings.loaders.app_from_table`, it gives the same app."""
+    table = _non_defaults("apps", app)
+    table["id"], table["key"] = app.id, app.key
+    if app.webhooks:
+        table["webhooks"] = [_non_defaults("apps.webhooks", target) for target in app.webhooks]
+    return table
+
+
+def _non_defaults(section: str, obj: object) -> dict[str, Any]:
+    table: dict[str, Any] = {}
+    for row in BY_SECTION[section].values():
+        value = getattr(obj, row.name)
+        if value == row.default:
+            continue
+        if row.kind == "headers":
+            value = dict(value)
+        elif row.kind == "strs":
+            value = list(value)
+        table[row.name] = value
+    return table
 
 
 #: A listening address as the summary describes it: host, port, serves WebSocket connections,
@@ -62,14 +88,17 @@ def startup_summary(config: Config, node_id: str, listening: list[Listening]) ->
         f"kanal {__version__}: node {node_id}, adapter {adapter}, "
         f"log level {server.log_level}, format {server.log_format}{tracing}"
     ]
-    for app in config.apps[:SUMMARY_APPS]:
+    if config.apps_store.url:
+        store = config.apps_store
+        lines.append(f"apps from {_masked('url', store.url)}, cached for {store.ttl:g} s")
+    for app in () if config.apps_store.url else config.apps[:SUMMARY_APPS]:
         origins = ", ".join(app.allowed_origins) if app.allowed_origins else "any"
         lines.append(
             f"app {app.id}: key {app.key}{'' if app.enabled else ' (disabled)'}, client events "
             f"{'on' if app.enable_client_messages else 'off'}, "
             f"{len(app.webhooks)} webhook endpoint(s), origins {origins}"
         )
-    if len(config.apps) > SUMMARY_APPS:
+    if len(config.apps) > SUMMARY_APPS and not config.apps_store.url:
         lines.append(f"... and {len(config.apps) - SUMMARY_APPS} more apps")
     listeners = "; ".join(_listener(server, *address) for address in listening)
     if server.workers > 1:
@@ -146,7 +175,9 @@ def render_settings_markdown() -> str:
     lines: list[str] = []
     for section, rows in BY_SECTION.items():
         lines += [
-            f"### `[[{section}]]`" if section.startswith("apps") else f"### `[{section}]`",
+            f"### `[[{section}]]`"
+            if section in ("apps", "apps.webhooks")
+            else f"### `[{section}]`",
             "",
             "| Key | Type | Default | Env var | Flag | Meaning |",
             "| --- | --- | --- | --- | --- | --- |",

@@ -20,8 +20,10 @@ from types import MappingProxyType
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from kanal.app_stores.url import store_url_error
 from kanal.config import (
     App,
+    AppsStoreSettings,
     ScalingSettings,
     ServerSettings,
     WebhookSettings,
@@ -182,6 +184,9 @@ adapter              adapter    "memory" (one process) or "redis" (several proce
 redis_url            redis_url  redis://, rediss:// or unix:// URL; required with adapter = "redis".
 redis_prefix         -          Prefix of every Redis key and channel, so apps can share a Redis.
 node_lease           pos        Seconds a node's state survives in Redis without a heartbeat.
+[apps_store]         KANAL_APPS_STORE_ --apps-store-
+url                  store_url  Empty: this file's [[apps]]. Else sqlite:///PATH, postgresql://...
+ttl                  pos        Seconds a SQL store's apps are cached; changes apply within it.
 [apps]               KANAL_APP_ --app-
 id                   credential App id used in HTTP API paths; string or integer, keep it numeric.
 key                  credential Public key that clients connect with.
@@ -228,6 +233,7 @@ _CLASSES: dict[str, type] = {
     "server": ServerSettings,
     "webhooks": WebhookSettings,
     "scaling": ScalingSettings,
+    "apps_store": AppsStoreSettings,
     "apps": App,
     "apps.webhooks": WebhookTarget,
 }
@@ -242,6 +248,7 @@ _CHECKS: dict[str, Check | None] = {
     "origins": _origins,
     "adapter": _one_of("memory", "redis"),
     "redis_url": _redis_url,
+    "store_url": store_url_error,
     "credential": _credential,
     "admin_token": _admin_token,
     "http_url": _http_url,
