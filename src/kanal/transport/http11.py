@@ -88,6 +88,22 @@ class HttpServer:
             connection.abort()
 
 
+class _ChunkedBody:
+    """A streamed response's body on the connection: one chunk per write (RFC 9112 §7.1)."""
+
+    __slots__ = ("_transport",)
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+
+    def write(self, data: bytes) -> None:
+        if not self._transport.is_closing():
+            self._transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
+
+    def buffered(self) -> int:
+        return self._transport.get_write_buffer_size()
+
+
 class HttpConnection(asyncio.Protocol):
     """One client connection until it closes or upgrades.
 
@@ -292,6 +308,11 @@ class HttpConnection(asyncio.Protocol):
                     return
                 keep_alive = keep_alive and not self._server.closing
                 transport.write(response.encode(keep_alive, head=request.method == "HEAD"))
+                if response.stream is not None:
+                    await response.stream(_ChunkedBody(transport))
+                    if transport.is_closing():
+                        return
+                    transport.write(b"0\r\n\r\n")  # the last chunk (RFC 9112 §7.1)
                 if not keep_alive:
                     transport.close()
                     return
