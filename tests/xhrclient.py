@@ -16,6 +16,7 @@ import orjson
 
 __all__ = ["Frame", "XhrSessionClient", "read_frame"]
 
+WAIT = 5.0  # seconds any one read may take before the test fails
 #: (letter, payload): ("o", None), ("a", [message dicts]), ("h", None), ("c", [code, reason])
 Frame = tuple[str, Any]
 
@@ -57,25 +58,25 @@ class XhrSessionClient:
         self.response = await self.http.post(url, headers=self.headers)
         return self.response
 
-    async def next(self, timeout: float = 5.0) -> Frame:
+    async def next(self) -> Frame:
         """The stream's next frame."""
         assert self.response is not None
-        line = await asyncio.wait_for(self.response.content.readline(), timeout)
+        line = await asyncio.wait_for(self.response.content.readline(), WAIT)
         assert line, "the stream ended"
         return read_frame(line)
 
-    async def messages(self, timeout: float = 5.0) -> list[dict[str, Any]]:
+    async def messages(self) -> list[dict[str, Any]]:
         """The stream's next ``a[...]`` frame's messages (heartbeats are skipped)."""
         while True:
-            letter, payload = await self.next(timeout)
+            letter, payload = await self.next()
             if letter == "a":
                 return list(payload)
             assert letter == "h", (letter, payload)
 
-    async def poll(self, timeout: float = 5.0) -> tuple[int, list[Frame]]:
+    async def poll(self) -> tuple[int, list[Frame]]:
         """One poll: its status and frames."""
         url = f"{self.base}/xhr?protocol=7&client=js&version=8.6.0"
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(WAIT):
             async with self.http.post(url, headers=self.headers) as response:
                 body = await response.read()
         return response.status, [read_frame(line) for line in body.splitlines(keepends=True)]
