@@ -222,7 +222,7 @@ class XhrEndpoint:
     async def stop(self) -> None:
         """Shutdown: close what is open (4200), end every receiver, let clean-ups end."""
         for session in list(self.sessions.values()):
-            session.close(CloseCode.RECONNECT, "Server shutting down")
+            session.close(CloseCode.RECONNECT, "Server shutting down")  # c[4200,...] first
             session.abort()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=1.0)

@@ -180,11 +180,17 @@ class XhrSession:
         self._endpoint.forget(self)
 
     def abort(self) -> None:
-        """Shutdown, after the grace period: end the receiver; the session is forgotten."""
-        if self._receiver is not None:
-            self._receiver.end()
+        """End the receiver without a close frame, as a dropped socket (1006): the client
+        sees its stream or poll end; the session is forgotten at once."""
+        if not self.closed:
+            self.closed = True
+            self._endpoint.release(self, 1006)
+        self._held = []
         if self._expiry is not None:
             self._expiry.cancel()
+            self._expiry = None
+        if self._receiver is not None:
+            self._receiver.end()
         self._endpoint.forget(self)
 
     # --- outbound ------------------------------------------------------------------------------
