@@ -30,6 +30,7 @@ SCENARIOS = (
     "http",
     "connect-storm",
     "coalescing",
+    "xhr-streaming",
 )
 
 
