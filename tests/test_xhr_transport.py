@@ -15,6 +15,7 @@ import orjson
 import pusher
 import pytest
 
+from kanal.drain import RECONNECT_REASON, close_in_batches
 from tests.conftest import APP_ID, APP_KEY, APP_SECRET, RunningServer, StartServer, make_app
 from tests.wsclient import wait_until
 from tests.xhrclient import XhrSessionClient
@@ -199,3 +200,22 @@ async def test_a_terminated_user_session_gets_its_close_code(
         letter, payload = await client.next()
     assert payload[0] == 4009
     await wait_until(lambda: kanal_server.hub.connection_count == 0)
+
+
+async def test_a_draining_node_hands_sessions_over_with_4200(
+    kanal_server: RunningServer, http: aiohttp.ClientSession
+) -> None:
+    client = XhrSessionClient(http, kanal_server.port)
+    await opened(client)
+    ready = asyncio.Event()
+
+    async def flushed() -> None:
+        ready.set()
+
+    await close_in_batches(kanal_server.server.listener, 0.0, flushed)
+    [error] = await client.messages()
+    assert error["event"] == "pusher:error"
+    assert error["data"] == {"code": 4200, "message": RECONNECT_REASON}
+    assert (await client.next())[1][0] == 4200
+    assert ready.is_set() and kanal_server.hub.connection_count == 0
+    assert await client.send(subscribe("news")) == 404  # the session is gone

@@ -71,6 +71,7 @@ class Admission:
         )
 
     def app_by_key(self, key: str) -> App | None:
+        """The app with this key, whatever its state (an HTTP session's CORS answer)."""
         return self._apps.by_key(key)
 
     def check(

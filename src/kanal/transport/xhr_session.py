@@ -130,10 +130,6 @@ class XhrSession:
         error = self._endpoint.quoted(self._endpoint.frame(events.error_frame(code, reason)))
         self._last(xhr.message_frame([error]) + xhr.close_frame(code, reason))
 
-    @property
-    def closing(self) -> bool:
-        return self.closed
-
     # --- receivers ----------------------------------------------------------------------------
 
     def attach(self, receiver: Receiver) -> None:
