@@ -1,5 +1,5 @@
 """A client of kanal's HTTP transports that speaks exactly as pusher-js does
-(src/core/http/http_socket.ts): POST streams and polls on ``/pusher/app/{key}/{server}/
+(core/http/http_socket.ts): POST streams and polls on ``/pusher/app/{key}/{server}/
 {session}/xhr_streaming`` or ``/xhr``, messages POSTed to ``.../xhr_send`` as a JSON array of
 strings; frames read line by line. For the transport tests and the benchmark's sanity checks
 (the end-to-end tests use pusher-js itself)."""

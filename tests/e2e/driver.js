@@ -115,7 +115,7 @@ function tapSend(socket, name, state) {
   };
 }
 
-// The HTTP transports' sockets (pusher-js's HTTPSocket, src/core/http/http_socket.ts) emit
+// The HTTP transports' sockets (pusher-js's HTTPSocket, core/http/http_socket.ts) emit
 // the same records: their messages arrive through onEvent, their opening and closing through
 // onOpen and onClose (with the code of kanal's c[...] frame, or 1006).
 for (const transport of ['xhr_streaming', 'xhr_polling']) {

@@ -1,5 +1,5 @@
 """kanal.protocol.xhr: the session paths, frames and send bodies of pusher-js's HTTP
-transports, fed bytes (the shapes pusher-js's src/core/http/http_socket.ts reads and writes)."""
+transports, fed bytes (the shapes pusher-js's core/http/http_socket.ts reads and writes)."""
 
 from __future__ import annotations
 

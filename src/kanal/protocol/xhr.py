@@ -1,6 +1,6 @@
 """pusher-js's HTTP transports, ``xhr_streaming`` and ``xhr_polling``: their paths and frames.
 
-Pure rules, read from pusher-js (``src/core/http/http_socket.ts``, ``http_streaming_socket.ts``,
+Pure rules, read from pusher-js (``core/http/http_socket.ts``, ``http_streaming_socket.ts``,
 ``http_polling_socket.ts``, ``http_request.ts``; the same in 4.3, 7.x and 8.x). The client
 picks a session path ``{server}/{session}`` (a number below 1000 and 8 random base-32
 characters) under ``{httpPath}/app/{key}`` and sends three kinds of POST there:
