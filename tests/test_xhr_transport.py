@@ -62,6 +62,8 @@ async def test_a_stream_session_subscribes_and_receives_events(
     client = XhrSessionClient(http, kanal_server.port)
     await opened(client)
     assert kanal_server.hub.connection_count == 1
+    async with http.get(f"{kanal_server.base_url}/metrics") as scraped:
+        assert "kanal_http_sessions 1.0" in await scraped.text()
     assert await client.send(subscribe("news")) == 204
     [ok] = await client.messages()
     assert ok["event"] == "pusher_internal:subscription_succeeded"

@@ -289,6 +289,13 @@ def build(
         trace=settings.verbose,
     )
     xhr = _xhr_endpoint(hub, admission, settings, frame)
+    if xhr is not None:
+        sessions = xhr  # narrowed for the closure
+        metrics.gauge(
+            "kanal_http_sessions",
+            "Open HTTP sessions (pusher-js xhr_streaming / xhr_polling), in kanal_connections too",
+            lambda: len(sessions.open_sessions()),
+        )
     service = ChannelsApi(hub)
     console = None
     if settings.admin_token:
