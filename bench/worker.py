@@ -28,7 +28,7 @@ from bench import httpclient
 from bench.protocol import Target, event_data, trigger_request
 from bench.stampclient import realtime_offset
 from bench.wsclient import Closer, Stats, Subscriber, connect
-from bench.xhrclient import connect_xhr
+from bench.xhrclient import close_pool, connect_xhr
 
 __all__ = ["Generator", "channels_for"]
 
@@ -127,6 +127,7 @@ class _Worker:
             with contextlib.suppress(Exception):
                 closer()
         self.closers.clear()
+        await close_pool()
         await asyncio.sleep(0.2)
         self.stats.closed = 0
         return {}

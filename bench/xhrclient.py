@@ -21,7 +21,7 @@ import orjson
 from bench.protocol import Target
 from bench.wsclient import Closer, Subscriber
 
-__all__ = ["connect_xhr"]
+__all__ = ["close_pool", "connect_xhr"]
 
 _pool: aiohttp.ClientSession | None = None
 
@@ -31,6 +31,14 @@ def _session() -> aiohttp.ClientSession:
     if _pool is None or _pool.closed:
         _pool = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64))
     return _pool
+
+
+async def close_pool() -> None:
+    """Close the process's send pool (the worker's ``close`` command)."""
+    global _pool
+    if _pool is not None:
+        await _pool.close()
+        _pool = None
 
 
 class _Stream(asyncio.Protocol):
