@@ -114,12 +114,16 @@ class XhrEndpoint:
     ) -> Response:
         client = self.admission.client(request)
         session = self.sessions.get(name)
-        if session is not None and session.client != client:
+        if session is None:  # created here, at once: a second request finds it bound
+            session = self._create(request, name, client)
+        elif session.client != client:
             return _NOT_FOUND  # another client's session (kanal.protocol.xhr says why)
+        else:
+            self.hub.activity(session.socket_id)  # a poll or a new stream: proof of life
+        current = session
 
         async def stream(writer: BodyWriter) -> None:
             receiver = Receiver(writer, polling)
-            current = self.sessions.get(name) or self._create(request, name, client)
             current.attach(receiver)
             try:
                 while not receiver.done.done():
@@ -128,8 +132,6 @@ class XhrEndpoint:
             finally:
                 current.detach(receiver)
 
-        if session is not None:
-            self.hub.activity(session.socket_id)  # a poll or a new stream: proof of life
         headers = cors + _STREAM_HEADERS
         return Response(
             200, content_type="text/plain; charset=utf-8", headers=headers, stream=stream

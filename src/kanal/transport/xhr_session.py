@@ -83,7 +83,11 @@ class XhrSession:
         self._held: list[bytes] = [xhr.OPEN]  # frames no receiver has taken yet
         self._held_bytes = 0
         self._receiver: Receiver | None = None
-        self._expiry: asyncio.TimerHandle | None = None
+        # Until its first receiver attaches, as between two: a request that never got to
+        # read (its client went first) must not keep the session for ever.
+        self._expiry: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
+            endpoint.timeout, self._expired
+        )
         self.closed = False  # c[...] is written or held: nothing more is sent
         self.admitted = False  # the hub has it (Hub.open said yes): Hub.closed is due
         self.lock = asyncio.Lock()  # one xhr_send at a time, in the order they came
