@@ -221,3 +221,15 @@ async def test_a_draining_node_hands_sessions_over_with_4200(
     assert (await client.next())[1][0] == 4200
     assert ready.is_set() and kanal_server.hub.connection_count == 0
     assert await client.send(subscribe("news")) == 404  # the session is gone
+
+
+async def test_sessions_live_under_the_path_prefix(
+    start_server: StartServer, http: aiohttp.ClientSession
+) -> None:
+    server = await start_server(path_prefix="/realtime")
+    client = XhrSessionClient(http, server.port, prefix="/realtime")  # httpPath /realtime/pusher
+    await opened(client)
+    client.close()
+    elsewhere = XhrSessionClient(http, server.port)
+    assert (await elsewhere.stream()).status == 404
+    elsewhere.close()
