@@ -233,3 +233,27 @@ async def test_sessions_live_under_the_path_prefix(
     elsewhere = XhrSessionClient(http, server.port)
     assert (await elsewhere.stream()).status == 404
     elsewhere.close()
+
+
+async def test_a_silent_session_is_probed_then_closed_4201(
+    start_server: StartServer, http: aiohttp.ClientSession
+) -> None:
+    """protocol.md §5.2 over HTTP: the probe is ``h`` plus ``pusher:ping``; an ``[]`` send
+    (pusher-js's answer to ``h``) is proof of life, silence closes the session with 4201."""
+    server = await start_server(apps=[make_app(activity_timeout=1, pong_timeout=1)])
+    answering, silent = XhrSessionClient(http, server.port), XhrSessionClient(http, server.port)
+    await opened(answering)
+    await opened(silent)
+    for _ in range(3):  # three heartbeat periods, each answered with [] as pusher-js does
+        letter, payload = await answering.next()
+        while letter == "a":  # the probe's pusher:ping, which [] answers as well
+            assert payload[0]["event"] == "pusher:ping"
+            letter, payload = await answering.next()
+        assert letter == "h"
+        assert await answering.send(raw=b"[]") == 204
+    letter, payload = await silent.next()
+    while letter != "c":
+        letter, payload = await silent.next()
+    assert payload[0] == 4201
+    assert server.hub.connection_count == 1
+    answering.close()
