@@ -63,6 +63,7 @@ class XhrSession:
         "_batch",
         "_endpoint",
         "_expiry",
+        "_final",
         "_held",
         "_held_bytes",
         "_receiver",
@@ -88,7 +89,8 @@ class XhrSession:
         self._expiry: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
             endpoint.timeout, self._expired
         )
-        self.closed = False  # c[...] is written or held: nothing more is sent
+        self.closed = False  # closing: nothing more from the hub is sent
+        self._final = False  # c[...] is written or held: nothing at all comes after it
         self.admitted = False  # the hub has it (Hub.open said yes): Hub.closed is due
         self.lock = asyncio.Lock()  # one xhr_send at a time, in the order they came
 
@@ -148,7 +150,7 @@ class XhrSession:
         if self._held:
             held, self._held, self._held_bytes = self._held, [], 0
             receiver.write(b"".join(held))
-        if self.closed:
+        if self._final:  # else a drained session's poll waits for its c[...] (hand_over)
             receiver.end()
 
     def detach(self, receiver: Receiver) -> None:
@@ -158,7 +160,7 @@ class XhrSession:
         if self._receiver is not receiver:
             return
         self._receiver = None
-        if self.closed and not self._held:  # c[...] is delivered: nothing more to read
+        if self._final and not self._held:  # c[...] is delivered: nothing more to read
             self._endpoint.forget(self)
             return
         loop = asyncio.get_running_loop()
@@ -185,7 +187,7 @@ class XhrSession:
         if not self.closed:
             self.closed = True
             self._endpoint.release(self, 1006)
-        self._held = []
+        self._final, self._held = True, []
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
@@ -203,6 +205,7 @@ class XhrSession:
     def _last(self, data: bytes) -> None:
         """The closing frames: past every bound (they end the session), and the receiver's
         last write."""
+        self._final = True
         receiver = self._receiver
         if receiver is None:
             self._held.append(data)
