@@ -185,6 +185,7 @@ async def test_cors_lets_allowed_origins_in_and_no_others(
     client = XhrSessionClient(http, server.port, headers={"Origin": "https://page.example"})
     response = await client.stream()
     assert response.headers["Access-Control-Allow-Origin"] == "https://page.example"
+    assert response.headers["X-Accel-Buffering"] == "no"  # nginx passes each piece on
     client.close()
 
 

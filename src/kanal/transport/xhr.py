@@ -32,7 +32,13 @@ __all__ = ["XhrEndpoint", "XhrSession"]
 log = logging.getLogger("kanal.xhr")
 
 _NOT_FOUND = Response(404, b"Not found")
-_STREAM_HEADERS = (("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff"))
+# No cache may keep an answer, no browser may guess its type, and nginx must pass each piece
+# on as it comes instead of buffering the response (its X-Accel-Buffering header).
+_STREAM_HEADERS = (
+    ("Cache-Control", "no-store"),
+    ("X-Content-Type-Options", "nosniff"),
+    ("X-Accel-Buffering", "no"),
+)
 After = Callable[[], Awaitable[None]]
 
 
