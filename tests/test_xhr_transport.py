@@ -14,9 +14,13 @@ import aiohttp
 import orjson
 import pusher
 import pytest
+from aiohttp import web
 
+from kanal.config import WebhookSettings, WebhookTarget
 from kanal.drain import RECONNECT_REASON, close_in_batches
+from kanal.protocol.webhooks import EVENT_TYPES
 from tests.conftest import APP_ID, APP_KEY, APP_SECRET, RunningServer, StartServer, make_app
+from tests.webapp import served
 from tests.wsclient import wait_until
 from tests.xhrclient import XhrSessionClient
 
@@ -98,20 +102,43 @@ async def test_a_polling_session_gets_open_then_messages_then_heartbeats(
 async def test_a_session_whose_receiver_does_not_return_is_closed_and_its_member_removed(
     start_server: StartServer, http: aiohttp.ClientSession
 ) -> None:
-    server = await start_server(http_session_timeout=0.3)
-    watcher, leaver = XhrSessionClient(http, server.port), XhrSessionClient(http, server.port)
-    for client, user in ((watcher, "w"), (leaver, "l")):
-        socket_id = await opened(client)
-        auth = sdk(server).authenticate("presence-room", socket_id, {"user_id": user})
-        await client.send(subscribe("presence-room", **auth))
-        assert (await client.messages())[0]["event"] == "pusher_internal:subscription_succeeded"
-    [added] = await watcher.messages()
-    assert added["event"] == "pusher_internal:member_added"
-    leaver.close()  # the stream drops and no new one comes
-    [removed] = await watcher.messages()
-    assert removed["event"] == "pusher_internal:member_removed"
-    await wait_until(lambda: server.hub.connection_count == 1)
-    watcher.close()
+    """As a dropped socket: member_removed to the others, then the webhooks."""
+    hooks: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    async def receive(request: web.Request) -> web.Response:
+        for event in (await request.json())["events"]:
+            await hooks.put(event)
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_post("/hooks", receive)
+    async with served(app) as base:
+        target = WebhookTarget(url=f"{base}/hooks", event_types=EVENT_TYPES)
+        server = await start_server(
+            apps=[make_app(webhooks=(target,))],
+            webhooks=WebhookSettings(grace_period=0.1, batch_window=0.02),
+            http_session_timeout=0.3,
+        )
+        watcher, leaver = XhrSessionClient(http, server.port), XhrSessionClient(http, server.port)
+        for client, user in ((watcher, "w"), (leaver, "l")):
+            socket_id = await opened(client)
+            auth = sdk(server).authenticate("presence-room", socket_id, {"user_id": user})
+            await client.send(subscribe("presence-room", **auth))
+            assert (await client.messages())[0]["event"] == "pusher_internal:subscription_succeeded"
+        [added] = await watcher.messages()
+        assert added["event"] == "pusher_internal:member_added"
+        leaver.close()  # the stream drops and no new one comes
+        [removed] = await watcher.messages()
+        assert removed["event"] == "pusher_internal:member_removed"
+        await wait_until(lambda: server.hub.connection_count == 1)
+        seen = [await asyncio.wait_for(hooks.get(), 5) for _ in range(4)]
+        assert {(e["name"], e.get("user_id")) for e in seen} == {
+            ("channel_occupied", None),
+            ("member_added", "w"),
+            ("member_added", "l"),
+            ("member_removed", "l"),
+        }
+        watcher.close()
 
 
 async def test_a_session_answers_only_the_address_that_opened_it(
