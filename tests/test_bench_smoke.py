@@ -134,7 +134,7 @@ def test_embedded_servers_and_the_base_checkout_run_at_tiny_size(tmp_path: Path)
         "--no-pin", "--workers", "2", "--out", str(out),
         "--max-foreign", "1000", "--saturation", "1000",
     ]  # fmt: skip
-    done = _bench(command, timeout=200)  # eight scenarios, a few seconds each, on a busy host
+    done = _bench(command, timeout=150)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]
     for server in servers:
