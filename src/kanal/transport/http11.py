@@ -1,8 +1,9 @@
 """A small HTTP/1.1 server on asyncio protocols, with httptools (llhttp) as the parser.
 
 Ownership rule: this module owns HTTP connections: parsing, keep-alive, pipelining order,
-body limits, idle timeouts, streamed response bodies (chunked, ``Response.stream``: pusher-js's
-HTTP transports) and the hand-over of an upgraded connection to the WebSocket code. It knows no routes: every request goes to one ``dispatch`` coroutine, and a request
+body limits, idle timeouts, streamed response bodies (chunked, ``Response.stream``:
+pusher-js's HTTP transports) and the hand-over of an upgraded connection to the WebSocket
+code. It knows no routes: every request goes to one ``dispatch`` coroutine, and a request
 that asks to upgrade goes to ``upgrade`` with the transport.
 
 Why not aiohttp's server (docs/design.md, "Transport"): a WebSocket connection is kept for
