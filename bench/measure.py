@@ -122,11 +122,13 @@ def connect(
     concurrency: int | None = None,
     *,
     kstamp: bool = False,
+    transport: str = "ws",
 ) -> Run:
     """Open ``count`` subscribed connections spread over the generator; times the whole storm.
 
     ``kstamp``: kernel-stamped raw-socket subscribers (:mod:`bench.stampclient`) instead of
-    picows, for latency measurements.
+    picows, for latency measurements. ``transport="xhr_streaming"``: HTTP streaming sessions
+    (:mod:`bench.xhrclient`) instead of WebSocket connections.
     """
     shares = split(count, len(ctx.gen.subscribers))
     args = [
@@ -138,6 +140,7 @@ def connect(
             "concurrency": concurrency or ctx.connect_concurrency,
             "wait_s": ctx.connect_timeout,
             "kstamp": kstamp,
+            "transport": transport,
         }
         for i, share in enumerate(shares)
     ]

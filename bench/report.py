@@ -37,6 +37,7 @@ METRICS: dict[str, tuple[str, str, str, bool]] = {
     "achieved_rate": ("achieved trigger rate", "ev/s", "higher", False),
     "connect_seconds": ("connect + subscribe time", "s", "lower", True),
     "connects_per_s": ("connects/s", "/s", "higher", True),
+    "connections_held": ("connections held after the run", "", "higher", True),
     "listen_overflows": ("accept-queue overflows (SYN drops)", "", "lower", True),
     "settle_seconds": ("presence join storm settles in", "s", "lower", True),
     "bytes_per_connection": ("RSS per connection", "bytes", "lower", True),

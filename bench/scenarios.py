@@ -1,4 +1,4 @@
-"""The seven scenarios. Each runs against one server and yields ``(case, Run)`` per run.
+"""The eight scenarios. Each runs against one server and yields ``(case, Run)`` per run.
 
 Sizes come from :class:`Sizes`: :meth:`Sizes.full` is the benchmark as documented in
 docs/performance.md, :meth:`Sizes.tiny` is the smoke test's (a few subscribers, short windows).
@@ -48,6 +48,8 @@ class Sizes:
     storm_in_flight: int = 1000  # handshakes in flight over all generator processes
     coalesce_subscribers: int = 1000
     coalesce_publishers: tuple[int, ...] = (1, 4, 32)
+    xhr_subscribers: int = 1000
+    xhr_publishers: int = 16
     event_bytes: int = 200
 
     @classmethod
@@ -67,6 +69,7 @@ class Sizes:
             storm=5,
             coalesce_subscribers=5,
             coalesce_publishers=(1, 4),
+            xhr_subscribers=5,
         )
 
 
@@ -278,6 +281,33 @@ def _coalescing(ctx: Ctx, sizes: Sizes, server: ServerProc) -> Results:
     ctx.gen.broadcast("close")
 
 
+def _xhr_streaming(ctx: Ctx, sizes: Sizes, server: ServerProc) -> Results:
+    """The same fan-out to subscribers over WebSocket, then over HTTP streaming sessions
+    (pusher-js's xhr_streaming fallback, docs/http-fallback.md): connections held, events
+    delivered per second. Servers without the HTTP transports run the WebSocket case only."""
+    subs = sizes.xhr_subscribers
+    transports = ("ws", "xhr_streaming") if server.name.startswith("kanal") else ("ws",)
+    for transport in transports:
+        setup = connect(ctx, server, subs, "public:bench", transport=transport)
+        for _ in range(ctx.runs):
+            settle(ctx, server)
+            run = publish_and_count(
+                ctx,
+                server,
+                [["bench"]],
+                subscribers_per_trigger=subs,
+                concurrency=sizes.xhr_publishers,
+                size=sizes.event_bytes,
+            )
+            run.metrics["connections_held"] = sum(
+                stats["open"] for stats in ctx.gen.broadcast("stats", latencies=False)
+            )
+            run.metrics["connect_seconds"] = setup.metrics["connect_seconds"]
+            run.notes[:0] = failures(setup)
+            yield f"{subs} subscribers over {transport}", run
+        ctx.gen.broadcast("close")
+
+
 Scenario = Callable[[Ctx, Sizes, ServerProc], Results]
 #: name -> (function, one-line description); the order is the run order.
 SCENARIOS: dict[str, tuple[Scenario, str]] = {
@@ -288,4 +318,5 @@ SCENARIOS: dict[str, tuple[Scenario, str]] = {
     "http": (_http, "trigger requests per second, keep-alive, no fan-out / 1,000 subscribers"),
     "connect-storm": (_storm, "time for N clients to connect and subscribe, fresh server"),
     "coalescing": (_coalescing, "fan-out to 1,000 with 1 / 4 / 32 concurrent publishers"),
+    "xhr-streaming": (_xhr_streaming, "fan-out to 1,000 over WebSocket vs HTTP streaming"),
 }

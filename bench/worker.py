@@ -28,6 +28,7 @@ from bench import httpclient
 from bench.protocol import Target, event_data, trigger_request
 from bench.stampclient import realtime_offset
 from bench.wsclient import Closer, Stats, Subscriber, connect
+from bench.xhrclient import close_pool, connect_xhr
 
 __all__ = ["Generator", "channels_for"]
 
@@ -72,6 +73,7 @@ class _Worker:
         concurrency: int,
         wait_s: float,
         kstamp: bool = False,
+        transport: str = "ws",
     ) -> dict[str, Any]:
         tgt = Target(**target)
         gate = asyncio.Semaphore(max(1, concurrency))
@@ -82,7 +84,10 @@ class _Worker:
             async with gate:
                 sub = Subscriber(self.stats, channels_for(plan, index), (tgt.key, tgt.secret))
                 try:
-                    self.closers.append(await connect(tgt.ws_url, sub, wait_s, kstamp))
+                    if transport == "xhr_streaming":
+                        self.closers.append(await connect_xhr(tgt, sub, wait_s))
+                    else:
+                        self.closers.append(await connect(tgt.ws_url, sub, wait_s, kstamp))
                 except Exception as exc:  # OSError, TimeoutError, picows' WSError family
                     errors.append(f"{type(exc).__name__}: {exc}"[:200])
 
@@ -122,6 +127,7 @@ class _Worker:
             with contextlib.suppress(Exception):
                 closer()
         self.closers.clear()
+        await close_pool()
         await asyncio.sleep(0.2)
         self.stats.closed = 0
         return {}

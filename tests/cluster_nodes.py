@@ -48,7 +48,15 @@ from kanal.config import (
 )
 from kanal.protocol.webhooks import EVENT_TYPES
 from kanal.server import Server, build, serve
-from tests.conftest import APP_ID, APP_KEY, APP_SECRET, NO_DRAIN, RunningServer, make_app
+from tests.conftest import (
+    APP_ID,
+    APP_KEY,
+    APP_SECRET,
+    NO_DRAIN,
+    QUICK_HTTP_SESSIONS,
+    RunningServer,
+    make_app,
+)
 from tests.redis_server import RedisProcess, delete_prefix
 from tests.webapp import served
 from tests.wsclient import WsClient, api_request, data_of
@@ -571,7 +579,8 @@ class Cluster:
         **server: Any,
     ) -> Config:
         settings = dataclasses.replace(
-            ServerSettings(port=0, shutdown_timeout=2.0, **NO_DRAIN), **server
+            ServerSettings(port=0, shutdown_timeout=2.0, **NO_DRAIN, **QUICK_HTTP_SESSIONS),
+            **server,
         )
         return Config(settings, tuple(apps), webhooks, self.scaling(lease, redis_url))
 

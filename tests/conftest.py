@@ -33,6 +33,10 @@ APP_SECRET = "app-secret"
 #: Test nodes stop at once (no drain_grace, every connection in one batch) unless a test asks
 #: for a drain: tests/test_drain.py does.
 NO_DRAIN: dict[str, Any] = {"drain_grace": 0.0, "drain_seconds": 0.0}
+#: An HTTP session (pusher-js's xhr transports) whose client went away is forgotten after 2 s
+#: instead of 10, so that tests see its member_removed within their 5 s waits; a poll comes
+#: back well within 2 s even on a loaded host.
+QUICK_HTTP_SESSIONS: dict[str, Any] = {"http_session_timeout": 2.0}
 
 
 def make_app(**overrides: Any) -> App:
@@ -93,7 +97,9 @@ async def start_server(transport: str) -> AsyncIterator[StartServer]:
         apps_store: AppsStoreSettings | None = None,
         **server_settings: Any,
     ) -> RunningServer:
-        settings = dataclasses.replace(ServerSettings(port=0, **NO_DRAIN), **server_settings)
+        settings = dataclasses.replace(
+            ServerSettings(port=0, **NO_DRAIN, **QUICK_HTTP_SESSIONS), **server_settings
+        )
         config = Config(
             server=settings,
             apps=tuple(apps or [make_app()]),

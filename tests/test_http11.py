@@ -242,3 +242,29 @@ def test_split_target_is_httptools_parse_url(target: bytes) -> None:
         return
     expected = ((url.path or b"/").decode("latin-1"), (url.query or b"").decode("latin-1"))
     assert split_target(target) == expected
+
+
+async def test_a_streamed_response_is_chunked_and_the_connection_is_kept(
+    kanal_server: RunningServer, raw: Raw
+) -> None:
+    """RFC 9112 §7.1: a streamed body (``Response.stream``: an HTTP session's receive
+    stream, here a refused one) goes out in chunks with a last chunk, then the next request
+    on the same connection is answered."""
+    raw.writer.write(
+        b"POST /pusher/app/no-such-key/1/abcdefgh/xhr_streaming HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Length: 0\r\n\r\n"
+    )
+    head = await asyncio.wait_for(raw.reader.readuntil(b"\r\n\r\n"), WAIT)
+    assert head.startswith(b"HTTP/1.1 200") and b"Transfer-Encoding: chunked" in head
+    assert b"Content-Length" not in head
+    body = b""
+    while True:
+        size = int(await asyncio.wait_for(raw.reader.readuntil(b"\r\n"), WAIT), 16)
+        chunk = await asyncio.wait_for(raw.reader.readexactly(size + 2), WAIT)
+        if size == 0:
+            break
+        body += chunk[:-2]
+    assert body.startswith(b"o\n") and body.endswith(b'c[4001,"Application does not exist"]\n')
+    raw.writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    status, _, _ = await raw.response()
+    assert status == 200

@@ -95,6 +95,7 @@ class KanalApp:
             shutdown_timeout=settings.shutdown_timeout,
             framed=own_port,
             trace=settings.verbose,
+            xhr=server.xhr,
         )
         if settings.verbose:  # the host app's handlers then show the traces (docs/embedding.md)
             logs.FRAMES.setLevel(logging.DEBUG)

@@ -108,6 +108,9 @@ class ServerSettings:
     coalesce_writes: bool = True
     admin_token: str = field(default="", repr=False)  # a password: never in a repr or a log
     metrics_port: int = 0
+    http_transports: bool = True
+    http_session_timeout: float = 10.0
+    http_heartbeat: float = 25.0
 
 
 @dataclass(frozen=True, slots=True)

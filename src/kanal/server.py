@@ -46,7 +46,7 @@ from kanal.settings import DEV_APP, ConfigError, is_default_credentials
 from kanal.settings.render import startup_summary
 from kanal.transport.admission import Admission
 from kanal.transport.console import Console
-from kanal.transport.frames import text_frame
+from kanal.transport.frames import text_frame, text_payload
 from kanal.transport.http import HttpApi, Scrape
 from kanal.transport.listener import (
     Listener,
@@ -56,8 +56,9 @@ from kanal.transport.listener import (
     probe_bind,
     tls_context,
 )
-from kanal.transport.websocket import WebSocketEndpoint
+from kanal.transport.websocket import WebSocketEndpoint, new_socket_id
 from kanal.transport.worker_metrics import WorkerGroup, WorkerMetrics
+from kanal.transport.xhr import XhrEndpoint
 from kanal.webhooks import Hooks, RedisWebhookQueue, WebhookDispatcher
 from kanal.workers import supervise
 
@@ -103,6 +104,7 @@ class Server:
     hooks: Hooks | None = None  # an embedded node's in-process hooks (kanal.asgi)
     webhooks: WebhookSink | None = None  # the hub's sink: dispatcher, cluster queue, or null
     metrics_listener: MetricsListener | None = None  # with [server] metrics_port
+    xhr: XhrEndpoint | None = None  # pusher-js's HTTP transports ([server] http_transports)
 
     async def start(self) -> None:
         """Start what runs beside the transports: cluster upkeep, webhooks, the heartbeat
@@ -305,6 +307,14 @@ def build(
         coalesce_writes=settings.coalesce_writes,
         trace=settings.verbose,
     )
+    xhr = _xhr_endpoint(hub, admission, settings, frame)
+    if xhr is not None:
+        sessions = xhr  # narrowed for the closure
+        metrics.gauge(
+            "kanal_http_sessions",
+            "Open HTTP sessions (pusher-js xhr_streaming / xhr_polling), in kanal_connections too",
+            lambda: len(sessions.open_sessions()),
+        )
     service = ChannelsApi(hub)
     console = None
     if settings.admin_token:
@@ -341,6 +351,7 @@ def build(
     listener = Listener(
         websocket,
         http,
+        xhr=xhr,
         max_request_bytes=settings.max_request_bytes,
         shutdown_timeout=settings.shutdown_timeout,
         eager=cluster is None,  # memory mode: no request needs a task before it waits
@@ -359,6 +370,37 @@ def build(
         hooks=registry,
         webhooks=webhooks,
         metrics_listener=metrics_listener,
+        xhr=xhr,
+    )
+
+
+def _as_is(frame: bytes) -> bytes:
+    return frame
+
+
+def _xhr_endpoint(
+    hub: Hub,
+    admission: Admission,
+    settings: ServerSettings,
+    frame: Callable[[bytes], bytes],
+) -> XhrEndpoint | None:
+    """pusher-js's HTTP transports beside the WebSocket endpoint (docs/http-fallback.md)."""
+    if not settings.http_transports:
+        return None
+    return XhrEndpoint(
+        hub,
+        admission,
+        frame=frame,
+        # the hub's frames for kanal's own transport are RFC 6455 frames; an ASGI-only node's
+        # are the JSON itself (build's ``frame``)
+        text_of=text_payload if frame is text_frame else _as_is,
+        socket_id=new_socket_id,
+        path_prefix=settings.path_prefix,
+        max_message_bytes=settings.max_frame_bytes,
+        max_output_buffer_bytes=settings.max_output_buffer_bytes,
+        timeout=settings.http_session_timeout,
+        heartbeat=settings.http_heartbeat,
+        trace=settings.verbose,
     )
 
 

@@ -45,6 +45,15 @@ def transport(request: pytest.FixtureRequest) -> str:
     return value
 
 
+@pytest.fixture(params=["ws", "xhr_streaming", "xhr_polling"])
+def client_transport(request: pytest.FixtureRequest, js: JsDriver) -> str:
+    """pusher-js's transport for the tests that ask for it: the same scenario over WebSocket
+    and over each of kanal's HTTP transports (docs/http-fallback.md)."""
+    value: str = request.param
+    js.transport = value
+    return value
+
+
 @pytest.fixture(scope="session")
 def node_modules() -> None:
     """Fails (never skips) when the Node side of the harness is not installed."""

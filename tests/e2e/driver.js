@@ -7,7 +7,8 @@
 // Commands ("client" names a pusher-js instance):
 //   connect {client,key,port,host?,secret?,appId?,options?,presence?,userAuth?,masterKey?,
 //     authError?,authSecret?,authKey?,authResponse?,userAuthError?,userAuthResponse?,frames?,
-//     autoConnect?,clientActivityTimeout?}
+//     autoConnect?,clientActivityTimeout?,transport?}  (transport: "ws" (default),
+//     "xhr_streaming" or "xhr_polling": pusher-js's enabledTransports, against host:port)
 //   subscribe {client,channel,presence?,authError?,authSecret?,authKey?,authResponse?}
 //   unsubscribe {client,channel}   trigger {client,channel,event,data}
 //   signin {client,userAuth?,userAuthError?,userAuthResponse?}   send_raw {client,event,data,
@@ -18,7 +19,7 @@
 //   state {previous,current,at}  connected {socket_id}  connecting_in {delay}  error {error}
 //   socket {event:"created"|"open"|"close"|"error",url?,code?,reason?,message?,at}
 //   (at: the driver's performance.now() in ms, for measuring pusher-js's own delays)
-//   frame {dir:"in"|"out",data}                         (raw WebSocket text; connect frames:true)
+//   frame {dir:"in"|"out",data}        (raw message text, WebSocket or HTTP; connect frames:true)
 //   message {event,channel,data,user_id}       (every message pusher-js decodes, data parsed)
 //   event {channel,event,data,metadata,user_id}  (everything a channel emits, pusher:* too)
 //   subscribed {channel,data,members}  subscription_error {channel,status,error}
@@ -74,14 +75,19 @@ function emit(record) {
 const clients = new Map(); // name -> client state
 const byTimeline = new Map(); // pusher.timeline -> client name (attributes sockets)
 
-// Raw socket tap: every WebSocket pusher-js opens goes through this hook; the strategy options
-// carry the instance's timeline, which tells us which client owns the socket.
+// Raw socket tap: every socket pusher-js opens goes through its transport's getSocket hook;
+// the strategy options carry the instance's timeline, which tells us which client owns it.
+function socketOwner(options) {
+  const name = options && byTimeline.get(options.timeline);
+  const state = name && clients.get(name);
+  return state ? [name, state] : [null, null];
+}
+
 const wsHooks = PusherJS.Runtime.Transports.ws.hooks;
 const originalGetSocket = wsHooks.getSocket;
 wsHooks.getSocket = function (url, options) {
   const socket = originalGetSocket.call(this, url, options);
-  const name = options && byTimeline.get(options.timeline);
-  const state = name && clients.get(name);
+  const [name, state] = socketOwner(options);
   if (!state) return socket;
   emit({ client: name, type: 'socket', event: 'created', url, at: performance.now() });
   const dispatch = socket.dispatchEvent;
@@ -97,13 +103,50 @@ wsHooks.getSocket = function (url, options) {
     }
     return dispatch.call(this, event);
   };
+  tapSend(socket, name, state);
+  return socket;
+};
+
+function tapSend(socket, name, state) {
   const send = socket.send;
   socket.send = function (data, ...rest) {
     if (state.frames) emit({ client: name, type: 'frame', dir: 'out', data });
     return send.call(this, data, ...rest);
   };
-  return socket;
-};
+}
+
+// The HTTP transports' sockets (pusher-js's HTTPSocket, core/http/http_socket.ts) emit
+// the same records: their messages arrive through onEvent, their opening and closing through
+// onOpen and onClose (with the code of kanal's c[...] frame, or 1006).
+for (const transport of ['xhr_streaming', 'xhr_polling']) {
+  const hooks = PusherJS.Runtime.Transports[transport].hooks;
+  const getSocket = hooks.getSocket;
+  hooks.getSocket = function (url, options) {
+    const socket = getSocket.call(this, url, options);
+    const [name, state] = socketOwner(options);
+    if (!state) return socket;
+    emit({ client: name, type: 'socket', event: 'created', url, at: performance.now() });
+    const { onEvent, onOpen, onClose } = socket;
+    socket.onEvent = function (event) {
+      if (state.frames && this.readyState === 1) {
+        emit({ client: name, type: 'frame', dir: 'in', data: event });
+      }
+      return onEvent.call(this, event);
+    };
+    socket.onOpen = function (...args) {
+      if (this.readyState === 0) emit({ client: name, type: 'socket', event: 'open', at: performance.now() });
+      return onOpen.apply(this, args);
+    };
+    socket.onClose = function (code, reason, wasClean) {
+      if (this.readyState !== 3) {
+        emit({ client: name, type: 'socket', event: 'close', code, reason, at: performance.now() });
+      }
+      return onClose.call(this, code, reason, wasClean);
+    };
+    tapSend(socket, name, state);
+    return socket;
+  };
+}
 
 // A browser sends the page's cookies with pusher-js's auth requests (transport "ajax") by
 // itself; Node has no cookie jar, and the XMLHttpRequest polyfill pusher-js uses there refuses
@@ -248,8 +291,10 @@ const commands = {
     const options = Object.assign({
       wsHost: cmd.host || '127.0.0.1',
       wsPort: need(cmd, 'port'),
+      httpHost: cmd.host || '127.0.0.1',
+      httpPort: need(cmd, 'port'),
       forceTLS: false,
-      enabledTransports: ['ws'],
+      enabledTransports: [cmd.transport || 'ws'],
       cluster: 'mt1',
       disableStats: true,
       channelAuthorization: { customHandler: channelAuthorizer(state) },

@@ -80,6 +80,9 @@ class JsDriver:
         self._stderr: collections.deque[str] = collections.deque(maxlen=200)
         self._cond = asyncio.Condition()
         self._closed = False
+        #: pusher-js's transport for every client connected from now on: "ws", or one of the
+        #: HTTP transports (conftest.py's ``client_transport`` sets it)
+        self.transport = "ws"
         self._tasks: list[asyncio.Task[None]] = []
 
     @classmethod
@@ -264,6 +267,7 @@ class JsDriver:
         """
         since = self.mark()
         fields = {"key": key, "port": port, "host": host, "secret": secret, **opts}
+        fields.setdefault("transport", self.transport)
         fields["options"] = dict(options) if options else None
         await self.command("connect", client=client, **_camel(fields))
         if not wait:

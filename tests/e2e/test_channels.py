@@ -16,7 +16,9 @@ from .helpers import MASTER_KEY, call, connect, events, frames_in, roundtrip, sd
 from .jsclient import JsDriver, Record
 
 
-async def test_public_and_private_delivery(kanal_server: RunningServer, js: JsDriver) -> None:
+async def test_public_and_private_delivery(
+    kanal_server: RunningServer, js: JsDriver, client_transport: str
+) -> None:
     """channels.md §1, §3.2, §7, protocol.md §4.11: a public channel needs no auth, a private
     one a valid signature; Python SDK triggers reach both with the data string intact."""
     api = sdk(kanal_server)

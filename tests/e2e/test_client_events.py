@@ -24,7 +24,9 @@ async def _error_after(js: JsDriver, client: str, since: int) -> Record:
     return rec
 
 
-async def test_private_relay_not_echoed(kanal_server: RunningServer, js: JsDriver) -> None:
+async def test_private_relay_not_echoed(
+    kanal_server: RunningServer, js: JsDriver, client_transport: str
+) -> None:
     """channels.md §8.1-§8.2, protocol.md §2.1 rule 4, §4.12: a client event on a private
     channel reaches every other subscriber (data as a JSON string, no user_id), never the
     sender; it also works on private-cache- channels and is never cached there."""
@@ -57,7 +59,9 @@ async def test_private_relay_not_echoed(kanal_server: RunningServer, js: JsDrive
     assert not events(js, "c", "client-note", channel="private-cache-chat")
 
 
-async def test_presence_relay_carries_user_id(kanal_server: RunningServer, js: JsDriver) -> None:
+async def test_presence_relay_carries_user_id(
+    kanal_server: RunningServer, js: JsDriver, client_transport: str
+) -> None:
     """channels.md §8.2: on presence channels the relayed event carries the sender's member
     ``user_id`` (pusher-js ``metadata.user_id``), whatever the payload claims; the sender's
     other connection (same user) receives it, the sending connection does not."""

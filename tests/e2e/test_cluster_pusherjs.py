@@ -1,6 +1,7 @@
 """pusher-js against a cluster: clients spread over several kanal nodes sharing Redis see one
 server (issue item 8). Presence members and ``me``, member_added / member_removed, client
-events and Python SDK triggers all cross nodes.
+events and Python SDK triggers all cross nodes, over WebSocket and over the HTTP transports
+(a session lives on the node that created it; messages for it come from any node).
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ async def spread(
     return placed
 
 
-async def test_presence_across_three_nodes(cluster: Cluster, js: JsDriver) -> None:
+async def test_presence_across_three_nodes(
+    cluster: Cluster, js: JsDriver, client_transport: str
+) -> None:
     nodes = await cluster.nodes(3)
     names = ["a", "b", "c"]
     await spread(js, nodes, names)
@@ -66,7 +69,9 @@ async def test_presence_across_three_nodes(cluster: Cluster, js: JsDriver) -> No
         assert removed["members"]["count"] == 2
 
 
-async def test_client_events_and_sdk_triggers_cross_nodes(cluster: Cluster, js: JsDriver) -> None:
+async def test_client_events_and_sdk_triggers_cross_nodes(
+    cluster: Cluster, js: JsDriver, client_transport: str
+) -> None:
     nodes = await cluster.nodes(2)
     names = ["a", "b", "c", "d"]
     await spread(js, nodes, names)  # a, c on node 0; b, d on node 1

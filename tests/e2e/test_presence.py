@@ -18,7 +18,9 @@ def member(user_id: Any, info: Any = None) -> dict[str, Any]:
     return {"user_id": user_id, "user_info": info}
 
 
-async def test_members_lifecycle(kanal_server: RunningServer, js: JsDriver) -> None:
+async def test_members_lifecycle(
+    kanal_server: RunningServer, js: JsDriver, client_transport: str
+) -> None:
     """channels.md §4.1-§4.4, protocol.md §4.5-§4.6: pusher-js sees the member list and
     ``me``; member_added goes to the others only; a user's second connection is counted once
     and adds no member; member_removed comes only when the user's last connection leaves."""

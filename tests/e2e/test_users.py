@@ -65,7 +65,9 @@ async def test_signin_failures(kanal_server: RunningServer, js: JsDriver) -> Non
     assert not [d for d in out if "pusher:signin" in d]
 
 
-async def test_send_to_user(kanal_server: RunningServer, js: JsDriver) -> None:
+async def test_send_to_user(
+    kanal_server: RunningServer, js: JsDriver, client_transport: str
+) -> None:
     """users.md §3, channels.md §7: Python SDK ``send_to_user`` reaches every connection
     signed in as that user, and nobody else (not even a presence member with that id)."""
     api = sdk(kanal_server)
@@ -98,7 +100,9 @@ async def _terminated(js: JsDriver, client: str, since: int) -> Record:
     return close
 
 
-async def test_terminate_user_connections(kanal_server: RunningServer, js: JsDriver) -> None:
+async def test_terminate_user_connections(
+    kanal_server: RunningServer, js: JsDriver, client_transport: str
+) -> None:
     """users.md §5, http-api.md §8, protocol.md §6: Python SDK
     ``terminate_user_connections`` closes every connection signed in as the user with
     ``pusher:error`` 4009 + close 4009 (pusher-js stays disconnected), while a presence-only

@@ -169,6 +169,9 @@ trust_proxy_headers  -          Trust X-Forwarded-Proto and X-Forwarded-For from
 coalesce_writes      -          Write each connection's frames once per loop iteration (faster).
 admin_token          admin_token Turns on /console; its password (16+ characters). Empty: off.
 metrics_port         port       Serve /metrics here only, not with the HTTP API; 0 = with the API.
+http_transports      -          Serve pusher-js's HTTP transports (xhr_streaming, xhr_polling).
+http_session_timeout pos        Seconds an HTTP session may go unread; then it is closed (1006).
+http_heartbeat       pos        Seconds of silence before an HTTP stream or poll gets a heartbeat.
 [webhooks]           KANAL_WEBHOOKS_ --webhooks-
 grace_period         nonneg     Seconds to hold channel_vacated/member_removed (dropped if undone).
 batch_window         nonneg     Seconds to gather events into one request for batching apps.

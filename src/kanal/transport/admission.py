@@ -70,14 +70,22 @@ class Admission:
             request.client, request.headers.get("x-forwarded-for"), self._trust_proxy
         )
 
-    def check(self, request: Request, client: str) -> App | ConnectionRefused:
+    def app_by_key(self, key: str) -> App | None:
+        """The app with this key, whatever its state (an HTTP session's CORS answer)."""
+        return self._apps.by_key(key)
+
+    def check(
+        self, request: Request, client: str, key: str | None = None
+    ) -> App | ConnectionRefused:
         """The app a new connection from ``client`` belongs to, or why it is refused (logged,
-        rate-limited)."""
+        rate-limited). ``key``: the app key when it is not the WebSocket path's (an HTTP
+        session's, :mod:`kanal.transport.xhr`)."""
         if self._rate is not None and not self._rate.allow(client, self.clock()):
             refused = ConnectionRefused(CloseCode.OVER_CAPACITY, TOO_MANY_CONNECTIONS)
             self._log(refused, request, client, per_ip=True)
             return refused
-        key = self.app_key(request.path)
+        if key is None:
+            key = self.app_key(request.path)
         if key is None:  # protocol.md §1.2 step 1: refused after the upgrade, not with a 404
             refused = ConnectionRefused(CloseCode.PATH_NOT_FOUND, "Path not found")
             self._log(refused, request, client)

@@ -30,7 +30,9 @@ from kanal.protocol.errors import CloseCode, ConnectionRefused
 from kanal.transport.frames import text_payload
 from kanal.transport.http import HttpApi
 from kanal.transport.http11 import Request, Response
+from kanal.transport.http_messages import Stream
 from kanal.transport.websocket import WebSocketEndpoint, new_socket_id
+from kanal.transport.xhr import XhrEndpoint
 
 __all__ = ["AsgiConnection", "AsgiTransport", "Scope"]
 
@@ -140,6 +142,8 @@ class AsgiTransport:
         framed: the hub hands out complete RFC 6455 frames (the node also serves kanal's own
             transport on a port of its own); their header is taken off for the ASGI server.
         trace: log every frame in and out (``[server] verbose``).
+        xhr: pusher-js's HTTP transports (``[server] http_transports``), served over ASGI
+            HTTP: a stream's body goes out piece by piece (``more_body``).
     """
 
     def __init__(
@@ -156,8 +160,10 @@ class AsgiTransport:
         shutdown_timeout: float,
         framed: bool = False,
         trace: bool = False,
+        xhr: XhrEndpoint | None = None,
     ) -> None:
         self._hub = hub
+        self._xhr = xhr
         self._trace = trace
         self._text_of: Callable[[bytes], str] = _unframed if framed else bytes.decode
         self._http = http
@@ -207,6 +213,8 @@ class AsgiTransport:
             await self._stop(self._drain)
 
     async def _drain(self) -> None:
+        if self._xhr is not None:  # streams and polls end, so their requests do
+            await self._xhr.stop()
         if self._sockets:
             await asyncio.wait(list(self._sockets), timeout=self._shutdown_timeout)
 
@@ -233,15 +241,25 @@ class AsgiTransport:
         if body is None:
             response = Response(413, f"Request body over {self._max_body} bytes".encode())
         else:
-            response = await self._http.dispatch(_request(scope, body))
+            response = await self._answer(_request(scope, body))
         headers = [
             (b"content-type", response.content_type.encode()),
-            (b"content-length", str(len(response.body)).encode()),
             *((name.lower().encode(), value.encode("latin-1")) for name, value in response.headers),
         ]
+        if response.stream is None:
+            headers.append((b"content-length", str(len(response.body)).encode()))
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        if response.stream is not None:
+            await _stream(response.stream, receive, send)
+            return
         head = scope["method"] == "HEAD"
         await send({"type": "http.response.body", "body": b"" if head else response.body})
+
+    async def _answer(self, request: Request) -> Response:
+        xhr = self._xhr
+        if xhr is not None and (where := xhr.route(request)) is not None:
+            return await xhr.dispatch(request, where)
+        return await self._http.dispatch(request)
 
     async def _read_body(self, receive: Receive) -> bytes | None:
         """The whole body, or None once it passes ``max_request_bytes`` (answered 413)."""
@@ -324,6 +342,59 @@ class AsgiTransport:
             except Exception:  # a bug must cost this connection only, never the app
                 log.exception("closing %s after an internal error", conn.socket_id)
                 conn.close(1011, "Internal server error")
+
+
+class _Body:
+    """A streamed response's pieces, waiting for the ASGI server to take them."""
+
+    __slots__ = ("_pieces", "_size", "wake")
+
+    def __init__(self) -> None:
+        self._pieces: deque[bytes] = deque()
+        self._size = 0
+        self.wake = asyncio.Event()
+
+    def write(self, data: bytes) -> None:
+        self._pieces.append(data)
+        self._size += len(data)
+        self.wake.set()
+
+    def buffered(self) -> int:
+        return self._size
+
+    async def flush(self, send: Send) -> None:
+        self.wake.clear()
+        while self._pieces:
+            piece = self._pieces.popleft()
+            self._size -= len(piece)
+            await send({"type": "http.response.body", "body": piece, "more_body": True})
+
+
+async def _stream(stream: Stream, receive: Receive, send: Send) -> None:
+    """Send what ``stream`` writes as it comes, until it returns or the client goes away
+    (``http.disconnect``: then ``stream`` is cancelled, as kanal's own transport does)."""
+    body = _Body()
+    producer = asyncio.ensure_future(stream(body))
+    gone = asyncio.ensure_future(_disconnect(receive))
+    try:
+        while not producer.done():
+            woken = asyncio.ensure_future(body.wake.wait())
+            await asyncio.wait((producer, gone, woken), return_when=asyncio.FIRST_COMPLETED)
+            woken.cancel()
+            if gone.done():
+                return
+            await body.flush(send)
+        await producer  # its error, if it failed, is the ASGI server's to log
+        await body.flush(send)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+    finally:
+        producer.cancel()
+        gone.cancel()
+
+
+async def _disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 def _unframed(frame: bytes) -> str:

@@ -1,7 +1,8 @@
 """A small HTTP/1.1 server on asyncio protocols, with httptools (llhttp) as the parser.
 
 Ownership rule: this module owns HTTP connections: parsing, keep-alive, pipelining order,
-body limits, idle timeouts and the hand-over of an upgraded connection to the WebSocket
+body limits, idle timeouts, streamed response bodies (chunked, ``Response.stream``:
+pusher-js's HTTP transports) and the hand-over of an upgraded connection to the WebSocket
 code. It knows no routes: every request goes to one ``dispatch`` coroutine, and a request
 that asks to upgrade goes to ``upgrade`` with the transport.
 
@@ -113,6 +114,22 @@ class HttpServer:
     def abort_all(self) -> None:
         for connection in list(self.connections):
             connection.abort()
+
+
+class _ChunkedBody:
+    """A streamed response's body on the connection: one chunk per write (RFC 9112 §7.1)."""
+
+    __slots__ = ("_transport",)
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+
+    def write(self, data: bytes) -> None:
+        if not self._transport.is_closing():
+            self._transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
+
+    def buffered(self) -> int:
+        return self._transport.get_write_buffer_size()
 
 
 class HttpConnection(asyncio.Protocol):
@@ -355,6 +372,11 @@ class HttpConnection(asyncio.Protocol):
                     return
                 keep_alive = keep_alive and not self._server.closing
                 transport.write(response.encode(keep_alive, head=request.method == "HEAD"))
+                if response.stream is not None:
+                    await response.stream(_ChunkedBody(transport))
+                    if transport.is_closing():
+                        return
+                    transport.write(b"0\r\n\r\n")  # the last chunk (RFC 9112 §7.1)
                 if not keep_alive:
                     transport.close()
                     return

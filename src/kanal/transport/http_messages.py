@@ -8,13 +8,15 @@ them.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from typing import Protocol
 from urllib.parse import unquote_plus
 
 import httptools
 
-__all__ = ["Request", "Response", "parse_query", "split_target"]
+__all__ = ["BodyWriter", "Request", "Response", "Stream", "parse_query", "split_target"]
 
 _REASONS = {status.value: status.phrase for status in HTTPStatus}
 #: Encoded response heads by (status, content type, body length, keep-alive); bounded, as
@@ -62,15 +64,34 @@ def parse_query(query_string: str) -> list[tuple[str, str]]:
     return pairs
 
 
+class BodyWriter(Protocol):
+    """Where a streamed response's body goes, piece by piece, as it is produced."""
+
+    def write(self, data: bytes) -> None:
+        """Send ``data`` (not empty) as the next piece; never blocks, never raises."""
+
+    def buffered(self) -> int:
+        """Bytes written but not sent yet: a receiver that does not read makes it grow."""
+
+
+#: Writes a streamed response's body, then returns; cancelled when the client goes away.
+Stream = Callable[[BodyWriter], Awaitable[None]]
+
+
 @dataclass(slots=True, frozen=True)
 class Response:
+    """One answer. With ``stream``, ``body`` is unused: ``stream`` writes the body as it is
+    produced (chunked, RFC 9112 §7.1), for pusher-js's HTTP transports (transport/xhr.py)."""
+
     status: int
     body: bytes = b""
     content_type: str = "text/plain; charset=utf-8"
     headers: tuple[tuple[str, str], ...] = ()
+    stream: Stream | None = None
 
     def encode(self, keep_alive: bool, head: bool = False) -> bytes:
-        if not self.headers:  # most answers: the status line and two headers, kept once made
+        """The status line and headers, then the body (none for HEAD or a streamed body)."""
+        if not self.headers and self.stream is None:  # most answers: kept once made
             key = (self.status, self.content_type, len(self.body), keep_alive)
             start = _HEADS.get(key)
             if start is None:
@@ -78,13 +99,17 @@ class Response:
                 if len(_HEADS) < _MAX_HEADS:
                     _HEADS[key] = start
             return start if head else start + self.body
-        return self._head(keep_alive) + (b"" if head else self.body)
+        start = self._head(keep_alive)
+        return start if head or self.stream else start + self.body
 
     def _head(self, keep_alive: bool) -> bytes:
+        length = (
+            "Transfer-Encoding: chunked" if self.stream else f"Content-Length: {len(self.body)}"
+        )
         lines = [
             f"HTTP/1.1 {self.status} {_REASONS.get(self.status, '')}",
             f"Content-Type: {self.content_type}",
-            f"Content-Length: {len(self.body)}",
+            length,
             *(f"{name}: {value}" for name, value in self.headers),
         ]
         if not keep_alive:

@@ -24,6 +24,7 @@ from kanal.metrics import CONTENT_TYPE
 from kanal.transport.http import HttpApi, Scrape
 from kanal.transport.http11 import Dispatch, HttpServer, Request, Response, Upgrade
 from kanal.transport.websocket import WebSocketConnection, WebSocketEndpoint
+from kanal.transport.xhr import XhrEndpoint, XhrSession
 
 __all__ = [
     "HTTP_IDLE_TIMEOUT",
@@ -162,8 +163,9 @@ async def _listen(
 
 
 class Listener:
-    """Routes ``{prefix}/app/{key}``, the HTTP API and health checks; starts and stops every
-    address of the node (:func:`binds`)."""
+    """Routes ``{prefix}/app/{key}``, pusher-js's HTTP transports (``{prefix}/pusher/app/{key}/
+    ...``, where WebSocket connections are served), the HTTP API and health checks; starts
+    and stops every address of the node (:func:`binds`)."""
 
     def __init__(
         self,
@@ -173,8 +175,10 @@ class Listener:
         max_request_bytes: int,
         shutdown_timeout: float = 10.0,
         eager: bool = False,
+        xhr: XhrEndpoint | None = None,
     ) -> None:
         self._websocket = websocket
+        self._xhr = xhr
         self._http = http
         self._max_body = max_request_bytes
         self._shutdown_timeout = shutdown_timeout
@@ -187,11 +191,15 @@ class Listener:
     def _dispatch(self, request: Request) -> Awaitable[Response]:
         if self._websocket.app_key(request.path) is not None:
             return _answer(_WEBSOCKET_ONLY)
+        if self._xhr is not None and (where := self._xhr.route(request)) is not None:
+            return self._xhr.dispatch(request, where)
         return self._http.dispatch(request)
 
     def _dispatch_websocket_only(self, request: Request) -> Awaitable[Response]:
         if self._websocket.app_key(request.path) is not None:
             return _answer(_WEBSOCKET_ONLY)
+        if self._xhr is not None and (where := self._xhr.route(request)) is not None:
+            return self._xhr.dispatch(request, where)
         return self._http.dispatch_probes(request)
 
     def _connections(self, bind: Bind) -> HttpServer:
@@ -248,13 +256,17 @@ class Listener:
             connections.closing = True
 
     def refuse_upgrades(self) -> None:
-        """New WebSocket upgrades get 503 from now on; the HTTP API is still served."""
+        """New WebSocket upgrades get 503 from now on, new HTTP sessions close 4200 at once;
+        the HTTP API is still served."""
         self._websocket.accepting = False
+        if self._xhr is not None:
+            self._xhr.accepting = False
 
-    def open_connections(self) -> list[WebSocketConnection]:
-        """The WebSocket connections not closing yet, for the drain to hand over
-        (:meth:`WebSocketConnection.hand_over`)."""
-        return [conn for conn in self._websocket.connections if not conn.closing]
+    def open_connections(self) -> list[WebSocketConnection | XhrSession]:
+        """The WebSocket connections and HTTP sessions not closing yet, for the drain to hand
+        over (:meth:`WebSocketConnection.hand_over`, :meth:`XhrSession.hand_over`)."""
+        sessions = self._xhr.open_sessions() if self._xhr is not None else []
+        return [conn for conn in self._websocket.connections if not conn.closing] + sessions
 
     async def stop(self) -> None:
         """Stop accepting, finish in-flight requests and closing sockets, release the ports."""
@@ -263,6 +275,8 @@ class Listener:
         for server, connections in self._servers:
             server.close()
             connections.close_idle()
+        if self._xhr is not None:  # its streams and polls end: their requests are answered
+            await self._xhr.stop()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._shutdown_timeout
         with contextlib.suppress(TimeoutError):
