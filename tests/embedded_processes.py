@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import redis.asyncio as aredis
+from redis.asyncio.cluster import RedisCluster
 
 from kanal.config import Config
 from kanal.server import Server
@@ -57,8 +58,13 @@ ANSWER_TIMEOUT = 15.0
 
 
 async def fanout_subscribers(raw: aredis.Redis, prefix: str) -> int:
-    """How many connections listen on the cluster's fan-out channel: one per node."""
-    [(_, count)] = await raw.pubsub_numsub(f"{prefix}fanout")
+    """How many connections listen on the cluster's fan-out channel: one per node (a shard
+    channel on a Redis Cluster, which redis-py counts over every master)."""
+    channel = f"{prefix}fanout"
+    if isinstance(raw, RedisCluster):
+        [(_, count)] = await raw.pubsub_shardnumsub(channel)
+    else:
+        [(_, count)] = await raw.pubsub_numsub(channel)
     return int(count)
 
 
