@@ -226,7 +226,8 @@ class RedisBroker:
         self.channel = fanout_channel(prefix)
         # No client-level retries on either connection: a retried pipeline could publish a
         # message twice, and the reader loop owns reconnection so that outages are seen.
-        self._publisher = _Publisher(redis_connect.client(url), self.channel)
+        self._pub_client = redis_connect.client(url)
+        self._publisher = _Publisher(self._pub_client, self.channel)
         self._sub_client = redis_connect.client(url)
         self._backoff = backoff
         self._probe = probe_interval
@@ -258,6 +259,8 @@ class RedisBroker:
     async def start(self) -> None:
         """Start the reader; returns after the first subscription attempt, good or bad."""
         if self._reader is None:
+            with contextlib.suppress(RedisError, OSError):  # Redis away: the reader says so
+                await redis_connect.prepare(self._pub_client)
             self._reader = asyncio.create_task(self._run(), name="kanal-redis-subscribe")
         await self._attempted.wait()
 

@@ -51,6 +51,7 @@ __all__ = [
     "Subscriber",
     "client",
     "parse_redis_url",
+    "prepare",
     "publish",
     "redis_url_problem",
     "subscriber",
@@ -220,6 +221,14 @@ class Subscriber(Protocol):
     async def ping(self) -> None: ...
 
     async def aclose(self) -> None: ...
+
+
+async def prepare(redis_client: aredis.Redis) -> None:
+    """Fetch a cluster's slot map now instead of on the first command, so that a node's
+    first publish is not held up behind it (events published meanwhile through other nodes
+    would overtake it). Nothing to do on one Redis or a Sentinel-managed master."""
+    if isinstance(redis_client, RedisCluster):
+        await redis_client.initialize()
 
 
 def subscriber(redis_client: aredis.Redis) -> Subscriber:
