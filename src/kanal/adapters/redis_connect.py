@@ -174,8 +174,27 @@ def _sentinel_master(target: RedisTarget, pool_size: int | None) -> aredis.Redis
     sentinel = Sentinel(list(target.nodes), sentinel_kwargs=sentinel_kwargs)
     # check_connection: a new connection PINGs first, so one to a stale master address
     # fails at connect time instead of on the caller's command.
-    master = sentinel.master_for(target.service, check_connection=True, **options, **_NO_RETRY)
+    master = sentinel.master_for(
+        target.service,
+        redis_class=_SentinelMaster,
+        check_connection=True,
+        **options,
+        **_NO_RETRY,
+    )
+    master.sentinel_manager = sentinel
     return cast(aredis.Redis, master)
+
+
+class _SentinelMaster(aredis.Redis):
+    """The master's client also closes the clients of the Sentinels it asks (redis-py
+    leaves them open)."""
+
+    sentinel_manager: Sentinel
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        for client in self.sentinel_manager.sentinels:
+            await client.aclose()
 
 
 def _cluster(target: RedisTarget, pool_size: int | None) -> aredis.Redis:
