@@ -176,6 +176,9 @@ def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
         return
     if shutil.which("redis-server") is None:
         pytest.skip(_NO_REDIS)
+    unsupported = redis_connect.redis_url_problem("redis+cluster://127.0.0.1:7000")
+    if unsupported:
+        pytest.skip(unsupported)
     from tests.redis_topologies import RedisClusterGroup
 
     group = RedisClusterGroup(tmp_path_factory.mktemp("redis-cluster"))

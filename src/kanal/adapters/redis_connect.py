@@ -105,6 +105,10 @@ def parse_redis_url(url: str) -> RedisTarget:
         raise ValueError("a Sentinel URL names the master: redis+sentinel://host:port/name/db")
     if kind == "cluster" and path not in ([], ["0"]):
         raise ValueError("a Redis Cluster has database 0 only")
+    if kind == "cluster" and not hasattr(RedisCluster, "pubsub"):
+        # Older redis-py (the lowest pyproject.toml admits is 5.0.2) has no asyncio
+        # cluster pub/sub nor MULTI on a cluster: refuse at start-up, not at first use.
+        raise ValueError("redis+cluster:// needs a redis-py with asyncio cluster pub/sub (8.x)")
     db = path[1] if kind == "sentinel" and len(path) == 2 else "0"
     # redis-py parses user, password, database and query options of a one-host URL.
     scheme = "rediss" if tls else "redis"
