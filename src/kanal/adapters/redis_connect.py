@@ -36,7 +36,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, cast
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 import redis.asyncio as aredis
 from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
@@ -98,6 +98,11 @@ def parse_redis_url(url: str) -> RedisTarget:
     if kind == "single":
         parse_url(url)  # redis-py's own check, for a clear error at startup
         return RedisTarget("single", url, tls=tls)
+    return _seeded(parts, kind, tls)
+
+
+def _seeded(parts: SplitResult, kind: Kind, tls: bool) -> RedisTarget:
+    """A Sentinel or cluster URL: several seed addresses, then what one host's URL holds."""
     userinfo, _, hosts = parts.netloc.rpartition("@")
     nodes = tuple(_node(host, kind) for host in hosts.split(","))
     path = [segment for segment in parts.path.split("/") if segment]
@@ -116,7 +121,8 @@ def parse_redis_url(url: str) -> RedisTarget:
     options: dict[str, Any] = dict(parse_url(urlunsplit((scheme, netloc, db, parts.query, ""))))
     for key in ("host", "port", "connection_class"):
         options.pop(key, None)
-    return RedisTarget(kind, url, nodes, path[0] if kind == "sentinel" else "", tls, options)
+    service = path[0] if kind == "sentinel" else ""
+    return RedisTarget(kind, parts.geturl(), nodes, service, tls, options)
 
 
 def _node(host: str, kind: Kind) -> tuple[str, int]:
