@@ -233,6 +233,8 @@ def prefix() -> str:
 async def raw(redis_url: str, prefix: str) -> AsyncIterator[aredis.Redis]:
     """A plain client on the test Redis, for inspecting keys; deletes the test's keys."""
     raw_client = client(redis_url)
+    # A cluster client fetches the slot map now, not in the middle of the test's first look.
+    await redis_connect.prepare(raw_client)
     try:
         yield raw_client
     finally:

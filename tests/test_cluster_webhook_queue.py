@@ -22,6 +22,7 @@ import pytest
 import redis.asyncio as aredis
 from aiohttp import web
 
+from kanal.adapters import redis_connect
 from kanal.config import App, WebhookSettings, WebhookTarget
 from kanal.protocol import webhooks as hooks
 from kanal.protocol.webhooks import EVENT_TYPES, WebhookEvent
@@ -210,6 +211,7 @@ async def nodes(redis_url: str, prefix: str, app: App) -> AsyncIterator[Nodes]:
 @pytest.fixture
 async def raw(redis_url: str) -> AsyncIterator[aredis.Redis]:
     client = client_of(redis_url)
+    await redis_connect.prepare(client)  # a cluster's slot map, before the test's first look
     yield client
     await client.aclose()
 
