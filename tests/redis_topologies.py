@@ -115,8 +115,11 @@ class SentinelGroup:
         return f"redis+sentinel://{nodes}/{SERVICE}/0"
 
     def start(self) -> None:
+        # Replication writes RDB files: into the test's directory, not the working one.
+        self.master.options = ("--dir", str(self.workdir))
         self.master.start()
-        self.replica.options = ("--replicaof", "127.0.0.1", str(self.master.port))
+        replica_of = ("--replicaof", "127.0.0.1", str(self.master.port))
+        self.replica.options = (*replica_of, "--dir", str(self.workdir))
         self.replica.start()
         wait_until(lambda: _ask(self.replica.port, _linked), 30, "replica in sync")
         for number in range(3):
