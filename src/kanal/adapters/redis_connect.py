@@ -33,6 +33,7 @@ and refreshes its slot map after a connection error.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, cast
@@ -212,9 +213,13 @@ def _cluster(target: RedisTarget, pool_size: int | None) -> aredis.Redis:
     options.pop("db", None)
     if target.tls:
         options["ssl"] = True
-    cluster = RedisCluster(
+    size = pool_size or 100
+    cluster = _QueueingCluster(
+        size,
         startup_nodes=[ClusterNode(host, port) for host, port in target.nodes],
-        max_connections=pool_size or 100,
+        # Headroom over the commands let through at once: pipelines (not queued) also
+        # take one connection per node.
+        max_connections=2 * size,
         **options,
         **_NO_RETRY,
     )
@@ -222,6 +227,21 @@ def _cluster(target: RedisTarget, pool_size: int | None) -> aredis.Redis:
     # routes each by its key's slot; kanal's keys put every multi-key command and script
     # in one slot ({app}, {nodes}, {wh} hash tags), so the adapters need no other type.
     return cast(aredis.Redis, cluster)
+
+
+class _QueueingCluster(RedisCluster):
+    """A cluster client whose commands wait for a free connection, as one Redis's
+    ``BlockingConnectionPool`` makes them: redis-py's cluster pools raise
+    ``MaxConnectionsError`` at once, so a burst of joins (thousands of clients moving from a
+    draining node) would degrade the node to local service instead of queueing."""
+
+    def __init__(self, in_flight: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._in_flight = asyncio.Semaphore(in_flight)
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        async with self._in_flight:
+            return await super().execute_command(*args, **kwargs)
 
 
 def _tls_options(options: dict[str, Any]) -> dict[str, Any]:
