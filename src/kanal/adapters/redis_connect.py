@@ -152,9 +152,10 @@ _NO_RETRY: dict[str, Any] = {
 def client(url: str, *, pool_size: int | None = None) -> aredis.Redis:
     """A client of the deployment ``url`` names, with no command retries.
 
-    ``pool_size`` bounds the connections (per node, on a cluster). On one Redis the pool
-    then blocks (up to 5 s) rather than fails when all are busy, so a reconnect storm
-    queues instead of erroring; without it the pool grows as needed.
+    ``pool_size`` bounds the commands in flight: when all are busy a command waits (on one
+    Redis up to 5 s, for the blocking pool) rather than fails, so a reconnect storm queues
+    instead of degrading the node; without it the pool grows as needed (a cluster's to
+    100 commands in flight).
     """
     target = parse_redis_url(url)
     if target.kind == "cluster":
