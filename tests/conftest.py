@@ -140,7 +140,22 @@ async def kanal_server(start_server: StartServer) -> RunningServer:
     return result
 
 
-# Redis fixtures (redis_url, redis_process, prefix, raw) for every test package.
-from tests.redis_server import prefix, raw, redis_process, redis_url  # noqa: E402
+# Redis fixtures (redis_url and the deployments behind it, redis_process, prefix, raw) for
+# every test package.
+from tests.redis_server import (  # noqa: E402
+    prefix,
+    raw,
+    redis_cluster_url,
+    redis_process,
+    redis_url,
+    single_redis_url,
+)
 
-__all__ = ["prefix", "raw", "redis_process", "redis_url"]
+__all__ = [
+    "prefix",
+    "raw",
+    "redis_cluster_url",
+    "redis_process",
+    "redis_url",
+    "single_redis_url",
+]

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import redis.asyncio as aredis
+from redis.asyncio.cluster import RedisCluster
 
 from kanal.config import Config
 from kanal.server import Server
@@ -57,8 +58,15 @@ ANSWER_TIMEOUT = 15.0
 
 
 async def fanout_subscribers(raw: aredis.Redis, prefix: str) -> int:
-    """How many connections listen on the cluster's fan-out channel: one per node."""
-    [(_, count)] = await raw.pubsub_numsub(f"{prefix}fanout")
+    """How many connections listen on the cluster's fan-out channel: one per node (on a
+    Redis Cluster a shard channel, counted by the master that owns its slot)."""
+    channel = f"{prefix}fanout"
+    if isinstance(raw, RedisCluster):
+        await raw.initialize()  # the slot map, without which no node owns the channel
+        owner = raw.get_node_from_key(channel)  # redis-py would ask a random node
+        [(_, count)] = await raw.pubsub_shardnumsub(channel, target_nodes=owner)
+    else:
+        [(_, count)] = await raw.pubsub_numsub(channel)
     return int(count)
 
 

@@ -21,9 +21,8 @@ import pusher
 import pytest
 import redis.asyncio as aredis
 from aiohttp import web
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
+from kanal.adapters import redis_connect
 from kanal.config import App, WebhookSettings, WebhookTarget
 from kanal.protocol import webhooks as hooks
 from kanal.protocol.webhooks import EVENT_TYPES, WebhookEvent
@@ -31,6 +30,7 @@ from kanal.webhooks.cluster_queue import GROUP, RedisWebhookQueue
 from kanal.webhooks.delivery import WebhookClient
 from kanal.webhooks.dispatch import WebhookDispatcher, default_client
 from tests.redis_server import RedisProcess, delete_prefix
+from tests.redis_server import client as client_of
 from tests.webapp import port_of, served
 
 pytestmark = pytest.mark.redis
@@ -167,9 +167,7 @@ class Nodes:
         start: bool = True,
         **options: Any,
     ) -> RedisWebhookQueue:
-        redis_client = aredis.Redis.from_url(
-            url or self.url, retry=Retry(NoBackoff(), 0), socket_connect_timeout=0.5
-        )
+        redis_client = client_of(url or self.url)
         dispatcher = WebhookDispatcher(
             settings, client_factory=client, backoff_base=0.02, backoff_cap=0.2
         )
@@ -212,7 +210,8 @@ async def nodes(redis_url: str, prefix: str, app: App) -> AsyncIterator[Nodes]:
 
 @pytest.fixture
 async def raw(redis_url: str) -> AsyncIterator[aredis.Redis]:
-    client = aredis.Redis.from_url(redis_url)
+    client = client_of(redis_url)
+    await redis_connect.prepare(client)  # a cluster's slot map, before the test's first look
     yield client
     await client.aclose()
 

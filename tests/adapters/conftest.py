@@ -14,7 +14,8 @@ import redis.asyncio as aredis
 from kanal.adapters.base import Broker, Membership
 from kanal.adapters.memory import MemoryBroker, MemoryMembership
 from kanal.adapters.redis import RedisBroker, RedisMembership
-from tests.redis_server import delete_prefix
+from tests.redis_server import client as redis_client
+from tests.redis_server import delete_prefix, topologies, topology_url
 
 
 class Cluster:
@@ -37,7 +38,7 @@ class Cluster:
         return self.redis_node(node_id, lease) if self.is_redis else self._memory
 
     def redis_node(self, node_id: str = "node", lease: float = 30.0) -> RedisMembership:
-        client = aredis.Redis.from_url(self.url)
+        client = redis_client(self.url)
         self._clients.append(client)
         return RedisMembership(client, prefix=self.prefix, node_id=node_id, lease=lease)
 
@@ -64,13 +65,14 @@ class Cluster:
             await client.aclose()
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.fixture(params=["memory", *topologies(pytest.mark.redis)])
 async def cluster(request: pytest.FixtureRequest, prefix: str) -> AsyncIterator[Cluster]:
-    """The contract suite's parameter: every test runs on each implementation."""
+    """The contract suite's parameter: every test runs on each implementation (Redis: on
+    each deployment of :func:`tests.redis_server.topologies`)."""
     if request.param == "memory":
         made = Cluster("memory")
     else:
-        made = Cluster("redis", request.getfixturevalue("redis_url"), prefix)
+        made = Cluster("redis", topology_url(request, request.param), prefix)
     try:
         yield made
     finally:

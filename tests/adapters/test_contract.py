@@ -41,6 +41,7 @@ from kanal.adapters.redis import (
 )
 from kanal.protocol.presence import Member
 from tests.redis_server import RedisProcess
+from tests.redis_server import client as redis_client
 
 from .conftest import Cluster
 
@@ -776,7 +777,7 @@ class FailingOnce(RedisMembership):
 async def test_an_interrupted_rebuild_is_completed_by_the_next(
     redis_cluster: Cluster, raw: aredis.Redis
 ) -> None:
-    client = aredis.Redis.from_url(redis_cluster.url)
+    client = redis_client(redis_cluster.url)
     a = FailingOnce(client, prefix=redis_cluster.prefix, node_id="a")
     try:
         now = time.time()

@@ -79,12 +79,10 @@ import os
 import platform
 
 import redis.asyncio as aredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
+from kanal.adapters import redis_connect
 from kanal.adapters.publish_only import PublishOnlyMembership
 from kanal.adapters.redis_broker import (
-    SOCKET_TIMEOUT,
     PublishOnlyBroker,
     RedisBroker,
     decode_envelope,
@@ -122,28 +120,14 @@ def default_node_id() -> str:
 def webhook_queue_client(url: str) -> aredis.Redis:
     """The client of the shared webhook queue (kanal.webhooks.cluster_queue): its own pool, no
     command retries (a retried script could apply twice)."""
-    return aredis.Redis.from_url(
-        url,
-        retry=Retry(NoBackoff(), 0),
-        socket_timeout=SOCKET_TIMEOUT,
-        socket_connect_timeout=SOCKET_TIMEOUT,
-    )
+    return redis_connect.client(url)
 
 
 def _pooled_client(url: str, pool_size: int) -> aredis.Redis:
-    """A client whose pool blocks (up to 5 s) rather than fails when all ``pool_size``
-    connections are busy, so a reconnect storm queues instead of erroring. Every command
-    fails after ``SOCKET_TIMEOUT`` without an answer, so an unresponsive Redis degrades the
-    node to local service instead of blocking it."""
-    pool = aredis.BlockingConnectionPool.from_url(
-        url,
-        max_connections=pool_size,
-        timeout=5,
-        retry=Retry(NoBackoff(), 0),
-        socket_timeout=SOCKET_TIMEOUT,
-        socket_connect_timeout=SOCKET_TIMEOUT,
-    )
-    return aredis.Redis.from_pool(pool)
+    """A client of at most ``pool_size`` connections (per master on a cluster). Every
+    command fails after ``SOCKET_TIMEOUT`` without an answer, so an unresponsive Redis
+    degrades the node to local service instead of blocking it."""
+    return redis_connect.client(url, pool_size=pool_size)
 
 
 def connect(

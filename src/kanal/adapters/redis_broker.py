@@ -7,7 +7,8 @@ included, receives every envelope through Redis, so all nodes see one order per 
 no connections (:mod:`kanal.publisher`), which sends envelopes to the nodes and never
 receives any.
 
-Wire format (one pub/sub message per envelope, on channel ``<prefix>fanout``)::
+Wire format (one pub/sub message per envelope, on channel ``<prefix>fanout``; a sharded
+channel on Redis Cluster, see :mod:`kanal.adapters.redis_connect`)::
 
     0x01 | len(kind) kind | len(app_id) app_id | len(target) target | len(exclude) exclude
          | payload bytes (verbatim, never re-encoded)
@@ -33,18 +34,19 @@ import asyncio
 import contextlib
 import logging
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 import redis.asyncio as aredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
+from kanal.adapters import redis_connect
 from kanal.adapters.base import Envelope
+from kanal.adapters.redis_connect import SOCKET_TIMEOUT
 from kanal.adapters.redis_membership import normalise_prefix
 
 __all__ = [
+    "SOCKET_TIMEOUT",
     "PublishOnlyBroker",
     "RedisBroker",
     "decode_envelope",
@@ -58,10 +60,6 @@ _VERSION = 1
 _NONE = 0xFFFF
 _LEN = struct.Struct(">H")
 _PUBLISH_BATCH = 512  # messages per pipeline round trip
-# Every Redis client kanal makes gets this connect and read timeout explicitly: redis-py
-# before 8.0 defaults to none, so a Redis that stops answering (packets dropped, no reset)
-# would block every caller for good instead of failing over to local service.
-SOCKET_TIMEOUT = 5.0
 
 
 def _field(value: str | None) -> bytes:
@@ -114,15 +112,6 @@ def fanout_channel(prefix: str) -> str:
     return f"{normalise_prefix(prefix)}fanout"
 
 
-def _client(url: str) -> aredis.Redis:
-    return aredis.Redis.from_url(
-        url,
-        retry=Retry(NoBackoff(), 0),
-        socket_timeout=SOCKET_TIMEOUT,
-        socket_connect_timeout=SOCKET_TIMEOUT,
-    )
-
-
 class _Publisher:
     """One writer task; callers await their own message's outcome."""
 
@@ -162,7 +151,7 @@ class _Publisher:
         try:
             async with self._client.pipeline(transaction=False) as pipe:
                 for message, _ in batch:
-                    pipe.publish(self._channel, message)
+                    redis_connect.publish(pipe, self._channel, message)
                 await pipe.execute()
         except Exception as exc:  # every waiting caller must hear about any failure
             error = exc
@@ -195,13 +184,13 @@ class PublishOnlyBroker:
     does not count it) and receives nothing back: it has no subscriber to deliver to.
 
     Args:
-        url: ``redis://``, ``rediss://`` or ``unix://`` URL.
+        url: any ``redis_url`` form (:mod:`kanal.adapters.redis_connect`).
         prefix: the cluster's key prefix (``redis_prefix``).
     """
 
     def __init__(self, url: str, *, prefix: str) -> None:
         self.channel = fanout_channel(prefix)
-        self._publisher = _Publisher(_client(url), self.channel)
+        self._publisher = _Publisher(redis_connect.client(url), self.channel)
 
     def attach(self, deliver: Callable[[Envelope], None]) -> None:
         """Nothing to attach: no envelope ever arrives here."""
@@ -219,7 +208,7 @@ class RedisBroker:
     """:class:`~kanal.adapters.base.Broker` over Redis pub/sub.
 
     Args:
-        url: ``redis://``, ``rediss://`` or ``unix://`` URL.
+        url: any ``redis_url`` form (:mod:`kanal.adapters.redis_connect`).
         prefix: key prefix, as for :class:`~kanal.adapters.redis_membership.RedisMembership`.
         backoff: first and longest wait between reconnection attempts, in seconds.
         probe_interval: after this long without traffic the subscription is pinged; after
@@ -237,8 +226,9 @@ class RedisBroker:
         self.channel = fanout_channel(prefix)
         # No client-level retries on either connection: a retried pipeline could publish a
         # message twice, and the reader loop owns reconnection so that outages are seen.
-        self._publisher = _Publisher(_client(url), self.channel)
-        self._sub_client = _client(url)
+        self._pub_client = redis_connect.client(url)
+        self._publisher = _Publisher(self._pub_client, self.channel)
+        self._sub_client = redis_connect.client(url)
         self._backoff = backoff
         self._probe = probe_interval
         self._deliver: Callable[[Envelope], None] | None = None
@@ -269,6 +259,8 @@ class RedisBroker:
     async def start(self) -> None:
         """Start the reader; returns after the first subscription attempt, good or bad."""
         if self._reader is None:
+            with contextlib.suppress(RedisError, OSError):  # Redis away: the reader says so
+                await redis_connect.prepare(self._pub_client)
             self._reader = asyncio.create_task(self._run(), name="kanal-redis-subscribe")
         await self._attempted.wait()
 
@@ -303,24 +295,21 @@ class RedisBroker:
             delay = min(delay * 2, self._backoff[1])
 
     async def _listen(self) -> None:
-        pubsub = self._sub_client.pubsub()
+        pubsub = redis_connect.subscriber(self._sub_client)
         try:
             await pubsub.subscribe(self.channel)
             await self._read(pubsub)
         finally:
-            # redis-py < 8 leaves PubSub.aclose unannotated and 8.x types it: a typed alias
-            # is accepted by mypy --strict against both, where a call would not be.
-            close_pubsub: Callable[[], Awaitable[None]] = pubsub.aclose
             with contextlib.suppress(RedisError, OSError):
-                await close_pubsub()
+                await pubsub.aclose()
 
-    async def _read(self, pubsub: aredis.client.PubSub) -> None:
+    async def _read(self, pubsub: redis_connect.Subscriber) -> None:
         loop = asyncio.get_running_loop()
         heard = loop.time()
         # Checked every round because redis-py can swallow a cancellation that coincides
         # with its read timeout; close() sets the flag before cancelling.
         while not self._closing.is_set():
-            message = await pubsub.get_message(timeout=self._probe)
+            message = await pubsub.get_message(wait=self._probe)
             if message is None:
                 if loop.time() - heard > 2 * self._probe:
                     raise ConnectionError("no reply from Redis to the subscription ping")

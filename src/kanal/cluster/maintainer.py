@@ -3,11 +3,12 @@
 Ownership rule: the maintenance loop owns nothing but its timer and when to reconcile.
 Every ``lease / 3`` seconds it (1) renews this node's lease, (2) rebuilds this node's entries
 in Redis when the lease was lost or Redis was away (from the hub's local state: the hub owns
-it), (3) reaps nodes whose lease ran out, and (4) for a few rounds after an outage, has the
-hub reconcile its presence subscribers' member lists with Redis. Whatever steps 2 and 3
-change cluster-wide is announced through the hub, so member_removed / channel_vacated (and
-their webhooks) for a crashed node fire exactly once: the reap claim is atomic, so one live
-node announces each departure.
+it), (3) reaps nodes whose lease ran out (not during the first lease after this node's own
+outage or rebuild: its peers may be late for the same reason), and (4) for a few rounds
+after an outage, has the hub reconcile its presence subscribers' member lists with Redis.
+Whatever steps 2 and 3 change cluster-wide is announced through the hub, so member_removed /
+channel_vacated (and their webhooks) for a crashed node fire exactly once: the reap claim is
+atomic, so one live node announces each departure.
 
 Why step 4: during an outage a leave or join is answered from the node's local fallback and
 announced only to its own clients, and pub/sub drops whatever is published while a node is
@@ -61,7 +62,9 @@ class ClusterMaintainer:
         self._membership = membership
         self._redis = redis
         self._apps = apps
+        self._lease = lease
         self._interval = max(lease / 3.0, 0.05)
+        self._reap_from = 0.0  # no reaping before this time (see step)
         self._wall = wall
         self._task: asyncio.Task[None] | None = None
         self._closing = asyncio.Event()
@@ -111,7 +114,13 @@ class ClusterMaintainer:
             if not alive or self._membership.degraded:
                 await self._rebuild(now)
                 self._reconcile_soon()
-            await self._announce_departures(await self._redis.reap_dead_nodes(now))
+                # Its peers could not renew their leases during the outage either (a
+                # Sentinel failover that keeps the data, a network blip): give each a
+                # lease to come back, else the first node back would reap the others and
+                # announce member_removed, then member_added when they rebuild.
+                self._reap_from = now + self._lease
+            if now >= self._reap_from:
+                await self._announce_departures(await self._redis.reap_dead_nodes(now))
             await self._reconcile()
         except RedisError as error:
             self._membership.fail(error)

@@ -20,6 +20,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from kanal.adapters.redis_connect import redis_url_problem
 from kanal.app_stores.url import store_url_error
 from kanal.config import (
     App,
@@ -100,8 +101,7 @@ def _path_prefix(value: str) -> str | None:
 
 
 def _redis_url(value: str) -> str | None:
-    ok = value == "" or urlsplit(value).scheme in ("redis", "rediss", "unix")
-    return None if ok else "must be a redis://, rediss:// or unix:// URL"
+    return None if value == "" else redis_url_problem(value)
 
 
 def _http_url(value: str) -> str | None:
@@ -184,7 +184,7 @@ hook_timeout         pos        Seconds an in-process hook may run before it cou
 hook_max_queue       pos        Events queued per in-process hook; the oldest are dropped.
 [scaling]            KANAL_     --
 adapter              adapter    "memory" (one process) or "redis" (several processes or hosts).
-redis_url            redis_url  redis://, rediss:// or unix:// URL; required with adapter = "redis".
+redis_url            redis_url  Redis, Sentinel or Cluster URL; required with adapter = "redis".
 redis_prefix         -          Prefix of every Redis key and channel, so apps can share a Redis.
 node_lease           pos        Seconds a node's state survives in Redis without a heartbeat.
 [apps_store]         KANAL_APPS_STORE_ --apps-store-
