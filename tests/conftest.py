@@ -124,7 +124,7 @@ async def kanal_server(start_server: StartServer) -> RunningServer:
     return result
 
 
-# Redis fixtures (redis_url, redis_process, prefix, raw) for every test package.
-from tests.redis_server import prefix, raw, redis_process, redis_url  # noqa: E402
+# Redis fixtures (redis_url, redis_process, prefix, raw, redis_fanout) for every test package.
+from tests.redis_server import prefix, raw, redis_fanout, redis_process, redis_url  # noqa: E402
 
-__all__ = ["prefix", "raw", "redis_process", "redis_url"]
+__all__ = ["prefix", "raw", "redis_fanout", "redis_process", "redis_url"]

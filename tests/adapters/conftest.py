@@ -20,8 +20,9 @@ from tests.redis_server import delete_prefix
 class Cluster:
     """Nodes that share one membership store: several Redis nodes, or the one memory store."""
 
-    def __init__(self, kind: str, url: str = "", prefix: str = "") -> None:
+    def __init__(self, kind: str, url: str = "", prefix: str = "", fanout: str = "node") -> None:
         self.kind = kind
+        self.fanout = fanout  # the Redis brokers' redis_fanout
         self.url = url
         self.prefix = prefix
         self._memory = MemoryMembership()
@@ -47,7 +48,7 @@ class Cluster:
             return [MemoryBroker()]
         started: list[Broker] = []
         for _ in range(count):
-            broker = RedisBroker(self.url, prefix=self.prefix)
+            broker = RedisBroker(self.url, prefix=self.prefix, mode=self.fanout)
             self._brokers.append(broker)
             await broker.start()
             assert broker.healthy, broker.last_error
@@ -64,13 +65,21 @@ class Cluster:
             await client.aclose()
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.fixture(
+    params=[
+        "memory",
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("redis-channel", marks=pytest.mark.redis),
+    ]
+)
 async def cluster(request: pytest.FixtureRequest, prefix: str) -> AsyncIterator[Cluster]:
-    """The contract suite's parameter: every test runs on each implementation."""
+    """The contract suite's parameter: every test runs on each implementation (Redis in both
+    ``redis_fanout`` modes)."""
     if request.param == "memory":
         made = Cluster("memory")
     else:
-        made = Cluster("redis", request.getfixturevalue("redis_url"), prefix)
+        fanout = "channel" if request.param == "redis-channel" else "node"
+        made = Cluster("redis", request.getfixturevalue("redis_url"), prefix, fanout)
     try:
         yield made
     finally:

@@ -485,6 +485,9 @@ async def test_every_node_receives_every_envelope_once_in_publish_order(
     inboxes = [Inbox(total) for _ in brokers]
     for broker, inbox in zip(brokers, inboxes, strict=True):
         broker.attach(inbox)
+        await broker.listen(APP, "channel", "room-a")
+        await broker.listen(APP, "channel", "room-b")
+        await broker.listen(OTHER_APP, "user", "bøb")
 
     async def publish_all(broker: Broker, envelopes: Sequence[Envelope]) -> None:
         for envelope in envelopes:
@@ -514,10 +517,50 @@ async def test_concurrent_publishes_keep_call_order(cluster: Cluster) -> None:
     envelopes = [Envelope(APP, "channel", "c", str(i).encode()) for i in range(200)]
     inbox = Inbox(len(envelopes))
     broker.attach(inbox)
+    await broker.listen(APP, "channel", "c")
     await asyncio.gather(*(broker.publish(e) for e in envelopes))
     async with asyncio.timeout(10):
         await inbox.full.wait()
     assert inbox.items == envelopes
+
+
+async def test_a_node_receives_what_it_listens_to_from_the_moment_it_is_done(
+    cluster: Cluster,
+) -> None:
+    brokers = await cluster.brokers(2)
+    publisher, listener = brokers[0], brokers[-1]  # memory: one node, both
+    only_wanted = cluster.is_redis and cluster.fanout == "channel"
+    inbox = Inbox(4 if only_wanted else 8)  # "node" and memory send everything
+    listener.attach(inbox)
+    if listener is not publisher:
+        publisher.attach(Inbox(0))
+    wanted = [
+        Envelope(APP, "channel", "room", b"1"),
+        Envelope(APP, "user", "u1", b"2"),
+        Envelope(APP, "terminate", "u1", b""),
+        Envelope(APP, "online", "u2", b""),
+    ]
+    await asyncio.gather(
+        listener.listen(APP, "channel", "room"),
+        listener.listen(APP, "user", "u1"),
+        listener.listen(APP, "user", "u2"),
+    )
+    others = [
+        Envelope(APP, "channel", "elsewhere", b"x"),
+        Envelope(OTHER_APP, "channel", "room", b"x"),
+        Envelope(APP, "user", "u3", b"x"),
+    ]
+    for first, second in zip([*others, others[0]], wanted, strict=True):
+        await publisher.publish(first)
+        await publisher.publish(second)
+    async with asyncio.timeout(10):
+        await inbox.full.wait()
+    got = [e for e in inbox.items if e not in others]
+    assert got == wanted
+    assert inbox.items == wanted if only_wanted else len(inbox.items) == 8
+    listener.unlisten(APP, "channel", "room")
+    listener.unlisten(APP, "user", "u1")
+    listener.unlisten(APP, "user", "u2")
 
 
 # --- Redis only: wire format ------------------------------------------------------------

@@ -182,6 +182,7 @@ adapter              adapter    "memory" (one process) or "redis" (several proce
 redis_url            redis_url  redis://, rediss:// or unix:// URL; required with adapter = "redis".
 redis_prefix         -          Prefix of every Redis key and channel, so apps can share a Redis.
 node_lease           pos        Seconds a node's state survives in Redis without a heartbeat.
+redis_fanout         fanout     "node": all nodes get every event; "channel": only subscribed ones.
 [apps]               KANAL_APP_ --app-
 id                   credential App id used in HTTP API paths; string or integer, keep it numeric.
 key                  credential Public key that clients connect with.
@@ -241,6 +242,7 @@ _CHECKS: dict[str, Check | None] = {
     "log_format": _one_of("text", "json"),
     "origins": _origins,
     "adapter": _one_of("memory", "redis"),
+    "fanout": _one_of("node", "channel"),
     "redis_url": _redis_url,
     "credential": _credential,
     "admin_token": _admin_token,
