@@ -11,18 +11,25 @@ API's ``dispatch`` and events through the hub and its broker, exactly as a serve
 them, minus the sockets. Run each under
 ``valgrind --tool=callgrind``; the workload's cost is its total minus ``none``'s. Set
 ``PYTHONPATH`` to another checkout's ``src`` to measure that one (``bench/instructions.sh``).
+
+Cluster mode: ``WORKLOAD-redis`` runs the same on a node with the Redis adapter
+(``redis_fanout = "node"``), ``WORKLOAD-channel`` with ``redis_fanout = "channel"``, against
+the Redis at ``$KANAL_BENCH_REDIS_URL`` (default ``redis://127.0.0.1:6379/0``); subtract
+``none-redis`` / ``none-channel``. A fan-out ends once every subscriber has every event,
+which has come back through Redis. Only kanal's instructions are counted, not Redis's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import time
 from typing import Any
 
 import orjson
 
-from kanal.config import App, Config, ServerSettings
+from kanal.config import App, Config, ScalingSettings, ServerSettings
 from kanal.protocol.signatures import sign_request
 from kanal.server import build
 from kanal.transport.http11 import Request
@@ -87,15 +94,37 @@ async def _wire(server: Any, request: Request, count: int) -> None:
     connection.connection_lost(None)
 
 
+class Tally:
+    """Frames handed to all sinks; wakes a waiter once ``target`` have arrived."""
+
+    def __init__(self) -> None:
+        self.frames = 0
+        self.target = 0
+        self.reached = asyncio.Event()
+
+    def add(self) -> None:
+        self.frames += 1
+        if self.frames == self.target:
+            self.reached.set()
+
+    async def reach(self, total: int) -> None:
+        """Return once ``total`` frames have arrived (at once in memory mode)."""
+        if self.frames < total:
+            self.target = total
+            await self.reached.wait()
+
+
 class Sink:
     """An in-memory connection: counts what the hub hands it."""
 
-    def __init__(self, socket_id: str) -> None:
+    def __init__(self, socket_id: str, tally: Tally) -> None:
         self.socket_id = socket_id
         self.received = 0
+        self._tally = tally
 
     def send(self, frame: bytes) -> None:
         self.received += len(frame)
+        self._tally.add()
 
     def probe(self) -> None:
         return None
@@ -120,19 +149,46 @@ def _request(channel: str) -> Request:
     return Request("POST", path, query_string, {"content-type": "application/json"}, body)
 
 
+def _config(mode: str) -> Config:
+    """Memory (no suffix), or a cluster node in ``node`` / ``channel`` fan-out mode."""
+    if not mode:
+        return Config(server=ServerSettings(port=0), apps=(APP,))
+    fields: dict[str, Any] = {
+        "adapter": "redis",
+        "redis_url": os.environ.get("KANAL_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"),
+        "redis_prefix": f"kbench{os.getpid():08d}",
+    }
+    if mode == "channel":
+        fields["redis_fanout"] = "channel"
+    return Config(server=ServerSettings(port=0), apps=(APP,), scaling=ScalingSettings(**fields))
+
+
 async def _run(workload: str) -> int:
-    server = build(Config(server=ServerSettings(port=0), apps=(APP,)))
+    workload, _, mode = workload.partition("-")
+    server = build(_config(mode))
+    if mode:
+        await server.start()  # the cluster's subscription and upkeep
+    try:
+        return await _workload(server, workload)
+    finally:
+        if mode:
+            await server.stop()
+
+
+async def _workload(server: Any, workload: str) -> int:
     hub, http = server.hub, server.listener._http  # the same attribute in every version
-    sinks = [Sink(f"1.{index}") for index in range(SUBSCRIBERS)]
+    tally = Tally()
+    sinks = [Sink(f"1.{index}", tally) for index in range(SUBSCRIBERS)]
     subscribe = orjson.dumps({"event": "pusher:subscribe", "data": {"channel": "bench"}})
     for sink in sinks:
         assert await hub.open(sink, APP)
         await hub.receive(sink.socket_id, subscribe.decode())
     statuses: list[Any] = []
     if workload == "fanout":
-        request = _request("bench")
+        request, before = _request("bench"), tally.frames
         for _ in range(FANOUT_TRIGGERS):
             statuses.append((await http.dispatch(request)).status)
+        await tally.reach(before + FANOUT_TRIGGERS * SUBSCRIBERS)
     elif workload == "http":
         request = _request("bench-nobody")
         for _ in range(HTTP_TRIGGERS):
@@ -140,7 +196,7 @@ async def _run(workload: str) -> int:
     elif workload == "wire":
         await _wire(server, _request("bench-nobody"), HTTP_TRIGGERS)
     elif workload != "none":
-        raise SystemExit(f"unknown workload {workload!r}: none, fanout, http or wire")
+        raise SystemExit(f"unknown workload {workload!r}: none, fanout, http or wire[-redis]")
     assert all(status == 200 for status in statuses), set(statuses)
     return sum(sink.received for sink in sinks)
 
