@@ -33,6 +33,7 @@ __all__ = [
     "start_kanal",
     "start_kanal_asgi",
     "start_kanal_redis",
+    "start_redis",
     "start_soketi",
 ]
 
@@ -153,7 +154,7 @@ def _spawn(
     return _wait_ready(ServerProc(name, target, proc, log))
 
 
-def _start_redis(workdir: Path, cpu: int | None) -> tuple[subprocess.Popen[bytes], str]:
+def start_redis(workdir: Path, cpu: int | None) -> tuple[subprocess.Popen[bytes], str]:
     """A private redis-server on the server's CPU (it is part of the system under test)."""
     port = free_port()
     log = (workdir / f"redis-{port}.log").open("wb")
@@ -179,7 +180,7 @@ def _start_redis(workdir: Path, cpu: int | None) -> tuple[subprocess.Popen[bytes
 def start_kanal_redis(workdir: Path, cpu: int | None) -> ServerProc:
     """kanal as one cluster member: every event crosses Redis pub/sub (docs/scaling.md)."""
     workdir.mkdir(parents=True, exist_ok=True)
-    redis, url = _start_redis(workdir, cpu)
+    redis, url = start_redis(workdir, cpu)
     try:
         server = start_kanal(workdir, cpu, redis_url=url, name="kanal-redis")
     except BaseException:
@@ -189,8 +190,11 @@ def start_kanal_redis(workdir: Path, cpu: int | None) -> ServerProc:
     return server
 
 
-def _kanal_config(workdir: Path, port: int, redis_url: str = "") -> tuple[Target, Path]:
-    """The benchmark app on ``port``, as a TOML file for ``kanal serve`` or the embedded app."""
+def _kanal_config(
+    workdir: Path, port: int, redis_url: str = "", fanout: str = ""
+) -> tuple[Target, Path]:
+    """The benchmark app on ``port``, as a TOML file for ``kanal serve`` or the embedded app;
+    ``fanout``: ``[scaling] redis_fanout`` (the default if empty)."""
     target = Target("kanal", HOST, port, "1", "app-key", "app-secret")
     config = workdir / f"kanal-{port}.toml"
     config.parent.mkdir(parents=True, exist_ok=True)
@@ -202,6 +206,7 @@ def _kanal_config(workdir: Path, port: int, redis_url: str = "") -> tuple[Target
         "enable_client_messages = true\n"
         f"max_presence_members = {MAX_PRESENCE_MEMBERS}\n"
         + (f'\n[scaling]\nadapter = "redis"\nredis_url = "{redis_url}"\n' if redis_url else "")
+        + (f'redis_fanout = "{fanout}"\n' if redis_url and fanout else "")
     )
     return target, config
 
@@ -212,13 +217,14 @@ def start_kanal(
     redis_url: str = "",
     name: str = "kanal",
     src: Path | None = None,
+    fanout: str = "",
 ) -> ServerProc:
     """``python -m kanal serve --config <toml>`` with the benchmark app on a free port.
 
     ``src``: run the kanal package found in that ``src`` folder (e.g. a git worktree of an
     earlier commit) instead of this checkout's, to compare two versions in one run.
     """
-    target, config = _kanal_config(workdir, free_port(), redis_url)
+    target, config = _kanal_config(workdir, free_port(), redis_url, fanout)
     cmd = [sys.executable, "-m", "kanal", "serve", "--config", str(config)]
     env = None if src is None else {**os.environ, "PYTHONPATH": str(src)}
     return _spawn(name, cmd, target, workdir / f"kanal-{target.port}.log", cpu, env=env)

@@ -138,7 +138,7 @@ class RedisBroker:
         # No client-level retries on either connection: a retried pipeline could publish a
         # message twice, and the reader loop owns reconnection so that outages are seen.
         self._outbox = Outbox(_client(url))
-        self._interest = Interest()
+        self._interest = Interest(SOCKET_TIMEOUT)
         self._sub_client = _client(url)
         self._backoff = backoff
         self._probe = probe_interval

@@ -17,9 +17,10 @@ loop, one SUBSCRIBE (and one UNSUBSCRIBE) for everything that changed, up to ``_
 channels each: a connect storm of thousands of subscriptions costs a few commands. A
 channel left and joined again before the task ran costs none.
 
-While the connection is down, :meth:`add` is done at once (the resilient broker delivers
-this node's own events locally meanwhile) and the next connection subscribes to everything
-wanted, in one go, before the node counts as subscribed again (:meth:`attach`).
+While the connection is down, :meth:`add` is done at once, and after ``timeout`` when Redis
+does not answer, as any Redis call gives up then (the resilient broker delivers this node's
+own events locally meanwhile); the next connection subscribes to everything wanted, in one
+go, before the node counts as subscribed again (:meth:`attach`).
 """
 
 from __future__ import annotations
@@ -47,10 +48,20 @@ def _chunks(channels: list[str]) -> Iterator[list[str]]:
         yield channels[start : start + _CHUNK]
 
 
-class Interest:
-    """Counted interest per pub/sub channel, and its subscription on the current connection."""
+def _settle(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
-    def __init__(self, commands: PubSubCommands = COMMANDS) -> None:
+
+class Interest:
+    """Counted interest per pub/sub channel, and its subscription on the current connection.
+
+    Args:
+        timeout: longest wait for a SUBSCRIBE's confirmation, in seconds.
+    """
+
+    def __init__(self, timeout: float, commands: PubSubCommands = COMMANDS) -> None:
+        self._timeout = timeout
         self._commands = commands
         self._counts: dict[str, int] = {}
         self._pubsub: aredis.client.PubSub | None = None
@@ -77,7 +88,11 @@ class Interest:
             return READY
         waiter = self._waiters.get(channel)
         if waiter is None:
-            waiter = self._waiters[channel] = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            waiter = self._waiters[channel] = loop.create_future()
+            # A Redis that stops answering must not hold a subscription up for longer than
+            # any other Redis call (SOCKET_TIMEOUT): the node serves locally meanwhile.
+            loop.call_later(self._timeout, _settle, waiter)
         # Shielded: one caller giving up (its connection closed) must not fail the others.
         return asyncio.shield(waiter)
 
@@ -124,8 +139,8 @@ class Interest:
         if channel in self._active:
             self._confirmed.add(channel)
             waiter = self._waiters.pop(channel, None)
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
+            if waiter is not None:
+                _settle(waiter)
 
     def _reset(self) -> None:
         self._pubsub = None
@@ -134,8 +149,7 @@ class Interest:
         self._confirmed.clear()
         self._dirty.clear()
         for waiter in self._waiters.values():
-            if not waiter.done():
-                waiter.set_result(None)
+            _settle(waiter)
         self._waiters.clear()
 
     # --- the batching task ----------------------------------------------------------------
