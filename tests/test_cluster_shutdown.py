@@ -98,6 +98,9 @@ class SwallowingClient:
     async def pipeline(self, transaction: bool = True) -> AsyncIterator[SwallowingPipeline]:
         yield SwallowingPipeline(self.execute)
 
+    async def publish(self, channel: str, message: bytes) -> Any:  # one message: no pipeline
+        return await self.execute()
+
     async def aclose(self) -> None:
         self.closed = True
 

@@ -107,11 +107,15 @@ class Outbox:
 
     async def _send(self, batch: list[_Item]) -> None:
         error: BaseException | None = None
+        messages = _messages(batch)
         try:
-            async with self._client.pipeline(transaction=False) as pipe:
-                for channel, message in _messages(batch):
-                    self._commands.publish(pipe, channel, message)
-                await pipe.execute()
+            if len(messages) == 1:  # the common case in node mode: no pipeline to build
+                await self._commands.publish_one(self._client, *messages[0])
+            else:
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for channel, message in messages:
+                        self._commands.publish(pipe, channel, message)
+                    await pipe.execute()
         except Exception as exc:  # every waiting caller must hear about any failure
             error = exc
         self._settle(batch, error)

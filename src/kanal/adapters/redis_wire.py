@@ -164,6 +164,9 @@ class PubSubCommands:
     def publish(self, pipe: Pipeline, channel: str, message: bytes) -> None:
         pipe.publish(channel, message)
 
+    async def publish_one(self, client: aredis.Redis, channel: str, message: bytes) -> None:
+        await client.publish(channel, message)
+
     async def subscribe(self, pubsub: aredis.client.PubSub, channels: Iterable[str]) -> None:
         await pubsub.subscribe(*channels)
 
