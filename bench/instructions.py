@@ -6,7 +6,9 @@ adapters), opens 1,000 in-memory connections subscribed to one channel, then run
 ``none`` (set-up only), ``fanout`` (200 signed HTTP triggers to the channel, each delivered to
 the 1,000 connections), ``http`` (2,000 signed HTTP triggers to a channel nobody is in) or
 ``wire`` (the same 2,000 as raw bytes on one keep-alive connection: kanal's HTTP/1.1 parser,
-its request task or eager answer, the response's encoding). Requests go through the HTTP
+its request task or eager answer, the response's encoding) or ``burst`` (the 2,000 of
+``http`` dispatched 16 at a time, as the ``http`` scenario's 16 publishers send them: in
+cluster mode the events of one burst share a round trip to Redis). Requests go through the HTTP
 API's ``dispatch`` and events through the hub and its broker, exactly as a served node runs
 them, minus the sockets. Run each under
 ``valgrind --tool=callgrind``; the workload's cost is its total minus ``none``'s. Set
@@ -39,6 +41,7 @@ __all__ = ["main"]
 SUBSCRIBERS = 1000
 FANOUT_TRIGGERS = 200
 HTTP_TRIGGERS = 2000
+BURST = 16
 APP = App(id="1", key="app-key", secret="app-secret")
 
 
@@ -193,10 +196,15 @@ async def _workload(server: Any, workload: str) -> int:
         request = _request("bench-nobody")
         for _ in range(HTTP_TRIGGERS):
             statuses.append((await http.dispatch(request)).status)
+    elif workload == "burst":  # the http scenario's 16 publishers: requests in flight together
+        request = _request("bench-nobody")
+        for _ in range(HTTP_TRIGGERS // BURST):
+            answers = await asyncio.gather(*(http.dispatch(request) for _ in range(BURST)))
+            statuses.extend(answer.status for answer in answers)
     elif workload == "wire":
         await _wire(server, _request("bench-nobody"), HTTP_TRIGGERS)
     elif workload != "none":
-        raise SystemExit(f"unknown workload {workload!r}: none, fanout, http or wire[-redis]")
+        raise SystemExit(f"unknown workload {workload!r}: none, fanout, http, burst or wire")
     assert all(status == 200 for status in statuses), set(statuses)
     return sum(sink.received for sink in sinks)
 
