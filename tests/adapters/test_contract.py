@@ -39,6 +39,7 @@ from kanal.adapters.redis import (
     decode_envelope,
     encode_envelope,
 )
+from kanal.adapters.redis_wire import decode_message, encode_batch
 from kanal.protocol.presence import Member
 from tests.redis_server import RedisProcess
 
@@ -584,10 +585,31 @@ def test_envelope_wire_format_round_trips_with_the_payload_verbatim(
     assert decode_envelope(message) == envelope
 
 
-@pytest.mark.parametrize("message", [b"", b"\x02abc", b"\x01\x00\x05ab", b"\x01\xff\xff"])
+@given(
+    payloads=st.lists(st.binary(max_size=80), min_size=1, max_size=20),
+    targets=st.lists(_TEXT, min_size=1, max_size=20),
+)
+def test_a_batch_message_carries_its_envelopes_in_order(
+    payloads: list[bytes], targets: list[str]
+) -> None:
+    envelopes = [
+        Envelope(APP, "channel", target, payload)
+        for target, payload in zip(targets, payloads, strict=False)
+    ]
+    message = encode_batch([encode_envelope(e) for e in envelopes])
+    assert decode_message(message) == envelopes  # a lone envelope travels unbatched
+
+
+@pytest.mark.parametrize("message", [b"", b"\x03abc", b"\x01\x00\x05ab", b"\x01\xff\xff"])
 def test_malformed_wire_messages_are_rejected(message: bytes) -> None:
     with pytest.raises(ValueError):
-        decode_envelope(message)
+        decode_message(message)
+
+
+@pytest.mark.parametrize("message", [b"\x02\x00\x00", b"\x02\x00\x00\x00\x09\x01"])
+def test_truncated_batches_are_rejected(message: bytes) -> None:
+    with pytest.raises(ValueError):
+        decode_message(message)
 
 
 # --- Redis only: leases, reaping, rebuild ---------------------------------------------
