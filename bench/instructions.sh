@@ -14,13 +14,14 @@ count() {  # $1: src dir, $2: workload -> total instructions
   grep -E "^summary:" "$out/cg" | awk '{print $2}'
 }
 # KANAL_WORKLOADS may name cluster-mode workloads (fanout-redis, http-channel, ...): each is
-# measured against the set-up of its own mode (none-redis, none-channel).
+# measured against the set-up of its own mode (none-redis for fanout-redis, else bare-redis).
 for src in "$PWD/src" ${1:+"$1"}; do
   declare -A base=()
   for workload in ${KANAL_WORKLOADS:-fanout http wire}; do
     mode="${workload#*-}"; [ "$mode" = "$workload" ] && mode="" || mode="-$mode"
-    [ -n "${base[x$mode]:-}" ] || base[x$mode]="$(count "$src" "none$mode")"
+    set_up=none; [ -n "$mode" ] && [ "${workload%%-*}" != fanout ] && set_up=bare
+    [ -n "${base[$set_up$mode]:-}" ] || base[$set_up$mode]="$(count "$src" "$set_up$mode")"
     total="$(count "$src" "$workload")"
-    echo "$src $workload $((total - ${base[x$mode]}))"
+    echo "$src $workload $((total - ${base[$set_up$mode]}))"
   done
 done
