@@ -64,6 +64,10 @@ log = logging.getLogger("kanal.redis")
 # before 8.0 defaults to none, so a Redis that stops answering (packets dropped, no reset)
 # would block every caller for good instead of failing over to local service.
 SOCKET_TIMEOUT = 5.0
+#: Longest wait for Redis to confirm a SUBSCRIBE (it takes well under a millisecond when
+#: Redis answers): a Redis that stops answering must not hold a join up for long; the join
+#: then goes on and the subscription completes when Redis answers.
+CONFIRM_TIMEOUT = 1.0
 
 
 def _client(url: str) -> aredis.Redis:
@@ -138,7 +142,7 @@ class RedisBroker:
         # No client-level retries on either connection: a retried pipeline could publish a
         # message twice, and the reader loop owns reconnection so that outages are seen.
         self._outbox = Outbox(_client(url))
-        self._interest = Interest(SOCKET_TIMEOUT)
+        self._interest = Interest(CONFIRM_TIMEOUT)
         self._sub_client = _client(url)
         self._backoff = backoff
         self._probe = probe_interval

@@ -18,8 +18,8 @@ channels each: a connect storm of thousands of subscriptions costs a few command
 channel left and joined again before the task ran costs none.
 
 While the connection is down, :meth:`add` is done at once, and after ``timeout`` when Redis
-does not answer, as any Redis call gives up then (the resilient broker delivers this node's
-own events locally meanwhile); the next connection subscribes to everything wanted, in one
+does not answer (the resilient broker delivers this node's own events locally meanwhile);
+the next connection subscribes to everything wanted, in one
 go, before the node counts as subscribed again (:meth:`attach`).
 """
 
@@ -90,8 +90,8 @@ class Interest:
         if waiter is None:
             loop = asyncio.get_running_loop()
             waiter = self._waiters[channel] = loop.create_future()
-            # A Redis that stops answering must not hold a subscription up for longer than
-            # any other Redis call (SOCKET_TIMEOUT): the node serves locally meanwhile.
+            # A Redis that stops answering must not hold subscriptions up (the reader takes
+            # up to two probe intervals to declare it gone): the node serves locally.
             loop.call_later(self._timeout, _settle, waiter)
         # Shielded: one caller giving up (its connection closed) must not fail the others.
         return asyncio.shield(waiter)
