@@ -13,10 +13,15 @@ count() {  # $1: src dir, $2: workload -> total instructions
     --callgrind-out-file="$out/cg" "$PY" -m bench.instructions "$2" >/dev/null 2>"$out/log"
   grep -E "^summary:" "$out/cg" | awk '{print $2}'
 }
+# KANAL_WORKLOADS may name cluster-mode workloads (fanout-redis, http-channel, ...): each is
+# measured against the set-up of its own mode (none-redis for fanout-redis, else bare-redis).
 for src in "$PWD/src" ${1:+"$1"}; do
-  base="$(count "$src" none)"
+  declare -A base=()
   for workload in ${KANAL_WORKLOADS:-fanout http wire}; do
+    mode="${workload#*-}"; [ "$mode" = "$workload" ] && mode="" || mode="-$mode"
+    set_up=none; [ -n "$mode" ] && [ "${workload%%-*}" != fanout ] && set_up=bare
+    [ -n "${base[$set_up$mode]:-}" ] || base[$set_up$mode]="$(count "$src" "$set_up$mode")"
     total="$(count "$src" "$workload")"
-    echo "$src $workload $((total - base))"
+    echo "$src $workload $((total - ${base[$set_up$mode]}))"
   done
 done

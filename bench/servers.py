@@ -36,6 +36,7 @@ __all__ = [
     "start_kanal",
     "start_kanal_asgi",
     "start_kanal_redis",
+    "start_redis",
     "start_soketi",
 ]
 
@@ -156,7 +157,7 @@ def _spawn(
     return _wait_ready(ServerProc(name, target, proc, log))
 
 
-def _start_redis(workdir: Path, cpu: int | None) -> tuple[subprocess.Popen[bytes], str]:
+def start_redis(workdir: Path, cpu: int | None) -> tuple[subprocess.Popen[bytes], str]:
     """A private redis-server on the server's CPU (it is part of the system under test)."""
     port = free_port()
     log = (workdir / f"redis-{port}.log").open("wb")
@@ -182,7 +183,7 @@ def _start_redis(workdir: Path, cpu: int | None) -> tuple[subprocess.Popen[bytes
 def start_kanal_redis(workdir: Path, cpu: int | None) -> ServerProc:
     """kanal as one cluster member: every event crosses Redis pub/sub (docs/scaling.md)."""
     workdir.mkdir(parents=True, exist_ok=True)
-    redis, url = _start_redis(workdir, cpu)
+    redis, url = start_redis(workdir, cpu)
     try:
         server = start_kanal(workdir, cpu, redis_url=url, name="kanal-redis")
     except BaseException:
@@ -193,10 +194,11 @@ def start_kanal_redis(workdir: Path, cpu: int | None) -> ServerProc:
 
 
 def _kanal_config(
-    workdir: Path, port: int, redis_url: str = "", sqlite: bool = False
+    workdir: Path, port: int, redis_url: str = "", sqlite: bool = False, fanout: str = ""
 ) -> tuple[Target, Path]:
     """The benchmark app on ``port``, as a TOML file for ``kanal serve`` or the embedded app;
-    ``sqlite``: the app in a SQLite app store beside it instead (docs/apps.md)."""
+    ``sqlite``: the app in a SQLite app store beside it instead (docs/apps.md); ``fanout``:
+    ``[scaling] redis_fanout`` (the default if empty)."""
     target = Target("kanal", HOST, port, "1", "app-key", "app-secret")
     config = workdir / f"kanal-{port}.toml"
     config.parent.mkdir(parents=True, exist_ok=True)
@@ -217,6 +219,7 @@ def _kanal_config(
         f'host = "{HOST}"\nport = {port}\nlog_level = "warning"\n\n'
         + apps
         + (f'\n[scaling]\nadapter = "redis"\nredis_url = "{redis_url}"\n' if redis_url else "")
+        + (f'redis_fanout = "{fanout}"\n' if redis_url and fanout else "")
     )
     return target, config
 
@@ -228,6 +231,7 @@ def start_kanal(
     name: str = "kanal",
     src: Path | None = None,
     sqlite: bool = False,
+    fanout: str = "",
 ) -> ServerProc:
     """``python -m kanal serve --config <toml>`` with the benchmark app on a free port.
 
@@ -235,7 +239,7 @@ def start_kanal(
     earlier commit) instead of this checkout's, to compare two versions in one run.
     ``sqlite``: the app comes from a SQLite app store (``kanal-sqlite``) instead of the file.
     """
-    target, config = _kanal_config(workdir, free_port(), redis_url, sqlite)
+    target, config = _kanal_config(workdir, free_port(), redis_url, sqlite, fanout)
     cmd = [sys.executable, "-m", "kanal", "serve", "--config", str(config)]
     env = None if src is None else {**os.environ, "PYTHONPATH": str(src)}
     return _spawn(name, cmd, target, workdir / f"kanal-{target.port}.log", cpu, env=env)

@@ -531,9 +531,10 @@ async def wait_ready_http(node: NodeProcess, within: float = START_TIMEOUT) -> N
 class Cluster:
     """Nodes of one test cluster: one Redis URL, one key prefix, one webhook receiver."""
 
-    def __init__(self, redis_url: str, prefix: str, workdir: Path) -> None:
+    def __init__(self, redis_url: str, prefix: str, workdir: Path, fanout: str = "node") -> None:
         self.redis_url = redis_url
         self.prefix = prefix
+        self.fanout = fanout
         self.workdir = workdir
         self._inprocess: list[tuple[asyncio.Event, asyncio.Task[None], RunningServer]] = []
         self._processes: list[NodeProcess] = []
@@ -551,7 +552,11 @@ class Cluster:
     def scaling(self, lease: float = LEASE, redis_url: str | None = None) -> ScalingSettings:
         url = redis_url or self.redis_url
         return ScalingSettings(
-            adapter="redis", redis_url=url, redis_prefix=self.prefix, node_lease=lease
+            adapter="redis",
+            redis_url=url,
+            redis_prefix=self.prefix,
+            node_lease=lease,
+            redis_fanout=self.fanout,
         )
 
     async def hooks(self) -> HookReceiver:
@@ -690,9 +695,11 @@ async def _stopped(task: asyncio.Task[None]) -> None:
 
 
 @pytest.fixture
-async def cluster(redis_url: str, prefix: str, tmp_path: Path) -> AsyncIterator[Cluster]:
-    """Nodes on the session's Redis, under a key prefix of their own."""
-    made = Cluster(redis_url, prefix, tmp_path)
+async def cluster(
+    redis_url: str, prefix: str, tmp_path: Path, redis_fanout: str
+) -> AsyncIterator[Cluster]:
+    """Nodes on the session's Redis, under a key prefix of their own, in each fan-out mode."""
+    made = Cluster(redis_url, prefix, tmp_path, redis_fanout)
     try:
         yield made
     finally:
@@ -701,10 +708,10 @@ async def cluster(redis_url: str, prefix: str, tmp_path: Path) -> AsyncIterator[
 
 @pytest.fixture
 async def faulty_cluster(
-    redis_process: RedisProcess, prefix: str, tmp_path: Path
+    redis_process: RedisProcess, prefix: str, tmp_path: Path, redis_fanout: str
 ) -> AsyncIterator[tuple[Cluster, RedisProcess]]:
     """Nodes on a private redis-server that the test may stop and start again."""
-    made = Cluster(redis_process.url, prefix, tmp_path)
+    made = Cluster(redis_process.url, prefix, tmp_path, redis_fanout)
     try:
         yield made, redis_process
     finally:

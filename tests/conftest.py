@@ -140,12 +140,13 @@ async def kanal_server(start_server: StartServer) -> RunningServer:
     return result
 
 
-# Redis fixtures (redis_url and the deployments behind it, redis_process, prefix, raw) for
-# every test package.
+# Redis fixtures (redis_url and the deployments behind it, redis_process, prefix, raw,
+# redis_fanout) for every test package.
 from tests.redis_server import (  # noqa: E402
     prefix,
     raw,
     redis_cluster_url,
+    redis_fanout,
     redis_process,
     redis_url,
     single_redis_url,
@@ -155,7 +156,22 @@ __all__ = [
     "prefix",
     "raw",
     "redis_cluster_url",
+    "redis_fanout",
     "redis_process",
     "redis_url",
     "single_redis_url",
 ]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Interest-based fan-out (redis_fanout = "channel") is refused with a Redis Cluster URL
+    (docs/scaling.md): that combination of the two parameters is not collected."""
+    keep: list[pytest.Item] = []
+    drop: list[pytest.Item] = []
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        pair = (params.get("redis_url"), params.get("redis_fanout"))
+        (drop if pair == ("cluster", "channel") else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep

@@ -224,6 +224,13 @@ def redis_process() -> Iterator[RedisProcess]:
         server.stop()
 
 
+@pytest.fixture(params=["node", "channel"])
+def redis_fanout(request: pytest.FixtureRequest) -> str:
+    """``[scaling] redis_fanout``: every cluster test runs with both fan-out modes."""
+    mode: str = request.param
+    return mode
+
+
 @pytest.fixture
 def prefix() -> str:
     return f"kt:{uuid.uuid4().hex[:12]}:"

@@ -123,6 +123,23 @@ def test_cluster_mode_server_runs_at_tiny_size(tmp_path: Path) -> None:
     assert delivered and all(ratio == 1.0 for ratio in delivered), results["rows"]
 
 
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
+def test_four_node_cluster_scenario_runs_in_both_fanout_modes(tmp_path: Path) -> None:
+    """``python -m bench.cluster --tiny``: 4 nodes, channels spread over them, per mode."""
+    out = tmp_path / "nodes.json"
+    done = _bench([sys.executable, "-m", "bench.cluster", "--tiny", "--out", str(out)], 300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = {r["mode"]: r for r in json.loads(out.read_text())["results"]}
+    assert set(results) == {"node", "channel"}
+    for result in results.values():
+        assert result["triggers"] > 0 and result["errors"] == 0
+        assert result["delivered"] == result["expected"]  # every event, every subscriber
+        assert len(result["node_cpu_seconds"]) == 4 and result["redis_bytes_out"] > 0
+    # Each event reaches the one node with its subscribers, instead of all four.
+    per_delivery = {mode: r["redis_bytes_out_per_delivery"] for mode, r in results.items()}
+    assert per_delivery["channel"] < per_delivery["node"] / 2, per_delivery
+
+
 def test_embedded_servers_and_the_base_checkout_run_at_tiny_size(tmp_path: Path) -> None:
     """``kanal-asgi`` (uvicorn), ``kanal-own-port`` (embedded, own transport),
     ``kanal-base`` (another checkout's src/, here this one's) and ``kanal-sqlite`` (the app in

@@ -25,8 +25,11 @@ async def test_reload_across_nodes_within_grace_sends_nothing_then_leaving_sends
     start_server: StartServer,
     redis_url: str,
     prefix: str,
+    redis_fanout: str,
 ) -> None:
-    scaling = ScalingSettings(adapter="redis", redis_url=redis_url, redis_prefix=prefix)
+    scaling = ScalingSettings(
+        adapter="redis", redis_url=redis_url, redis_prefix=prefix, redis_fanout=redis_fanout
+    )
     app = make_app(webhooks=(WebhookTarget(url=receiver.url, event_types=EVENT_TYPES),))
     a = await start_server(apps=[app], scaling=scaling, webhooks=GRACE)
     b = await start_server(apps=[app], scaling=scaling, webhooks=GRACE)

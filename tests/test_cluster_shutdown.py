@@ -17,7 +17,7 @@ from typing import Any, cast
 import pytest
 from redis.exceptions import RedisError
 
-from kanal.adapters.redis_broker import _Publisher
+from kanal.adapters.redis_outbox import Outbox
 from kanal.cluster import ClusterMaintainer
 from tests.cluster_nodes import Cluster, cluster
 from tests.wsclient import Clients
@@ -98,24 +98,27 @@ class SwallowingClient:
     async def pipeline(self, transaction: bool = True) -> AsyncIterator[SwallowingPipeline]:
         yield SwallowingPipeline(self.execute)
 
+    async def publish(self, channel: str, message: bytes) -> Any:  # one message: no pipeline
+        return await self.execute()
+
     async def aclose(self) -> None:
         self.closed = True
 
 
 async def test_publisher_stops_even_if_a_send_swallows_the_cancellation() -> None:
     client = SwallowingClient()
-    publisher = _Publisher(cast(Any, client), "fanout")
-    first = asyncio.create_task(publisher.publish(b"first"))
+    outbox = Outbox(cast(Any, client), flush_timeout=BOUND / 4)
+    first = asyncio.create_task(outbox.publish("fanout", b"first"))
     await asyncio.wait_for(client.execute.entered.wait(), BOUND)
-    second = asyncio.create_task(publisher.publish(b"second"))  # queued behind it
+    second = asyncio.create_task(outbox.publish("fanout", b"second"))  # queued behind it
     await asyncio.sleep(0)
-    await asyncio.wait_for(publisher.close(), BOUND)
+    await asyncio.wait_for(outbox.close(), BOUND)
     assert client.execute.swallowed == 1 and client.closed
     await asyncio.wait_for(asyncio.gather(first, second, return_exceptions=True), BOUND)
     with pytest.raises(ConnectionError):
         second.result()  # never sent: told so instead of waiting forever
     with pytest.raises(RedisError):  # and nothing can be published after close
-        await asyncio.wait_for(publisher.publish(b"late"), BOUND)
+        await asyncio.wait_for(outbox.publish("fanout", b"late"), BOUND)
 
 
 @pytest.mark.redis

@@ -8,9 +8,11 @@ from tests.wsclient import Clients, trigger
 
 
 async def test_trigger_on_one_node_reaches_a_subscriber_on_the_other(
-    start_server: StartServer, redis_url: str, prefix: str
+    start_server: StartServer, redis_url: str, prefix: str, redis_fanout: str
 ) -> None:
-    scaling = ScalingSettings(adapter="redis", redis_url=redis_url, redis_prefix=prefix)
+    scaling = ScalingSettings(
+        adapter="redis", redis_url=redis_url, redis_prefix=prefix, redis_fanout=redis_fanout
+    )
     a = await start_server(scaling=scaling)
     b = await start_server(scaling=scaling)
     async with Clients() as clients:

@@ -396,6 +396,18 @@ def test_redis_with_url_and_workers_is_valid() -> None:
     assert (config.scaling.adapter, config.server.workers) == ("redis", 4)
 
 
+def test_interest_fanout_is_refused_with_a_cluster_url() -> None:
+    environ = {
+        "KANAL_ADAPTER": "redis",
+        "KANAL_REDIS_URL": "redis+cluster://h1:7000,h2:7001",
+        "KANAL_REDIS_FANOUT": "channel",
+    }
+    with pytest.raises(ConfigError, match=r"^KANAL_REDIS_FANOUT: scaling\.redis_fanout: 'channel'"):
+        load_config(None, environ, {})
+    environ["KANAL_REDIS_FANOUT"] = "node"
+    assert load_config(None, environ, {}).scaling.redis_fanout == "node"
+
+
 def test_missing_and_malformed_files(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read config file"):
         load_config(str(tmp_path / "absent.toml"), {}, {})

@@ -21,7 +21,7 @@ import orjson
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from kanal.adapters.base import Envelope, JoinResult
+from kanal.adapters.base import READY, Envelope, JoinResult
 from kanal.adapters.memory import MemoryMembership
 from kanal.hub.rosters import AnnouncedRoster
 from kanal.protocol import events
@@ -295,6 +295,12 @@ class NodeBroker:
 
     def attach(self, deliver: Callable[[Envelope], None]) -> None:
         self.deliver = deliver
+
+    def listen(self, app_id: str, scope: str, target: str) -> Awaitable[None]:
+        return READY  # every node gets every envelope, as with redis_fanout = "node"
+
+    def unlisten(self, app_id: str, scope: str, target: str) -> None:
+        return None
 
     async def publish(self, envelope: Envelope) -> None:
         for node in self.bus.nodes:

@@ -116,6 +116,7 @@ async def test_keyword_settings_for_one_app(cluster: Cluster, node: RunningServe
             secret=APP_SECRET,
             redis_url=cluster.redis_url,
             redis_prefix=cluster.prefix,
+            redis_fanout=cluster.fanout,
         ) as publisher,
         Clients() as clients,
     ):

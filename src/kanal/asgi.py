@@ -164,7 +164,8 @@ def create_app(
             port (see :class:`KanalApp`).
         app_settings: instead of ``config``, one app's settings (``id``, ``key``, ``secret``,
             and any ``[[apps]]`` setting such as ``enable_client_messages``), plus
-            ``redis_url`` (and ``redis_prefix``) to join a cluster with the Redis adapter.
+            ``redis_url`` (and ``redis_prefix``, ``redis_fanout``) to join a cluster with the
+            Redis adapter.
     """
     frame = text_frame if own_port else _json_as_is
     built = build(resolve_config(config, app_settings, os.environ), frame=frame, hooks=True)

@@ -137,6 +137,7 @@ class ScalingSettings:
     redis_url: str = ""
     redis_prefix: str = "kanal"
     node_lease: float = 30.0
+    redis_fanout: str = "node"
 
 
 @dataclass(frozen=True, slots=True)

@@ -79,7 +79,9 @@ class _Clients:
     def open(cls, config: Config) -> _Clients:
         """Nothing connects yet: the clients connect on the first call, on its loop."""
         scaling = config.scaling
-        membership, broker = connect_publisher(scaling.redis_url, prefix=scaling.redis_prefix)
+        membership, broker = connect_publisher(
+            scaling.redis_url, prefix=scaling.redis_prefix, fanout=scaling.redis_fanout
+        )
         hub = Hub(
             membership=membership,
             broker=broker,
@@ -105,7 +107,8 @@ class Publisher(Realtime):
             environment variables apply on top); without it and without keyword arguments,
             ``$KANAL_CONFIG`` or the environment alone, as ``kanal serve``.
         settings: instead of ``config``, one app's settings (``id``, ``key``, ``secret``, ...)
-            plus ``redis_url`` (and ``redis_prefix`` if the nodes use another than ``kanal``).
+            plus ``redis_url`` (and ``redis_prefix``, ``redis_fanout`` if the nodes use others
+            than the defaults).
 
     Raises:
         ConfigError: the settings are invalid, or do not use the Redis adapter.

@@ -231,7 +231,10 @@ def _adapters(config: Config) -> tuple[Membership, Broker, _Cluster | None]:
     if scaling.adapter != "redis":
         return MemoryMembership(), MemoryBroker(), None
     redis, pubsub = redis_connect(
-        scaling.redis_url, prefix=scaling.redis_prefix, lease=scaling.node_lease
+        scaling.redis_url,
+        prefix=scaling.redis_prefix,
+        lease=scaling.node_lease,
+        fanout=scaling.redis_fanout,
     )
     membership, broker = ResilientMembership(redis), ResilientBroker(pubsub)
     cluster = _Cluster(config, membership, redis, broker, [pubsub.start], [pubsub.close])
@@ -354,7 +357,7 @@ def build(
         xhr=xhr,
         max_request_bytes=settings.max_request_bytes,
         shutdown_timeout=settings.shutdown_timeout,
-        eager=cluster is None,  # memory mode: no request needs a task before it waits
+        eager=True,  # cluster mode too: Redis calls step into a task first (resilient.py)
     )
     return Server(
         config,

@@ -21,8 +21,9 @@ from tests.redis_server import delete_prefix, topologies, topology_url
 class Cluster:
     """Nodes that share one membership store: several Redis nodes, or the one memory store."""
 
-    def __init__(self, kind: str, url: str = "", prefix: str = "") -> None:
+    def __init__(self, kind: str, url: str = "", prefix: str = "", fanout: str = "node") -> None:
         self.kind = kind
+        self.fanout = fanout  # the Redis brokers' redis_fanout
         self.url = url
         self.prefix = prefix
         self._memory = MemoryMembership()
@@ -48,7 +49,7 @@ class Cluster:
             return [MemoryBroker()]
         started: list[Broker] = []
         for _ in range(count):
-            broker = RedisBroker(self.url, prefix=self.prefix)
+            broker = RedisBroker(self.url, prefix=self.prefix, mode=self.fanout)
             self._brokers.append(broker)
             await broker.start()
             assert broker.healthy, broker.last_error
@@ -65,14 +66,23 @@ class Cluster:
             await client.aclose()
 
 
-@pytest.fixture(params=["memory", *topologies(pytest.mark.redis)])
+@pytest.fixture(
+    params=[
+        "memory",
+        *topologies(pytest.mark.redis),
+        pytest.param("single-channel", marks=pytest.mark.redis, id="redis-channel"),
+    ]
+)
 async def cluster(request: pytest.FixtureRequest, prefix: str) -> AsyncIterator[Cluster]:
     """The contract suite's parameter: every test runs on each implementation (Redis: on
-    each deployment of :func:`tests.redis_server.topologies`)."""
+    each deployment of :func:`tests.redis_server.topologies` with node fan-out, and on one
+    Redis with interest-based fan-out, which a Redis Cluster URL does not allow)."""
     if request.param == "memory":
         made = Cluster("memory")
+    elif request.param == "single-channel":
+        made = Cluster("redis", topology_url(request, "single"), prefix, "channel")
     else:
-        made = Cluster("redis", topology_url(request, request.param), prefix)
+        made = Cluster("redis", topology_url(request, request.param), prefix, "node")
     try:
         yield made
     finally:

@@ -39,6 +39,7 @@ from kanal.adapters.redis import (
     decode_envelope,
     encode_envelope,
 )
+from kanal.adapters.redis_wire import decode_message, encode_batch
 from kanal.protocol.presence import Member
 from tests.redis_server import RedisProcess
 from tests.redis_server import client as redis_client
@@ -486,6 +487,9 @@ async def test_every_node_receives_every_envelope_once_in_publish_order(
     inboxes = [Inbox(total) for _ in brokers]
     for broker, inbox in zip(brokers, inboxes, strict=True):
         broker.attach(inbox)
+        await broker.listen(APP, "channel", "room-a")
+        await broker.listen(APP, "channel", "room-b")
+        await broker.listen(OTHER_APP, "user", "bøb")
 
     async def publish_all(broker: Broker, envelopes: Sequence[Envelope]) -> None:
         for envelope in envelopes:
@@ -515,10 +519,50 @@ async def test_concurrent_publishes_keep_call_order(cluster: Cluster) -> None:
     envelopes = [Envelope(APP, "channel", "c", str(i).encode()) for i in range(200)]
     inbox = Inbox(len(envelopes))
     broker.attach(inbox)
+    await broker.listen(APP, "channel", "c")
     await asyncio.gather(*(broker.publish(e) for e in envelopes))
     async with asyncio.timeout(10):
         await inbox.full.wait()
     assert inbox.items == envelopes
+
+
+async def test_a_node_receives_what_it_listens_to_from_the_moment_it_is_done(
+    cluster: Cluster,
+) -> None:
+    brokers = await cluster.brokers(2)
+    publisher, listener = brokers[0], brokers[-1]  # memory: one node, both
+    only_wanted = cluster.is_redis and cluster.fanout == "channel"
+    inbox = Inbox(4 if only_wanted else 8)  # "node" and memory send everything
+    listener.attach(inbox)
+    if listener is not publisher:
+        publisher.attach(Inbox(0))
+    wanted = [
+        Envelope(APP, "channel", "room", b"1"),
+        Envelope(APP, "user", "u1", b"2"),
+        Envelope(APP, "terminate", "u1", b""),
+        Envelope(APP, "online", "u2", b""),
+    ]
+    await asyncio.gather(
+        listener.listen(APP, "channel", "room"),
+        listener.listen(APP, "user", "u1"),
+        listener.listen(APP, "user", "u2"),
+    )
+    others = [
+        Envelope(APP, "channel", "elsewhere", b"x"),
+        Envelope(OTHER_APP, "channel", "room", b"x"),
+        Envelope(APP, "user", "u3", b"x"),
+    ]
+    for first, second in zip([*others, others[0]], wanted, strict=True):
+        await publisher.publish(first)
+        await publisher.publish(second)
+    async with asyncio.timeout(10):
+        await inbox.full.wait()
+    got = [e for e in inbox.items if e not in others]
+    assert got == wanted
+    assert inbox.items == wanted if only_wanted else len(inbox.items) == 8
+    listener.unlisten(APP, "channel", "room")
+    listener.unlisten(APP, "user", "u1")
+    listener.unlisten(APP, "user", "u2")
 
 
 # --- Redis only: wire format ------------------------------------------------------------
@@ -542,10 +586,31 @@ def test_envelope_wire_format_round_trips_with_the_payload_verbatim(
     assert decode_envelope(message) == envelope
 
 
-@pytest.mark.parametrize("message", [b"", b"\x02abc", b"\x01\x00\x05ab", b"\x01\xff\xff"])
+@given(
+    payloads=st.lists(st.binary(max_size=80), min_size=1, max_size=20),
+    targets=st.lists(_TEXT, min_size=1, max_size=20),
+)
+def test_a_batch_message_carries_its_envelopes_in_order(
+    payloads: list[bytes], targets: list[str]
+) -> None:
+    envelopes = [
+        Envelope(APP, "channel", target, payload)
+        for target, payload in zip(targets, payloads, strict=False)
+    ]
+    message = encode_batch([encode_envelope(e) for e in envelopes])
+    assert decode_message(message) == envelopes  # a lone envelope travels unbatched
+
+
+@pytest.mark.parametrize("message", [b"", b"\x03abc", b"\x01\x00\x05ab", b"\x01\xff\xff"])
 def test_malformed_wire_messages_are_rejected(message: bytes) -> None:
     with pytest.raises(ValueError):
-        decode_envelope(message)
+        decode_message(message)
+
+
+@pytest.mark.parametrize("message", [b"\x02\x00\x00", b"\x02\x00\x00\x00\x09\x01"])
+def test_truncated_batches_are_rejected(message: bytes) -> None:
+    with pytest.raises(ValueError):
+        decode_message(message)
 
 
 # --- Redis only: leases, reaping, rebuild ---------------------------------------------

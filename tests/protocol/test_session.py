@@ -46,7 +46,12 @@ def frame(event: str, data: Any = None, **extra: Any) -> str:
 
 
 def sent(commands: list[Command]) -> list[dict[str, Any]]:
-    return [orjson.loads(c.payload) for c in commands if isinstance(c, Send)]
+    """What the hub sends, in order: each Send, and the signin_success a SignIn carries."""
+    return [
+        orjson.loads(c.payload if isinstance(c, Send) else c.reply)
+        for c in commands
+        if isinstance(c, Send | SignIn)
+    ]
 
 
 def test_established_frame_has_string_data_with_socket_id_and_timeout() -> None:
@@ -169,14 +174,15 @@ def signin(s: Session, user_data: str) -> list[Command]:
     return s.receive(frame("pusher:signin", {"auth": auth, "user_data": user_data}), 1.0)
 
 
-def test_signin_success_echoes_exact_user_data_then_signin_command() -> None:
+def test_signin_command_carries_signin_success_with_the_exact_user_data() -> None:
     user_data = '{"id": "12345", "user_info": {"name": "Alice"}}'
     commands = signin(session(), user_data)
     assert sent(commands)[0] == {
         "event": "pusher:signin_success",
         "data": {"user_data": user_data},
     }
-    assert isinstance(commands[1], SignIn) and commands[1].user.user_id == "12345"
+    # The hub sends it once the user's events reach the node (users.md §2 step 6).
+    assert isinstance(commands[0], SignIn) and commands[0].user.user_id == "12345"
 
 
 def test_signin_spec_vector() -> None:

@@ -12,13 +12,14 @@ makes channel_occupied / member_added fire exactly once for the whole cluster.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Generator, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from kanal.protocol.presence import Member
 
 __all__ = [
+    "READY",
     "Broker",
     "CachedEvent",
     "ChannelCounts",
@@ -27,6 +28,18 @@ __all__ = [
     "LeaveResult",
     "Membership",
 ]
+
+
+class _Ready:
+    """An awaitable that is already done: awaiting it never suspends the caller."""
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return
+        yield  # a generator that ends at once
+
+
+#: What :meth:`Broker.listen` returns when there is nothing to wait for.
+READY: Awaitable[None] = _Ready()
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,12 +179,28 @@ class Membership(Protocol):
 
 
 class Broker(Protocol):
-    """Fan-out to every node; per channel, envelopes arrive in publish order."""
+    """Fan-out between nodes; per channel, envelopes arrive in publish order.
+
+    A node receives an envelope if it listens to its route: ``("channel", channel)`` for
+    ``channel`` envelopes, ``("user", user_id)`` for the others. A broker may deliver more
+    (one that sends everything to every node), never less.
+    """
 
     def attach(self, deliver: Callable[[Envelope], None]) -> None:
-        """Set the node-local handler that every published envelope is given to."""
+        """Set the node-local handler that every received envelope is given to."""
+        ...
+
+    def listen(self, app_id: str, scope: str, target: str) -> Awaitable[None]:
+        """Count one local interest in ``target`` (``scope``: ``channel`` or ``user``) at
+        once; envelopes published after the returned awaitable is done reach this node.
+        Each call is undone by one :meth:`unlisten`."""
+        ...
+
+    def unlisten(self, app_id: str, scope: str, target: str) -> None:
+        """Undo one :meth:`listen`; after the last one the node may stop receiving them."""
         ...
 
     async def publish(self, envelope: Envelope) -> None:
-        """Send ``envelope`` to every node, this one included."""
+        """Send ``envelope`` to every node that listens to it, this one included, after
+        every envelope this node published before it."""
         ...

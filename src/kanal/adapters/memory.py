@@ -7,11 +7,12 @@ contract in :mod:`kanal.adapters.base`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from kanal.adapters.base import (
+    READY,
     CachedEvent,
     ChannelCounts,
     Envelope,
@@ -31,6 +32,13 @@ class MemoryBroker:
 
     def attach(self, deliver: Callable[[Envelope], None]) -> None:
         self._deliver = deliver
+
+    def listen(self, app_id: str, scope: str, target: str) -> Awaitable[None]:
+        """One node: every envelope is delivered here anyway."""
+        return READY
+
+    def unlisten(self, app_id: str, scope: str, target: str) -> None:
+        """One node: nothing to stop."""
 
     async def publish(self, envelope: Envelope) -> None:
         if self._deliver is not None:

@@ -32,7 +32,10 @@ key                            type    content
 ``P{nodes}:reaping``           zset    lease_id -> deadline of the reaper that claimed it
 ``P{nodes}:apps:<lease_id>``   set     app ids a lease has entries in
 ``Pfanout``                    pubsub  one message per envelope, received by every node
-                                       (see ``redis_broker``)
+                                       (``redis_fanout = "node"``; see ``redis_wire``)
+``P{app}:e:<channel>``         pubsub  ``redis_fanout = "channel"``: one channel's envelopes,
+                                       received by the nodes with a local subscriber
+``P{app}:user:<user_id>``      pubsub  ``redis_fanout = "channel"``: one user's envelopes
 =============================  ======  =========================================================
 
 Memory, measured on Redis 7.0 (``INFO memory`` over 10 000 connections of one node, socket
@@ -137,19 +140,21 @@ def connect(
     node_id: str | None = None,
     lease: float = 30.0,
     pool_size: int = 32,
+    fanout: str = "node",
 ) -> tuple[RedisMembership, RedisBroker]:
-    """Build one node's membership and broker; call ``await broker.start()`` next."""
+    """Build one node's membership and broker (``fanout``: ``redis_fanout``); call
+    ``await broker.start()`` next."""
     membership = RedisMembership(
         _pooled_client(url, pool_size),
         prefix=prefix,
         node_id=node_id or default_node_id(),
         lease=lease,
     )
-    return membership, RedisBroker(url, prefix=prefix)
+    return membership, RedisBroker(url, prefix=prefix, mode=fanout)
 
 
 def connect_publisher(
-    url: str, *, prefix: str = "kanal:", pool_size: int = 8
+    url: str, *, prefix: str = "kanal:", pool_size: int = 8, fanout: str = "node"
 ) -> tuple[PublishOnlyMembership, PublishOnlyBroker]:
     """Build the membership and broker of a process that only publishes and reads.
 
@@ -159,4 +164,4 @@ def connect_publisher(
     store = RedisMembership(
         _pooled_client(url, pool_size), prefix=prefix, node_id=f"publisher:{default_node_id()}"
     )
-    return PublishOnlyMembership(store), PublishOnlyBroker(url, prefix=prefix)
+    return PublishOnlyMembership(store), PublishOnlyBroker(url, prefix=prefix, mode=fanout)

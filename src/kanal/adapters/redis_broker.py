@@ -1,25 +1,25 @@
 """``RedisBroker``: fan-out of :class:`~kanal.adapters.base.Envelope` values over Redis pub/sub.
 
 Ownership rule: this class owns the node's two Redis connections for fan-out, one that
-publishes and one that is subscribed, and nothing else. Every node, the publishing one
-included, receives every envelope through Redis, so all nodes see one order per channel.
+publishes (through :class:`~kanal.adapters.redis_outbox.Outbox`) and one that is subscribed
+(to the channels :class:`~kanal.adapters.redis_interest.Interest` wants, in ``channel``
+mode), and nothing else. Every node that listens to an envelope's route receives it through
+Redis, the publishing one included, so all of them see one order per channel.
 :class:`PublishOnlyBroker` owns only the first kind: it is the broker of a process that holds
 no connections (:mod:`kanal.publisher`), which sends envelopes to the nodes and never
-receives any.
+receives any. The wire format and the channel names are :mod:`kanal.adapters.redis_wire`'s;
+the clients (one Redis, Sentinel, Redis Cluster with sharded pub/sub) are
+:mod:`kanal.adapters.redis_connect`'s.
 
-Wire format (one pub/sub message per envelope, on channel ``<prefix>fanout``; a sharded
-channel on Redis Cluster, see :mod:`kanal.adapters.redis_connect`)::
+Routes (``mode``): ``node`` sends every envelope to every node on one channel; ``channel``
+sends a channel's envelopes only to the nodes with a local subscriber of it, and a user's
+only to the nodes where it is signed in or watched (docs/scaling.md, "Interest-based
+fan-out").
 
-    0x01 | len(kind) kind | len(app_id) app_id | len(target) target | len(exclude) exclude
-         | payload bytes (verbatim, never re-encoded)
-
-Lengths are 2-byte big-endian UTF-8 byte counts; ``0xFFFF`` as the exclude length means no
-exclude. The payload is the publisher's JSON, copied as raw bytes.
-
-Ordering: :meth:`RedisBroker.publish` queues the message for one writer task that sends
-queued messages in order, pipelined on one connection, so envelopes leave this node in the
-order ``publish`` was called. Redis delivers one channel's messages to each subscriber in
-the order it received them.
+Ordering: :meth:`RedisBroker.publish` queues the message for the outbox's one writer task,
+so envelopes leave this node in the order ``publish`` was called (several to one channel in
+one message), and returns once Redis has accepted it. Redis delivers one channel's messages
+to each subscriber in the order it received them.
 
 Faults: pub/sub is at-most-once. While the subscription is down, envelopes published by
 anyone are lost for this node; :attr:`RedisBroker.healthy` and
@@ -33,17 +33,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import struct
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
-import redis.asyncio as aredis
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from kanal.adapters import redis_connect
-from kanal.adapters.base import Envelope
-from kanal.adapters.redis_connect import SOCKET_TIMEOUT
-from kanal.adapters.redis_membership import normalise_prefix
+from kanal.adapters.base import READY, Envelope
+from kanal.adapters.redis_interest import Interest
+from kanal.adapters.redis_outbox import Outbox
+from kanal.adapters.redis_wire import (
+    COMMANDS,
+    Routes,
+    decode_envelope,
+    decode_message,
+    encode_envelope,
+    fanout_channel,
+)
 
 __all__ = [
     "SOCKET_TIMEOUT",
@@ -56,152 +61,48 @@ __all__ = [
 
 log = logging.getLogger("kanal.redis")
 
-_VERSION = 1
-_NONE = 0xFFFF
-_LEN = struct.Struct(">H")
-_PUBLISH_BATCH = 512  # messages per pipeline round trip
-
-
-def _field(value: str | None) -> bytes:
-    if value is None:
-        return _LEN.pack(_NONE)
-    raw = value.encode()
-    if len(raw) >= _NONE:
-        raise ValueError(f"envelope field of {len(raw)} bytes is too long")
-    return _LEN.pack(len(raw)) + raw
-
-
-def encode_envelope(envelope: Envelope) -> bytes:
-    """The wire message: a small header, then the payload bytes unchanged."""
-    header = (
-        bytes((_VERSION,))
-        + _field(envelope.kind)
-        + _field(envelope.app_id)
-        + _field(envelope.target)
-        + _field(envelope.exclude)
-    )
-    return header + envelope.payload
-
-
-def decode_envelope(message: bytes) -> Envelope:
-    """Inverse of :func:`encode_envelope`; raises ``ValueError`` on anything else."""
-    if not message or message[0] != _VERSION:
-        raise ValueError("not a kanal envelope")
-    fields: list[str | None] = []
-    at = 1
-    for _ in range(4):
-        if at + 2 > len(message):
-            raise ValueError("truncated envelope header")
-        (size,) = _LEN.unpack_from(message, at)
-        at += 2
-        if size == _NONE:
-            fields.append(None)
-            continue
-        if at + size > len(message):
-            raise ValueError("truncated envelope header")
-        fields.append(message[at : at + size].decode())
-        at += size
-    kind, app_id, target, exclude = fields
-    if kind is None or app_id is None or target is None:
-        raise ValueError("envelope without kind, app_id or target")
-    return Envelope(app_id, kind, target, message[at:], exclude)
-
-
-def fanout_channel(prefix: str) -> str:
-    """The one pub/sub channel every node of a cluster (``redis_prefix``) listens on."""
-    return f"{normalise_prefix(prefix)}fanout"
-
-
-class _Publisher:
-    """One writer task; callers await their own message's outcome."""
-
-    def __init__(self, client: aredis.Redis, channel: str) -> None:
-        self._client = client
-        self._channel = channel
-        self._queue: list[tuple[bytes, asyncio.Future[None]]] = []
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._sending: list[tuple[bytes, asyncio.Future[None]]] = []
-        self._closed = False
-
-    async def publish(self, message: bytes) -> None:
-        if self._closed:  # no writer task will run again
-            raise RedisConnectionError("broker closed")
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run(), name="kanal-redis-publish")
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append((message, done))
-        self._wake.set()
-        await done
-
-    async def _run(self) -> None:
-        # The flag, not only the cancellation, ends the loop: redis-py can swallow a
-        # cancellation that lands inside a command, and close() must not wait forever.
-        while not self._closed:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._queue and not self._closed:
-                self._sending = self._queue[:_PUBLISH_BATCH]
-                del self._queue[:_PUBLISH_BATCH]
-                await self._send(self._sending)
-                self._sending = []
-
-    async def _send(self, batch: list[tuple[bytes, asyncio.Future[None]]]) -> None:
-        error: BaseException | None = None
-        try:
-            async with self._client.pipeline(transaction=False) as pipe:
-                for message, _ in batch:
-                    redis_connect.publish(pipe, self._channel, message)
-                await pipe.execute()
-        except Exception as exc:  # every waiting caller must hear about any failure
-            error = exc
-        for _, done in batch:
-            if done.done():  # the publisher was cancelled
-                continue
-            if error is None:
-                done.set_result(None)
-            else:
-                done.set_exception(error)
-
-    async def close(self) -> None:
-        self._closed = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        for _, done in self._sending + self._queue:  # a batch cut short, and the rest
-            if not done.done():
-                done.set_exception(ConnectionError("broker closed"))
-        self._sending = []
-        self._queue.clear()
-        await self._client.aclose()
+SOCKET_TIMEOUT = redis_connect.SOCKET_TIMEOUT
+#: Longest wait for Redis to confirm a SUBSCRIBE (it takes well under a millisecond when
+#: Redis answers): a Redis that stops answering must not hold a join up for long; the join
+#: then goes on and the subscription completes when Redis answers.
+CONFIRM_TIMEOUT = 1.0
 
 
 class PublishOnlyBroker:
-    """:class:`~kanal.adapters.base.Broker` of a process without connections: it publishes on
-    the fan-out channel exactly as :class:`RedisBroker` does (same wire format, same ordering,
-    same errors) and never subscribes, so it is invisible to the nodes (``PUBSUB NUMSUB``
-    does not count it) and receives nothing back: it has no subscriber to deliver to.
+    """:class:`~kanal.adapters.base.Broker` of a process without connections: it publishes
+    exactly as :class:`RedisBroker` does (same wire format, same routes, same ordering) and
+    never subscribes, so it is invisible to the nodes (``PUBSUB NUMSUB`` does not count it)
+    and receives nothing back: it has no subscriber to deliver to.
 
     Args:
         url: any ``redis_url`` form (:mod:`kanal.adapters.redis_connect`).
         prefix: the cluster's key prefix (``redis_prefix``).
+        mode: the cluster's ``redis_fanout``.
     """
 
-    def __init__(self, url: str, *, prefix: str) -> None:
-        self.channel = fanout_channel(prefix)
-        self._publisher = _Publisher(redis_connect.client(url), self.channel)
+    def __init__(self, url: str, *, prefix: str, mode: str = "node") -> None:
+        self.routes = Routes(prefix, mode)
+        self.channel = self.routes.fanout
+        self._outbox = Outbox(redis_connect.client(url))
 
     def attach(self, deliver: Callable[[Envelope], None]) -> None:
         """Nothing to attach: no envelope ever arrives here."""
 
+    def listen(self, app_id: str, scope: str, target: str) -> Awaitable[None]:
+        """Nothing to listen to: a publisher has no subscribers."""
+        return READY
+
+    def unlisten(self, app_id: str, scope: str, target: str) -> None:
+        """Nothing was listened to."""
+
     async def publish(self, envelope: Envelope) -> None:
-        """Send ``envelope`` to every node; raises the Redis error if it could not be sent
-        (it may still have gone out when the connection dropped after sending)."""
-        await self._publisher.publish(encode_envelope(envelope))
+        """Send ``envelope`` to the nodes; raises the Redis error if it could not be sent
+        (it may still have gone out when the connection dropped after sending): a
+        publisher's caller has no local subscriber to fall back to, so it waits."""
+        await self._outbox.publish(self.routes.of(envelope), encode_envelope(envelope))
 
     async def close(self) -> None:
-        await self._publisher.close()
+        await self._outbox.close()
 
 
 class RedisBroker:
@@ -210,6 +111,7 @@ class RedisBroker:
     Args:
         url: any ``redis_url`` form (:mod:`kanal.adapters.redis_connect`).
         prefix: key prefix, as for :class:`~kanal.adapters.redis_membership.RedisMembership`.
+        mode: ``redis_fanout``: ``node`` (one channel) or ``channel`` (interest-based).
         backoff: first and longest wait between reconnection attempts, in seconds.
         probe_interval: after this long without traffic the subscription is pinged; after
             twice this long without any reply it is declared broken (half-open TCP).
@@ -220,14 +122,17 @@ class RedisBroker:
         url: str,
         *,
         prefix: str,
+        mode: str = "node",
         backoff: tuple[float, float] = (1.0, 30.0),
         probe_interval: float = 5.0,
     ) -> None:
-        self.channel = fanout_channel(prefix)
+        self.routes = Routes(prefix, mode)
+        self.channel = self.routes.fanout
         # No client-level retries on either connection: a retried pipeline could publish a
         # message twice, and the reader loop owns reconnection so that outages are seen.
         self._pub_client = redis_connect.client(url)
-        self._publisher = _Publisher(self._pub_client, self.channel)
+        self._outbox = Outbox(self._pub_client)
+        self._interest = Interest(CONFIRM_TIMEOUT)
         self._sub_client = redis_connect.client(url)
         self._backoff = backoff
         self._probe = probe_interval
@@ -250,11 +155,28 @@ class RedisBroker:
         """True while the subscription is established."""
         return self._up.is_set()
 
+    @property
+    def listening(self) -> int:
+        """How many interest channels this node wants (``channel`` mode; 0 in ``node``)."""
+        return len(self._interest)
+
     def attach(self, deliver: Callable[[Envelope], None]) -> None:
         self._deliver = deliver
 
+    def listen(self, app_id: str, scope: str, target: str) -> Awaitable[None]:
+        """One more local interest in a channel (``scope`` ``channel``) or a user
+        (``user``); done once its envelopes reach this node (see Interest.add)."""
+        if not self.routes.per_channel:
+            return READY
+        return self._interest.add(self.routes.interest(app_id, scope, target))
+
+    def unlisten(self, app_id: str, scope: str, target: str) -> None:
+        """One local interest less; the last one stops the envelopes."""
+        if self.routes.per_channel:
+            self._interest.remove(self.routes.interest(app_id, scope, target))
+
     async def publish(self, envelope: Envelope) -> None:
-        await self._publisher.publish(encode_envelope(envelope))
+        await self._outbox.publish(self.routes.of(envelope), encode_envelope(envelope))
 
     async def start(self) -> None:
         """Start the reader; returns after the first subscription attempt, good or bad."""
@@ -274,7 +196,8 @@ class RedisBroker:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
-        await self._publisher.close()
+        await self._interest.close()
+        await self._outbox.close()
         await self._sub_client.aclose()
 
     # --- the reader ---------------------------------------------------------------------
@@ -297,9 +220,10 @@ class RedisBroker:
     async def _listen(self) -> None:
         pubsub = redis_connect.subscriber(self._sub_client)
         try:
-            await pubsub.subscribe(self.channel)
+            await self._interest.attach(pubsub, self.channel)
             await self._read(pubsub)
         finally:
+            self._interest.detach()
             with contextlib.suppress(RedisError, OSError):
                 await pubsub.aclose()
 
@@ -317,23 +241,31 @@ class RedisBroker:
                 continue
             heard = loop.time()
             kind = message["type"]
-            if kind == "message":
+            if kind == COMMANDS.message:
                 self._dispatch(message["data"])
-            elif kind == "subscribe":
-                self._set_up()
+            elif kind == COMMANDS.subscribed:
+                self._subscribed(message["channel"])
+
+    def _subscribed(self, channel: bytes | str) -> None:
+        name = channel.decode() if isinstance(channel, bytes) else channel
+        if name == self.channel:  # subscribed last: every interest before it is confirmed
+            self._set_up()
+        else:
+            self._interest.confirmed(name)
 
     def _dispatch(self, data: bytes) -> None:
         try:
-            envelope = decode_envelope(data)
+            envelopes = decode_message(data)
         except (ValueError, UnicodeDecodeError):
             log.warning("ignored a malformed message on %s", self.channel)
             return
         if self._deliver is None:
             return
-        try:
-            self._deliver(envelope)
-        except Exception:  # one bad delivery must not stop the node's fan-out
-            log.exception("delivering a %s envelope failed", envelope.kind)
+        for envelope in envelopes:
+            try:
+                self._deliver(envelope)
+            except Exception:  # one bad delivery must not stop the node's fan-out
+                log.exception("delivering a %s envelope failed", envelope.kind)
 
     def _set_up(self) -> None:
         if self._outage_logged:

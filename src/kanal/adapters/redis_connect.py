@@ -260,11 +260,21 @@ def publish(pipe: aredis.client.Pipeline, channel: str, message: bytes) -> None:
         pipe.publish(channel, message)
 
 
+async def publish_one(redis_client: aredis.Redis, channel: str, message: bytes) -> None:
+    """One fan-out message on its own (:func:`publish`'s choice of command)."""
+    if isinstance(redis_client, RedisCluster):
+        await redis_client.spublish(channel, message)
+    else:
+        await redis_client.publish(channel, message)
+
+
 class Subscriber(Protocol):
     """The reading side of fan-out, the same for plain and sharded pub/sub: messages come
     as redis-py dicts whose ``type`` is ``subscribe`` or ``message`` in both cases."""
 
     async def subscribe(self, *channels: str) -> None: ...
+
+    async def unsubscribe(self, *channels: str) -> None: ...
 
     async def get_message(self, *, wait: float) -> dict[str, Any] | None: ...
 
@@ -295,6 +305,9 @@ class _PlainSubscriber:
     async def subscribe(self, *channels: str) -> None:
         await self._pubsub.subscribe(*channels)
 
+    async def unsubscribe(self, *channels: str) -> None:
+        await self._pubsub.unsubscribe(*channels)
+
     async def get_message(self, *, wait: float) -> dict[str, Any] | None:
         message: dict[str, Any] | None = await self._pubsub.get_message(timeout=wait)
         return message
@@ -321,6 +334,11 @@ class _ShardedSubscriber:
 
     async def subscribe(self, *channels: str) -> None:
         await self._pubsub.ssubscribe(*channels)
+
+    async def unsubscribe(self, *channels: str) -> None:
+        # Only node fan-out runs on a cluster (settings refuse redis_fanout = "channel"
+        # with a cluster URL), and it never unsubscribes.
+        raise NotImplementedError("interest-based fan-out does not run on Redis Cluster")
 
     async def get_message(self, *, wait: float) -> dict[str, Any] | None:
         # Reading the one node's connection directly (rather than get_sharded_message,

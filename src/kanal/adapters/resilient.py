@@ -15,6 +15,7 @@ with Redis (docs/scaling.md, "Redis outages").
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -74,6 +75,11 @@ class ResilientMembership:
     async def _primary(self, call: Callable[[], Awaitable[T]]) -> tuple[bool, T | None]:
         if self.degraded:
             return False, None
+        if asyncio.current_task() is None:
+            # An HTTP request answered eagerly (kanal.transport.eager) runs its first step
+            # outside any task, and redis-py's asyncio.timeout needs one: one bare yield
+            # moves the request into the task eager.start then makes.
+            await asyncio.sleep(0)
         try:
             return True, await call()
         except RedisError as error:
@@ -190,6 +196,12 @@ class ResilientBroker:
         if self.primary.healthy:
             return True, "ok"
         return False, f"redis pub/sub: {self.primary.last_error}"
+
+    def listen(self, app_id: str, scope: str, target: str) -> Awaitable[None]:
+        return self.primary.listen(app_id, scope, target)
+
+    def unlisten(self, app_id: str, scope: str, target: str) -> None:
+        self.primary.unlisten(app_id, scope, target)
 
     async def publish(self, envelope: Envelope) -> None:
         # While our own subscription is down, Redis cannot hand the envelope back to us:

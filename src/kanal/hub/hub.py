@@ -27,7 +27,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from kanal.adapters.base import Broker, Envelope, JoinResult, LeaveResult, Membership
+from kanal.adapters.base import READY, Broker, Envelope, JoinResult, LeaveResult, Membership
 from kanal.adapters.memory import MemoryBroker
 from kanal.config import App
 from kanal.console import Recorder
@@ -238,7 +238,7 @@ class Hub:
         elif isinstance(command, Relay):
             await self._relay(local, command)
         elif isinstance(command, SignIn):
-            await self._users.sign_in(local, command.user)
+            await self._users.sign_in(local, command.user, command.reply)
             if self.console.watching:
                 reports.signed_in(self.console, local, command.user.user_id)
         elif isinstance(command, Close):
@@ -269,27 +269,31 @@ class Hub:
             self._send(local, events.subscription_succeeded_frame(channel))
             return
         max_users = app.max_presence_members if kind.is_presence else 0
+        already = channel in local.channels
+        # Before the store is asked: every member change after the roster is read, and
+        # every event after subscription_succeeded, then reaches this node (Broker.listen).
+        ready = self._broker.listen(app.id, "channel", channel) if not already else READY
         roster = self._rosters.open(app.id, channel) if kind.is_presence else None
         watching: contextlib.AbstractContextManager[set[str]] = (
             roster.watch() if roster is not None else contextlib.nullcontext(set())
         )
         try:
+            await ready
             with watching as touched:
                 result = await self.membership.join(
                     app.id, channel, socket_id, command.member, max_users
                 )
         except BaseException:  # a roster nobody holds would go stale
-            self._drop_unused_roster(app.id, channel)
+            self._join_undone(app.id, channel, already)
             raise
         if result.refused:
-            self._drop_unused_roster(app.id, channel)
+            self._join_undone(app.id, channel, already)
             text = f"Presence channel member limit reached ({app.max_presence_members})"
             refusal = Refusal(channel, 403, text)
             frame = events.subscription_error_frame(channel, "LimitReached", text, 403)
             await self._execute(local, Send(frame, refusal))
             self._send(local, events.error_frame(None, text))
             return
-        already = channel in local.channels
         local.channels[channel] = command.member
         self._channels.add(app.id, channel, socket_id, local.conn)
         members, added = result.presence, dict[str, Any]()
@@ -311,6 +315,11 @@ class Hub:
         if kind.cache:
             self._send(local, await self._cache.replay(app, channel))
         await self._announce.count_changed(app, channel, kind, result.subscription_count)
+
+    def _join_undone(self, app_id: str, channel: str, already: bool) -> None:
+        self._drop_unused_roster(app_id, channel)
+        if not already:
+            self._broker.unlisten(app_id, "channel", channel)
 
     async def announce_join(
         self, app: App, channel: str, result: JoinResult, socket_id: str
@@ -341,6 +350,7 @@ class Hub:
         if kind.is_server_to_user:
             return
         self._channels.remove(app.id, channel, socket_id)
+        self._broker.unlisten(app.id, "channel", channel)
         self._drop_unused_roster(app.id, channel)
         result = await self.membership.leave(app.id, channel, socket_id)
         if result is not None:

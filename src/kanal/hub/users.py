@@ -39,19 +39,30 @@ class Users:
         self._signed_in: SocketIndex[Local] = SocketIndex()
         self._watchers: SocketIndex[Local] = SocketIndex()
 
-    async def sign_in(self, local: Local, user: SignedInUser) -> None:
+    async def sign_in(self, local: Local, user: SignedInUser, reply: bytes) -> None:
+        """users.md §2 step 6: record the sign-in, then send ``reply`` (signin_success)."""
         app, socket_id = local.session.app, local.conn.socket_id
-        if local.user is not None:  # same id signing in again: replace the watchlist
+        watching = app.enable_watchlist_events
+        first = local.user is None
+        if not first:  # same id signing in again: replace the watchlist
             self._unwatch(local)
-        else:
+        # Counted at once (so a close meanwhile undoes exactly this), waited for together:
+        # the user's events and its watchlist's online/offline reach this node before the
+        # client learns it is signed in (one SUBSCRIBE in channel fan-out mode).
+        ready = [self._broker.listen(app.id, "user", user.user_id)] if first else []
+        if first:
             self._signed_in.add(app.id, user.user_id, socket_id, local)
         local.user = user
+        for watched in dict.fromkeys(user.watchlist) if watching else ():
+            ready.append(self._broker.listen(app.id, "user", watched))
+            self._watchers.add(app.id, watched, socket_id, local)
+        for waiting in ready:
+            await waiting
+        local.conn.send(self._frame(reply))
         if await self._membership.sign_in(app.id, user.user_id, socket_id):
             await self.announce(app, user.user_id, online=True)
-        if not app.enable_watchlist_events:
+        if not watching:
             return
-        for watched in user.watchlist:
-            self._watchers.add(app.id, watched, socket_id, local)
         # users.md §4, initial status [choice]: omit an empty list, and send
         # nothing when both are.
         online = await self._membership.online(app.id, user.watchlist)
@@ -69,15 +80,18 @@ class Users:
         app, user_id, socket_id = local.session.app, local.user.user_id, local.conn.socket_id
         self._unwatch(local)
         self._signed_in.remove(app.id, user_id, socket_id)
+        self._broker.unlisten(app.id, "user", user_id)
         if await self._membership.sign_out(app.id, user_id, socket_id):
             await self.announce(app, user_id, online=False)
 
     def _unwatch(self, local: Local) -> None:
         if local.user is None:
             return
-        app_id = local.session.app.id
-        for watched in local.user.watchlist:
-            self._watchers.remove(app_id, watched, local.conn.socket_id)
+        app_id, socket_id = local.session.app.id, local.conn.socket_id
+        for watched in dict.fromkeys(local.user.watchlist):
+            if socket_id in self._watchers.get(app_id, watched):  # each listen undone once
+                self._watchers.remove(app_id, watched, socket_id)
+                self._broker.unlisten(app_id, "user", watched)
 
     async def announce(self, app: App, user_id: str, *, online: bool) -> None:
         """A user's first sign-in (online) or last sign-out (offline), to the watchers on every

@@ -102,9 +102,11 @@ class Relay:
 
 @dataclass(frozen=True, slots=True)
 class SignIn:
-    """The connection signed in as ``user`` (users.md §2 step 6)."""
+    """The connection signed in as ``user`` (users.md §2 step 6); ``reply`` is the
+    ``pusher:signin_success`` frame, sent once the user's events reach the node."""
 
     user: SignedInUser
+    reply: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,10 +284,7 @@ class Session:
             raise PusherError(None, "Connection is already signed in as a different user")
         self.user = user
         self._auth_deadline = None
-        commands: list[Command] = [
-            Send(events.signin_success_frame(message.user_data)),
-            SignIn(user),
-        ]
+        commands: list[Command] = [SignIn(user, events.signin_success_frame(message.user_data))]
         if truncated:
             limit = self.app.max_watchlist_size
             commands.append(

@@ -193,7 +193,7 @@ def load_config(
 
 
 # Keyword arguments of resolve_config that are [scaling] settings rather than the app's.
-_SCALING_KEYWORDS = ("redis_url", "redis_prefix")
+_SCALING_KEYWORDS = ("redis_url", "redis_prefix", "redis_fanout")
 
 
 def resolve_config(
@@ -207,7 +207,8 @@ def resolve_config(
     * a :class:`Config`, as it is;
     * the path of a TOML file, with the ``KANAL_*`` variables of ``environ`` on top;
     * keyword ``settings`` for one app (``id``, ``key``, ``secret`` and any ``[[apps]]``
-      setting), plus ``redis_url`` (and ``redis_prefix``) for the Redis adapter;
+      setting), plus ``redis_url`` (and ``redis_prefix``, ``redis_fanout``) for the Redis
+      adapter;
     * none of these: ``$KANAL_CONFIG``, else the environment alone.
     """
     if isinstance(config, Config):
@@ -222,9 +223,11 @@ def resolve_config(
         app = {k: v for k, v in settings.items() if k not in _SCALING_KEYWORDS}
         scaling = ScalingSettings()
         if settings.get("redis_url"):
-            prefix = settings.get("redis_prefix", scaling.redis_prefix)
             scaling = ScalingSettings(
-                adapter="redis", redis_url=settings["redis_url"], redis_prefix=prefix
+                adapter="redis",
+                redis_url=settings["redis_url"],
+                redis_prefix=settings.get("redis_prefix", scaling.redis_prefix),
+                redis_fanout=settings.get("redis_fanout", scaling.redis_fanout),
             )
         return Config(
             server=ServerSettings(), apps=(_with_webhook_url(App(**app)),), scaling=scaling
@@ -371,6 +374,12 @@ def _cross_check(config: Config, sections: Mapping[str, Layer], apps: list[Layer
         raise ConfigError(
             f"{origin('scaling', 'adapter')}: scaling.redis_url: required when "
             "scaling.adapter is 'redis'"
+        )
+    cluster_url = config.scaling.redis_url.partition("://")[0].endswith("+cluster")
+    if config.scaling.redis_fanout == "channel" and cluster_url:
+        raise ConfigError(
+            f"{origin('scaling', 'redis_fanout')}: scaling.redis_fanout: 'channel' is not "
+            "supported with a Redis Cluster URL yet (docs/scaling.md); use 'node'"
         )
     if config.server.workers > 1 and config.scaling.adapter != "redis":
         raise ConfigError(

@@ -187,6 +187,7 @@ adapter              adapter    "memory" (one process) or "redis" (several proce
 redis_url            redis_url  Redis, Sentinel or Cluster URL; required with adapter = "redis".
 redis_prefix         -          Prefix of every Redis key and channel, so apps can share a Redis.
 node_lease           pos        Seconds a node's state survives in Redis without a heartbeat.
+redis_fanout         fanout     "node": all nodes get every event; "channel": only subscribed ones.
 [apps_store]         KANAL_APPS_STORE_ --apps-store-
 url                  store_url  Empty: this file's [[apps]]. Else sqlite:///PATH, postgresql://...
 ttl                  pos        Seconds a SQL store's apps are cached; changes apply within it.
@@ -250,6 +251,7 @@ _CHECKS: dict[str, Check | None] = {
     "log_format": _one_of("text", "json"),
     "origins": _origins,
     "adapter": _one_of("memory", "redis"),
+    "fanout": _one_of("node", "channel"),
     "redis_url": _redis_url,
     "store_url": store_url_error,
     "credential": _credential,
