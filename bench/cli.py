@@ -1,4 +1,5 @@
-"""``python -m bench run``: the one command that benchmarks kanal and soketi side by side.
+"""``python -m bench run``: the one command that benchmarks kanal and soketi side by side,
+with the floor server (bench/native/floor.c: the least any server must do) beside them on request.
 
 With two or more cores the server is pinned to core 0 and every generator process to core 1
 (``--no-pin`` turns that off; the smoke test does). Each scenario runs against kanal, then
@@ -21,10 +22,11 @@ from pathlib import Path
 from bench import procstat
 from bench.measure import Ctx
 from bench.report import Report
-from bench.scenarios import SCENARIOS, Sizes
+from bench.scenarios import SCENARIOS, UNSUPPORTED, Sizes
 from bench.servers import (
     ServerProc,
     soketi_available,
+    start_floor,
     start_kanal,
     start_kanal_asgi,
     start_kanal_redis,
@@ -55,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
         default="kanal,soketi",
         help="comma list of kanal, kanal-redis (one node in cluster mode), kanal-asgi (embedded "
         "under uvicorn), kanal-own-port (embedded, own transport), kanal-base (kanal from "
-        "--base-src), soketi",
+        "--base-src), soketi, floor (the reference server of bench/native/floor.c, built with "
+        "cc on first use)",
     )
     run_p.add_argument(
         "--base-src",
@@ -154,6 +157,8 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> Report:
             if args.base_src is None:
                 raise SystemExit("kanal-base needs --base-src")
             server = start_kanal(workdir, server_cpu, name="kanal-base", src=args.base_src)
+        elif name == "floor":
+            server = start_floor(workdir, server_cpu)
         else:
             assert soketi_dir is not None
             server = start_soketi(soketi_dir, workdir, server_cpu)
@@ -167,6 +172,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> Report:
         runs=args.runs,
         duration=0.5 if args.tiny else args.duration,
         gen_cores=1 if pin else len(os.sched_getaffinity(0)),
+        gen_cpu=gen_cpu,
         saturation=args.saturation,
         max_foreign=args.max_foreign,
         wait_quiet=args.wait_quiet,
@@ -177,6 +183,10 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> Report:
         for scenario in scenarios:
             function, _ = SCENARIOS[scenario]
             for name in servers:
+                if (scenario, name) in UNSUPPORTED:
+                    report.skip(scenario, name, UNSUPPORTED[scenario, name])
+                    ctx.log(f"bench: {scenario} on {name} skipped")
+                    continue
                 t0 = time.monotonic()
                 ctx.log(f"bench: {scenario} on {name} ...")
                 server = start(name)

@@ -31,7 +31,7 @@
 #include <unistd.h>
 
 typedef struct {
-    int fd, connected;
+    int fd, connected, out_armed; /* out_armed: EPOLLOUT is in its epoll events */
     size_t written; /* bytes of the request written */
     char in[65536];
     size_t got; /* bytes of the answer read */
@@ -54,7 +54,7 @@ static int open_conn(conn_t *c) {
     c->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     int one = 1;
     setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    c->connected = 0, c->written = 0, c->got = 0;
+    c->connected = 0, c->written = 0, c->got = 0, c->out_armed = 1;
     if (connect(c->fd, (struct sockaddr *)&addr, sizeof addr) < 0 && errno != EINPROGRESS) {
         close(c->fd);
         c->fd = -1;
@@ -86,8 +86,12 @@ static void write_request(conn_t *c) {
         if (c->written == 0) sent++;
         c->written += (size_t)n;
     }
-    struct epoll_event ev = {.events = EPOLLIN | (c->written < req_len ? EPOLLOUT : 0), .data.ptr = c};
-    epoll_ctl(ep, EPOLL_CTL_MOD, c->fd, &ev);
+    int arm = c->written < req_len;
+    if (arm != c->out_armed) { /* a system call only when the interest changes */
+        struct epoll_event ev = {.events = EPOLLIN | (arm ? EPOLLOUT : 0), .data.ptr = c};
+        epoll_ctl(ep, EPOLL_CTL_MOD, c->fd, &ev);
+        c->out_armed = arm;
+    }
 }
 
 /* 1: a whole answer is in c->in (counted); 0: not yet; -1: not HTTP. */
