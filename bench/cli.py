@@ -21,6 +21,7 @@ from pathlib import Path
 
 from bench import procstat
 from bench.measure import Ctx
+from bench.native import NoCompiler
 from bench.report import Report
 from bench.scenarios import SCENARIOS, UNSUPPORTED, Sizes
 from bench.servers import (
@@ -103,7 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    report = run(args, argv if argv is not None else sys.argv[1:])
+    try:
+        report = run(args, argv if argv is not None else sys.argv[1:])
+    except NoCompiler as exc:  # the http scenario and the floor server are C (bench/native/)
+        raise SystemExit(f"bench: {exc}") from None
     print(report.markdown())
     return 0
 

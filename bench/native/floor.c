@@ -479,7 +479,8 @@ static int http_feed(conn_t *c) {
         char *p = c->in.p, *end = c->in.len ? memmem(p, c->in.len, "\r\n\r\n", 4) : NULL;
         if (!end) return c->in.len > MAX_HEAD ? -1 : 0;
         size_t head = (size_t)(end - p) + 4, vlen, blen = 0;
-        if (!memchr(p, ' ', head) || !memchr(memchr(p, ' ', head) + 1, ' ', head - 1)) return -1;
+        char *sp = memchr(p, ' ', head); /* the request line needs two spaces */
+        if (!sp || !memchr(sp + 1, ' ', head - (size_t)(sp + 1 - p))) return -1;
         const char *v = header(p, end, "content-length", &vlen);
         if (v) blen = strtoul(v, NULL, 10);
         if (blen > MAX_FRAME) return -1;
