@@ -140,6 +140,11 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> Report:
             f"{BACKEND}, {args.workers} subscriber processes + 1 publisher, "
             + ("server on CPU 0, generator on CPU 1" if pin else "not pinned")
             + "; latency: raw-socket subscribers with kernel receipt stamps (SO_TIMESTAMPNS)"
+            + (
+                "; http without subscribers: httpgen (bench/native/httpgen.c)"
+                if "http" in scenarios
+                else ""
+            )
         ),
         "runs": args.runs,
         "servers": servers,
