@@ -16,7 +16,10 @@
  *                       No signature, no limits, no validation: that is the point.
  *   GET /               200 (readiness).
  *
- * A subscriber's unsent output is kept and sent on EPOLLOUT (over 64 MiB it is dropped).
+ * Output is written once per loop iteration: what one epoll_wait round produced for a
+ * connection (several events when several publishers triggered at once) goes out in one
+ * send(), as kanal coalesces its writes; with one event per round that is one send() per
+ * subscriber per event. Unsent output is kept and sent on EPOLLOUT (over 64 MiB: closed).
  * Usage: floor PORT  (listens on 127.0.0.1:PORT; ends on SIGTERM).
  */
 #define _GNU_SOURCE
@@ -52,6 +55,7 @@ static int nchannels, capchannels;
 static conn_t **conns; /* by fd */
 static int capconns, ep;
 static int *dead, ndead, capdead;
+static int *dirty, ndirty, capdirty; /* connections with output queued in this iteration */
 static unsigned long next_socket = 1;
 
 static void *grow(void *p, int *cap, int need, size_t size) {
@@ -202,20 +206,15 @@ static void want_out(conn_t *c, int on) {
     c->want_out = on;
 }
 
+/* Queue output; it is sent when the loop iteration ends (flush_dirty) or on EPOLLOUT. */
 static void conn_send(conn_t *c, const char *d, size_t n) {
     if (c->dead) return;
-    if (c->out.len == 0) {
-        ssize_t w = send(c->fd, d, n, MSG_NOSIGNAL);
-        if (w < 0) {
-            if (errno != EAGAIN && errno != EWOULDBLOCK) return kill_conn(c);
-            w = 0;
-        }
-        if ((size_t)w == n) return;
-        d += w, n -= (size_t)w;
-    }
     if (c->out.len + n > MAX_OUT) return kill_conn(c);
+    if (c->out.len == 0 && !c->want_out) {
+        dirty = grow(dirty, &capdirty, ndirty + 1, sizeof *dirty);
+        dirty[ndirty++] = c->fd;
+    }
     buf_add(&c->out, d, n);
-    want_out(c, 1);
 }
 
 static void flush(conn_t *c) {
@@ -223,6 +222,7 @@ static void flush(conn_t *c) {
         ssize_t w = send(c->fd, c->out.p, c->out.len, MSG_NOSIGNAL);
         if (w < 0) {
             if (errno != EAGAIN && errno != EWOULDBLOCK) kill_conn(c);
+            else want_out(c, 1); /* the socket is full: the rest on EPOLLOUT */
             return;
         }
         buf_drop(&c->out, (size_t)w);
@@ -388,8 +388,7 @@ static int ws_feed(conn_t *c) {
         else if (opcode == 9) send_frame(c, 10, (char *)payload, (size_t)n, &frame);
         else if (opcode == 8) {
             send_frame(c, 8, (char *)payload, n >= 2 ? 2 : 0, &frame);
-            c->close_after = 1;
-            if (c->out.len == 0) kill_conn(c);
+            c->close_after = 1; /* closed once the Close is sent (flush) */
             return 0;
         }
         buf_drop(&c->in, h + mask + (size_t)n);
@@ -421,8 +420,7 @@ static void respond(conn_t *c, const char *status, const char *body) {
     int n = snprintf(out, sizeof out,
                      "HTTP/1.1 %s\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n%s\r\n%s",
                      status, strlen(body), c->close_after ? "Connection: close\r\n" : "", body);
-    conn_send(c, out, (size_t)n);
-    if (c->close_after && c->out.len == 0) kill_conn(c);
+    conn_send(c, out, (size_t)n); /* with close_after, closed once it is sent (flush) */
 }
 
 static void upgrade(conn_t *c, const char *key, size_t klen) {
@@ -556,6 +554,11 @@ int main(int argc, char **argv) {
                 if (events[i].events & EPOLLIN && !c->dead) on_readable(c);
             }
         }
+        for (int i = 0; i < ndirty; i++) {
+            conn_t *c = conns[dirty[i]];
+            if (c && !c->dead && !c->want_out) flush(c);
+        }
+        ndirty = 0;
         for (int i = 0; i < ndead; i++) close_conn(dead[i]);
         ndead = 0;
     }
