@@ -1,4 +1,5 @@
-"""``python -m bench run``: the one command that benchmarks kanal and soketi side by side.
+"""``python -m bench run``: the one command that benchmarks kanal and soketi side by side,
+with the floor server (bench/native/floor.c: the least any server must do) beside them on request.
 
 With two or more cores the server is pinned to core 0 and every generator process to core 1
 (``--no-pin`` turns that off; the smoke test does). Each scenario runs against kanal, then
@@ -20,11 +21,13 @@ from pathlib import Path
 
 from bench import procstat
 from bench.measure import Ctx
+from bench.native import NoCompiler
 from bench.report import Report
-from bench.scenarios import SCENARIOS, Sizes
+from bench.scenarios import SCENARIOS, UNSUPPORTED, Sizes
 from bench.servers import (
     ServerProc,
     soketi_available,
+    start_floor,
     start_kanal,
     start_kanal_asgi,
     start_kanal_redis,
@@ -56,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma list of kanal, kanal-redis (one node in cluster mode), kanal-sqlite (the app "
         "in a SQLite app store), kanal-asgi (embedded "
         "under uvicorn), kanal-own-port (embedded, own transport), kanal-base (kanal from "
-        "--base-src), soketi",
+        "--base-src), soketi, floor (the reference server of bench/native/floor.c, built with "
+        "cc on first use)",
     )
     run_p.add_argument(
         "--base-src",
@@ -101,7 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    report = run(args, argv if argv is not None else sys.argv[1:])
+    try:
+        report = run(args, argv if argv is not None else sys.argv[1:])
+    except NoCompiler as exc:  # the http scenario and the floor server are C (bench/native/)
+        raise SystemExit(f"bench: {exc}") from None
     print(report.markdown())
     return 0
 
@@ -134,6 +141,11 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> Report:
             f"{BACKEND}, {args.workers} subscriber processes + 1 publisher, "
             + ("server on CPU 0, generator on CPU 1" if pin else "not pinned")
             + "; latency: raw-socket subscribers with kernel receipt stamps (SO_TIMESTAMPNS)"
+            + (
+                "; http without subscribers: httpgen (bench/native/httpgen.c)"
+                if "http" in scenarios
+                else ""
+            )
         ),
         "runs": args.runs,
         "servers": servers,
@@ -157,6 +169,8 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> Report:
             if args.base_src is None:
                 raise SystemExit("kanal-base needs --base-src")
             server = start_kanal(workdir, server_cpu, name="kanal-base", src=args.base_src)
+        elif name == "floor":
+            server = start_floor(workdir, server_cpu)
         else:
             assert soketi_dir is not None
             server = start_soketi(soketi_dir, workdir, server_cpu)
@@ -170,6 +184,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> Report:
         runs=args.runs,
         duration=0.5 if args.tiny else args.duration,
         gen_cores=1 if pin else len(os.sched_getaffinity(0)),
+        gen_cpu=gen_cpu,
         saturation=args.saturation,
         max_foreign=args.max_foreign,
         wait_quiet=args.wait_quiet,
@@ -180,6 +195,10 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> Report:
         for scenario in scenarios:
             function, _ = SCENARIOS[scenario]
             for name in servers:
+                if (scenario, name) in UNSUPPORTED:
+                    report.skip(scenario, name, UNSUPPORTED[scenario, name])
+                    ctx.log(f"bench: {scenario} on {name} skipped")
+                    continue
                 t0 = time.monotonic()
                 ctx.log(f"bench: {scenario} on {name} ...")
                 server = start(name)

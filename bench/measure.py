@@ -49,6 +49,7 @@ class Ctx:
     runs: int
     duration: float
     gen_cores: int
+    gen_cpu: int | None = None  # the generator's CPU when pinned (httpgen runs there too)
     saturation: float = 0.9
     max_foreign: float = 0.1
     connect_concurrency: int = 25  # handshakes in flight per generator process (set-up)
@@ -83,11 +84,15 @@ class Window:
         self.gen0 = total_cpu_seconds(ctx.gen.pids)
         self.wall0 = time.monotonic()
 
-    def close(self, run: Run, seconds: float) -> None:
-        """Add server/generator/foreign CPU (in cores) over ``seconds`` and judge the run."""
+    def close(self, run: Run, seconds: float, generator_extra_s: float = 0.0) -> None:
+        """Add server/generator/foreign CPU (in cores) over ``seconds`` and judge the run.
+
+        ``generator_extra_s``: CPU seconds of a generator process started inside the window
+        (httpgen, which reports its own); it is part of the generator, not foreign.
+        """
         ctx, server = self.ctx, self.server
         server_s = server.cpu_seconds() - self.server0
-        gen_s = total_cpu_seconds(ctx.gen.pids) - self.gen0
+        gen_s = total_cpu_seconds(ctx.gen.pids) - self.gen0 + generator_extra_s
         foreign_s = foreign_cpu(self.others, all_processes_cpu(), self.ours)
         seconds = max(seconds, 1e-9)
         run.metrics["server_cpu"] = server_s / seconds

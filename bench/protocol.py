@@ -1,9 +1,9 @@
 """The Pusher protocol as the load generator speaks it: targets, HTTP API signing, channel auth.
 
 Everything here is pure (no sockets): a :class:`Target` names one running server and its app
-credentials; :func:`trigger_request` builds a complete signed ``POST /apps/{id}/events``
-HTTP/1.1 request (raw bytes, keep-alive) and :func:`channel_auth` signs a private or presence
-subscription.
+credentials; :func:`trigger_request` and :func:`batch_request` build a complete signed
+``POST /apps/{id}/events`` or ``batch_events`` HTTP/1.1 request (raw bytes) and
+:func:`channel_auth` signs a private or presence subscription.
 
 Event payloads carry their send time: ``~T<monotonic_ns>~<seq>~`` padded with ``x`` to the
 requested size. ``CLOCK_MONOTONIC`` is system-wide on Linux, so a subscriber in another process
@@ -23,9 +23,11 @@ __all__ = [
     "EVENT_NAME",
     "MARK",
     "Target",
+    "batch_request",
     "channel_auth",
     "event_data",
     "parse_sent_ns",
+    "signed_post",
     "trigger_request",
 ]
 
@@ -62,11 +64,27 @@ def parse_sent_ns(payload: bytes) -> int:
 
 
 def trigger_request(
-    target: Target, channels: list[str], data: str, name: str = EVENT_NAME
+    target: Target, channels: list[str], data: str, name: str = EVENT_NAME, *, close: bool = False
 ) -> bytes:
-    """A signed HTTP/1.1 keep-alive ``POST /apps/{id}/events`` request, ready to write."""
+    """A signed HTTP/1.1 ``POST /apps/{id}/events`` request, ready to write.
+
+    Keep-alive unless ``close`` (``Connection: close``: a new connection per request).
+    """
     body = orjson.dumps({"name": name, "channels": channels, "data": data})
-    path = f"/apps/{target.app_id}/events"
+    return signed_post(target, "events", body, close=close)
+
+
+def batch_request(target: Target, events: list[tuple[str, str]], name: str = EVENT_NAME) -> bytes:
+    """A signed ``POST /apps/{id}/batch_events`` of (channel, data) events (at most 10 in
+    Pusher's HTTP API reference)."""
+    batch = [{"name": name, "channel": channel, "data": data} for channel, data in events]
+    return signed_post(target, "batch_events", orjson.dumps({"batch": batch}))
+
+
+def signed_post(target: Target, endpoint: str, body: bytes, *, close: bool = False) -> bytes:
+    """``POST /apps/{id}/<endpoint>`` with ``body``, signed as Pusher's HTTP API reference
+    says (auth_key, auth_timestamp, auth_version, body_md5, auth_signature)."""
+    path = f"/apps/{target.app_id}/{endpoint}"
     params = {
         "auth_key": target.key,
         "auth_timestamp": str(int(time.time())),
@@ -81,7 +99,8 @@ def trigger_request(
         f"POST {path}?{query}&auth_signature={signature} HTTP/1.1\r\n"
         f"Host: {target.host}:{target.port}\r\n"
         "Content-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
+        + ("Connection: close\r\n" if close else "")
+        + f"Content-Length: {len(body)}\r\n\r\n"
     )
     return head.encode() + body
 

@@ -1,9 +1,10 @@
-"""Collect runs, reduce them to medians and kanal/soketi ratios, write JSON and Markdown.
+"""Collect runs, reduce them to medians and ratios, write JSON and Markdown.
 
 A row of the report is one (scenario, case, metric); each server's cell is the median over its
 *valid* runs (see :mod:`bench.measure`), or over all its runs, marked ``*``, when none was
-valid. The ratio is kanal's median over soketi's from the same benchmark invocation. The
-"valid" column counts the valid runs of each server; a row is fully valid when all are.
+valid. The ratios are kanal's median over soketi's and over the floor server's from the same
+benchmark invocation, where both ran. The "valid" column counts the valid runs of each
+server; a row is fully valid when all are. Scenarios a server cannot run are listed as skipped.
 """
 
 from __future__ import annotations
@@ -16,7 +17,10 @@ from typing import Any
 
 from bench.measure import Run
 
-__all__ = ["METRICS", "Report"]
+__all__ = ["METRICS", "RATIOS", "Report"]
+
+#: row key -> the server kanal is divided by, in the JSON rows and the Markdown columns
+RATIOS = {"ratio": "soketi", "ratio_floor": "floor"}
 
 #: metric -> (label, unit, which direction is better, shown in the Markdown table)
 METRICS: dict[str, tuple[str, str, str, bool]] = {
@@ -46,7 +50,8 @@ METRICS: dict[str, tuple[str, str, str, bool]] = {
     "rss_after_mib": ("RSS after", "MiB", "lower", True),
     "generator_cpu": ("generator CPU", "cores", "lower", True),
     "foreign_cpu": ("other processes' CPU", "cores", "lower", False),
-    "http_reconnects": ("HTTP reconnects (server closed)", "", "lower", False),
+    "http_reconnects": ("HTTP reconnects", "", "lower", False),
+    "http_errors": ("HTTP requests not answered 2xx", "", "lower", False),
 }
 
 
@@ -55,11 +60,15 @@ class Report:
     meta: dict[str, Any]
     runs: dict[tuple[str, str, str], list[Run]] = field(default_factory=dict)
     order: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
 
     def add(self, scenario: str, case: str, server: str, run: Run) -> None:
         if (scenario, case) not in self.order:
             self.order.append((scenario, case))
         self.runs.setdefault((scenario, case, server), []).append(run)
+
+    def skip(self, scenario: str, server: str, reason: str) -> None:
+        self.skipped.append(f"{scenario} on {server}: {reason}")
 
     def servers(self) -> list[str]:
         return list(dict.fromkeys(server for _, _, server in self.runs))
@@ -97,15 +106,17 @@ class Report:
                     "valid": valid,
                     "valid_runs": counts,
                 }
-                kanal, soketi = cells.get("kanal"), cells.get("soketi")
-                if kanal and soketi and soketi["median"]:
-                    row["ratio"] = kanal["median"] / soketi["median"]
+                kanal = cells.get("kanal")
+                for key, other in RATIOS.items():
+                    if kanal and (cell := cells.get(other)) and cell["median"]:
+                        row[key] = kanal["median"] / cell["median"]
                 out.append(row)
         return out
 
     def as_json(self) -> dict[str, Any]:
         return {
             "meta": self.meta,
+            "skipped": self.skipped,
             "rows": self.rows(),
             "runs": [
                 {"scenario": sc, "case": case, "server": server, "runs": [r.as_dict() for r in rs]}
@@ -120,6 +131,7 @@ class Report:
     def markdown(self) -> str:
         meta = self.meta
         servers = self.servers()
+        ratios = {key: other for key, other in RATIOS.items() if {"kanal", other} <= set(servers)}
         lines = [
             f"# kanal benchmark, {meta['date']}",
             "",
@@ -128,23 +140,18 @@ class Report:
             f"- versions: {', '.join(f'{k} {v}' for k, v in meta['versions'].items())}",
             f"- generator: {meta['generator']}",
             f"- runs per case: {meta['runs']}; cells are medians of the valid runs "
-            "(* = no valid run: median of all); ratio = kanal / soketi",
+            "(* = no valid run: median of all); ratios = kanal / the other server",
             "",
             "| scenario | case | metric | "
-            + " | ".join(servers)
-            + (" | kanal/soketi" if {"kanal", "soketi"} <= set(servers) else "")
+            + " | ".join([*servers, *(f"kanal/{other}" for other in ratios.values())])
             + " | valid |",
-            "|---|---|---|"
-            + "---:|" * len(servers)
-            + ("---:|" if {"kanal", "soketi"} <= set(servers) else "")
-            + "---|",
+            "|---|---|---|" + "---:|" * (len(servers) + len(ratios)) + "---|",
         ]
         for row in self.rows():
             if not METRICS[row["metric"]][3]:
                 continue
             cells = [_cell(row["servers"].get(s), row["unit"]) for s in servers]
-            if {"kanal", "soketi"} <= set(servers):
-                cells.append(f"{row['ratio']:.2f}x" if "ratio" in row else "-")
+            cells += [f"{row[key]:.2f}x" if key in row else "-" for key in ratios]
             lines.append(
                 f"| {row['scenario']} | {row['case']} | {row['label']} | "
                 + " | ".join(cells)
@@ -153,6 +160,8 @@ class Report:
         notes = self.notes()
         if notes:
             lines += ["", "Invalid runs:", *(f"- {n}" for n in notes)]
+        if self.skipped:
+            lines += ["", "Skipped:", *(f"- {n}" for n in self.skipped)]
         return "\n".join(lines) + "\n"
 
     def notes(self) -> list[str]:

@@ -1,4 +1,5 @@
-"""Start and stop the servers under test: kanal (this repo) and soketi (an external install).
+"""Start and stop the servers under test: kanal (this repo), soketi (an external install) and
+the floor (bench/native/floor.c, the least any server must do; built on first use).
 
 Each server runs as a child process, optionally pinned to one CPU (``sched_setaffinity`` in
 the child before exec, so every thread the server creates inherits it). Its pid is the
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from bench import native
 from bench.procstat import cpu_seconds, rss_bytes
 from bench.protocol import Target
 from kanal.app_stores.sql import SqlAppStore
@@ -33,6 +35,7 @@ __all__ = [
     "ServerProc",
     "free_port",
     "soketi_available",
+    "start_floor",
     "start_kanal",
     "start_kanal_asgi",
     "start_kanal_redis",
@@ -281,3 +284,11 @@ def start_soketi(soketi_dir: Path, workdir: Path, cpu: int | None) -> ServerProc
     )
     cmd = [str(soketi_dir / "start.sh"), str(port)]
     return _spawn("soketi", cmd, target, workdir / f"soketi-{port}.log", cpu, env=env)
+
+
+def start_floor(workdir: Path, cpu: int | None) -> ServerProc:
+    """The floor server on a free port: it checks no key, secret or signature, so the
+    target's credentials only make the generator's requests look like the others'."""
+    target = Target("floor", HOST, free_port(), "1", "app-key", "app-secret")
+    cmd = [str(native.build("floor")), str(target.port)]
+    return _spawn("floor", cmd, target, workdir / f"floor-{target.port}.log", cpu)
