@@ -2,8 +2,9 @@
 
 ``floor.c`` is the reference server (the least any Pusher server must do; docs/performance.md,
 "Method") and ``httpgen.c`` the HTTP load generator of the ``http`` scenario. Each is compiled
-with ``cc -O2`` into ``bench/.build/`` (git-ignored) under a name that carries the hash of its
-source, so an edited source is rebuilt on its next use and a stale binary is never run.
+with ``cc -O2`` into the git-ignored ``.build`` folder of ``bench`` under a name that
+carries the hash of its source, so an edited source is rebuilt on its next use and a stale
+binary is never run.
 """
 
 from __future__ import annotations
