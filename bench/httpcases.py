@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from bench.measure import Ctx, Run, Window, connect, failures, publish_and_count, settle
+from bench.measure import Ctx, Run, Window, broadcast_runs, connect, settle
 from bench.native import HttpLoad, run_httpgen
 from bench.protocol import Target, batch_request, event_data, trigger_request
 from bench.servers import ServerProc
@@ -127,16 +127,6 @@ def http(ctx: Ctx, sizes: Sizes, server: ServerProc) -> Iterator[tuple[str, Run]
             yield case.name, run
     subs = sizes.http_subscribers
     setup = connect(ctx, server, subs, "public:bench")
-    for _ in range(ctx.runs):
-        settle(ctx, server)
-        run = publish_and_count(
-            ctx,
-            server,
-            [["bench"]],
-            subscribers_per_trigger=subs,
-            concurrency=sizes.http_publishers,
-            size=sizes.event_bytes,
-        )
-        run.notes[:0] = failures(setup)
+    for run in broadcast_runs(ctx, server, setup, subs, sizes.http_publishers, sizes.event_bytes):
         yield f"{subs} subscribers", run
     ctx.gen.broadcast("close")

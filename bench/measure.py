@@ -16,7 +16,7 @@ The reasons are kept as notes next to the numbers.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -28,6 +28,7 @@ __all__ = [
     "Ctx",
     "Run",
     "Window",
+    "broadcast_runs",
     "connect",
     "drain",
     "failures",
@@ -219,6 +220,25 @@ def drain(ctx: Ctx, expected: int, quiet: float = 1.0, limit: float = 30.0) -> t
         elif now - since > quiet:
             return result
         time.sleep(0.05)
+
+
+def broadcast_runs(
+    ctx: Ctx, server: ServerProc, setup: Run, subscribers: int, publishers: int, size: int
+) -> Iterator[Run]:
+    """``ctx.runs`` fan-out windows to the ``subscribers`` that ``setup`` connected to
+    ``bench``, each once the server has settled, with ``setup``'s failures in its notes."""
+    for _ in range(ctx.runs):
+        settle(ctx, server)
+        run = publish_and_count(
+            ctx,
+            server,
+            [["bench"]],
+            subscribers_per_trigger=subscribers,
+            concurrency=publishers,
+            size=size,
+        )
+        run.notes[:0] = failures(setup)
+        yield run
 
 
 def publish_and_count(

@@ -20,6 +20,7 @@ from bench.measure import (
     Ctx,
     Run,
     Window,
+    broadcast_runs,
     connect,
     drain,
     failures,
@@ -78,17 +79,9 @@ def _fanout(ctx: Ctx, sizes: Sizes, server: ServerProc) -> Results:
     for subs in sizes.fanout:
         case = f"{subs} subscribers"
         setup = connect(ctx, server, subs, "public:bench")
-        for _ in range(ctx.runs):
-            settle(ctx, server)
-            run = publish_and_count(
-                ctx,
-                server,
-                [["bench"]],
-                subscribers_per_trigger=subs,
-                concurrency=sizes.fanout_publishers,
-                size=sizes.event_bytes,
-            )
-            run.notes[:0] = failures(setup)
+        for run in broadcast_runs(
+            ctx, server, setup, subs, sizes.fanout_publishers, sizes.event_bytes
+        ):
             yield case, run
         ctx.gen.broadcast("close")
 
@@ -249,17 +242,7 @@ def _coalescing(ctx: Ctx, sizes: Sizes, server: ServerProc) -> Results:
     subs = sizes.coalesce_subscribers
     setup = connect(ctx, server, subs, "public:bench")
     for publishers in sizes.coalesce_publishers:
-        for _ in range(ctx.runs):
-            settle(ctx, server)
-            run = publish_and_count(
-                ctx,
-                server,
-                [["bench"]],
-                subscribers_per_trigger=subs,
-                concurrency=publishers,
-                size=sizes.event_bytes,
-            )
-            run.notes[:0] = failures(setup)
+        for run in broadcast_runs(ctx, server, setup, subs, publishers, sizes.event_bytes):
             yield f"{subs} subs, {publishers} publishers", run
     ctx.gen.broadcast("close")
 
@@ -272,21 +255,13 @@ def _xhr_streaming(ctx: Ctx, sizes: Sizes, server: ServerProc) -> Results:
     transports = ("ws", "xhr_streaming") if server.name.startswith("kanal") else ("ws",)
     for transport in transports:
         setup = connect(ctx, server, subs, "public:bench", transport=transport)
-        for _ in range(ctx.runs):
-            settle(ctx, server)
-            run = publish_and_count(
-                ctx,
-                server,
-                [["bench"]],
-                subscribers_per_trigger=subs,
-                concurrency=sizes.xhr_publishers,
-                size=sizes.event_bytes,
-            )
+        for run in broadcast_runs(
+            ctx, server, setup, subs, sizes.xhr_publishers, sizes.event_bytes
+        ):
             run.metrics["connections_held"] = sum(
                 stats["open"] for stats in ctx.gen.broadcast("stats", latencies=False)
             )
             run.metrics["connect_seconds"] = setup.metrics["connect_seconds"]
-            run.notes[:0] = failures(setup)
             yield f"{subs} subscribers over {transport}", run
         ctx.gen.broadcast("close")
 
